@@ -1,0 +1,15 @@
+//! edgec's intermediate representation: tensors (dense or ggml-quantized),
+//! model metadata and tokenizers. Every reader produces a [`Model`] and every
+//! writer consumes one.
+
+pub mod error;
+pub mod ggml;
+pub mod model;
+pub mod tensor;
+pub mod vocab;
+
+pub use error::{Error, Result};
+pub use ggml::GgmlType;
+pub use model::{BertParams, Family, LlamaParams, LlamaVariant, Model, ModelMeta};
+pub use tensor::{DType, Tensor, TensorData};
+pub use vocab::{TokenType, TokenizerKind, Vocab};

@@ -1,0 +1,212 @@
+//! Tensors: a name, a shape and bytes that are either borrowed from a
+//! memory-mapped file or owned.
+
+use std::sync::Arc;
+
+use half::{bf16, f16};
+use memmap2::Mmap;
+
+use crate::ggml::{dequant, GgmlType};
+use crate::{Error, Result};
+
+/// Element storage of a tensor. Dense dtypes plus ggml block types, which
+/// are the quantized storage every writer understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    F16,
+    Bf16,
+    I8,
+    U8,
+    I32,
+    I64,
+    /// A quantized ggml block type (never F32/F16/BF16: those map to the dense variants).
+    Ggml(GgmlType),
+}
+
+impl DType {
+    /// The dense or block type as a ggml type, when one exists.
+    pub fn as_ggml(self) -> Option<GgmlType> {
+        match self {
+            DType::F32 => Some(GgmlType::F32),
+            DType::F16 => Some(GgmlType::F16),
+            DType::Bf16 => Some(GgmlType::Bf16),
+            DType::Ggml(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    pub fn from_ggml(t: GgmlType) -> Self {
+        match t {
+            GgmlType::F32 => DType::F32,
+            GgmlType::F16 => DType::F16,
+            GgmlType::Bf16 => DType::Bf16,
+            t => DType::Ggml(t),
+        }
+    }
+
+    /// Bytes for a tensor of this dtype whose innermost dimension is `row` and
+    /// that has `n` elements in all.
+    pub fn byte_len(self, row: usize, n: usize) -> Result<usize> {
+        let elem = |size: usize| {
+            n.checked_mul(size)
+                .ok_or_else(|| Error::Shape(format!("{n} elements overflow")))
+        };
+        match self {
+            DType::F32 | DType::I32 => elem(4),
+            DType::F16 | DType::Bf16 => elem(2),
+            DType::I8 | DType::U8 => elem(1),
+            DType::I64 => elem(8),
+            DType::Ggml(t) => {
+                if row == 0 {
+                    return Ok(0);
+                }
+                Ok(t.row_bytes(row)? * (n / row))
+            }
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "F32",
+            DType::F16 => "F16",
+            DType::Bf16 => "BF16",
+            DType::I8 => "I8",
+            DType::U8 => "U8",
+            DType::I32 => "I32",
+            DType::I64 => "I64",
+            DType::Ggml(t) => t.name(),
+        }
+    }
+
+    pub fn bits_per_weight(self) -> f64 {
+        match self {
+            DType::I8 | DType::U8 => 8.0,
+            DType::I32 => 32.0,
+            DType::I64 => 64.0,
+            d => d.as_ggml().map(GgmlType::bits_per_weight).unwrap_or(0.0),
+        }
+    }
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Bytes of a tensor. `Mapped` borrows from a file so a model is never
+/// copied whole.
+#[derive(Clone)]
+pub enum TensorData {
+    Mapped {
+        map: Arc<Mmap>,
+        offset: usize,
+        len: usize,
+    },
+    Owned(Arc<Vec<u8>>),
+}
+
+impl TensorData {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            TensorData::Mapped { map, offset, len } => &map[*offset..*offset + *len],
+            TensorData::Owned(v) => v,
+        }
+    }
+}
+
+impl std::fmt::Debug for TensorData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TensorData({} bytes)", self.bytes().len())
+    }
+}
+
+/// A named tensor. `shape` is row-major, outermost first (the PyTorch /
+/// safetensors order); GGUF's reversed order is handled by its reader and writer.
+#[derive(Debug, Clone)]
+pub struct Tensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+    pub data: TensorData,
+}
+
+impl Tensor {
+    /// Builds a tensor after checking that `data` has exactly the bytes its
+    /// shape and dtype need.
+    pub fn new(name: impl Into<String>, shape: Vec<usize>, dtype: DType, data: TensorData) -> Result<Self> {
+        let name = name.into();
+        let n = checked_numel(&shape).ok_or_else(|| Error::Shape(format!("tensor {name}: shape {shape:?} overflows")))?;
+        let row = shape.last().copied().unwrap_or(1);
+        let want = dtype
+            .byte_len(row, n)
+            .map_err(|e| Error::Shape(format!("tensor {name}: {e}")))?;
+        let got = data.bytes().len();
+        if want != got {
+            return Err(Error::Shape(format!(
+                "tensor {name}: {dtype} {shape:?} needs {want} bytes, data has {got}"
+            )));
+        }
+        Ok(Tensor { name, shape, dtype, data })
+    }
+
+    pub fn from_f32(name: impl Into<String>, shape: Vec<usize>, values: Vec<f32>) -> Result<Self> {
+        let bytes: Vec<u8> = bytemuck::cast_slice(&values).to_vec();
+        Tensor::new(name, shape, DType::F32, TensorData::Owned(Arc::new(bytes)))
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Length of the innermost dimension (1 for scalars).
+    pub fn row_len(&self) -> usize {
+        self.shape.last().copied().unwrap_or(1)
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        self.data.bytes()
+    }
+
+    /// All elements as f32, dequantizing block types.
+    pub fn to_f32(&self) -> Result<Vec<f32>> {
+        let b = self.bytes();
+        let n = self.numel();
+        let out = match self.dtype {
+            DType::F32 => b
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            DType::F16 => b
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            DType::Bf16 => b
+                .chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            DType::I8 => b.iter().map(|&x| x as i8 as f32).collect(),
+            DType::U8 => b.iter().map(|&x| x as f32).collect(),
+            DType::I32 => b
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)
+                .collect(),
+            DType::I64 => b
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32)
+                .collect(),
+            DType::Ggml(t) => {
+                let mut out = vec![0f32; n];
+                dequant::dequantize(t, b, &mut out)
+                    .map_err(|e| Error::Data(format!("tensor {}: {e}", self.name)))?;
+                out
+            }
+        };
+        Ok(out)
+    }
+}
+
+pub fn checked_numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+}
