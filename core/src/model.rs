@@ -128,23 +128,50 @@ impl Family {
         match self {
             Family::Llama(p) => {
                 let (h, kv) = (p.num_heads * p.head_dim, p.num_kv_heads * p.head_dim);
-                v.push(("model.embed_tokens.weight".into(), vec![p.vocab_size, p.hidden_size]));
+                v.push((
+                    "model.embed_tokens.weight".into(),
+                    vec![p.vocab_size, p.hidden_size],
+                ));
                 for i in 0..p.num_layers {
                     let l = format!("model.layers.{i}");
                     v.push((format!("{l}.input_layernorm.weight"), vec![p.hidden_size]));
-                    v.push((format!("{l}.self_attn.q_proj.weight"), vec![h, p.hidden_size]));
-                    v.push((format!("{l}.self_attn.k_proj.weight"), vec![kv, p.hidden_size]));
-                    v.push((format!("{l}.self_attn.v_proj.weight"), vec![kv, p.hidden_size]));
+                    v.push((
+                        format!("{l}.self_attn.q_proj.weight"),
+                        vec![h, p.hidden_size],
+                    ));
+                    v.push((
+                        format!("{l}.self_attn.k_proj.weight"),
+                        vec![kv, p.hidden_size],
+                    ));
+                    v.push((
+                        format!("{l}.self_attn.v_proj.weight"),
+                        vec![kv, p.hidden_size],
+                    ));
                     if p.variant == LlamaVariant::Qwen2 {
                         v.push((format!("{l}.self_attn.q_proj.bias"), vec![h]));
                         v.push((format!("{l}.self_attn.k_proj.bias"), vec![kv]));
                         v.push((format!("{l}.self_attn.v_proj.bias"), vec![kv]));
                     }
-                    v.push((format!("{l}.self_attn.o_proj.weight"), vec![p.hidden_size, h]));
-                    v.push((format!("{l}.post_attention_layernorm.weight"), vec![p.hidden_size]));
-                    v.push((format!("{l}.mlp.gate_proj.weight"), vec![p.intermediate_size, p.hidden_size]));
-                    v.push((format!("{l}.mlp.up_proj.weight"), vec![p.intermediate_size, p.hidden_size]));
-                    v.push((format!("{l}.mlp.down_proj.weight"), vec![p.hidden_size, p.intermediate_size]));
+                    v.push((
+                        format!("{l}.self_attn.o_proj.weight"),
+                        vec![p.hidden_size, h],
+                    ));
+                    v.push((
+                        format!("{l}.post_attention_layernorm.weight"),
+                        vec![p.hidden_size],
+                    ));
+                    v.push((
+                        format!("{l}.mlp.gate_proj.weight"),
+                        vec![p.intermediate_size, p.hidden_size],
+                    ));
+                    v.push((
+                        format!("{l}.mlp.up_proj.weight"),
+                        vec![p.intermediate_size, p.hidden_size],
+                    ));
+                    v.push((
+                        format!("{l}.mlp.down_proj.weight"),
+                        vec![p.hidden_size, p.intermediate_size],
+                    ));
                 }
                 v.push(("model.norm.weight".into(), vec![p.hidden_size]));
                 if !p.tie_word_embeddings {
@@ -153,9 +180,18 @@ impl Family {
             }
             Family::Bert(p) => {
                 let d = p.hidden_size;
-                v.push(("embeddings.word_embeddings.weight".into(), vec![p.vocab_size, d]));
-                v.push(("embeddings.position_embeddings.weight".into(), vec![p.max_position_embeddings, d]));
-                v.push(("embeddings.token_type_embeddings.weight".into(), vec![p.type_vocab_size, d]));
+                v.push((
+                    "embeddings.word_embeddings.weight".into(),
+                    vec![p.vocab_size, d],
+                ));
+                v.push((
+                    "embeddings.position_embeddings.weight".into(),
+                    vec![p.max_position_embeddings, d],
+                ));
+                v.push((
+                    "embeddings.token_type_embeddings.weight".into(),
+                    vec![p.type_vocab_size, d],
+                ));
                 v.push(("embeddings.LayerNorm.weight".into(), vec![d]));
                 v.push(("embeddings.LayerNorm.bias".into(), vec![d]));
                 for i in 0..p.num_layers {
@@ -192,7 +228,12 @@ impl Model {
         let expected = family.expected_tensors();
         for (name, shape) in &expected {
             match self.tensor(name) {
-                None => return Err(format!("missing tensor {name} (a {} model needs it)", family.name())),
+                None => {
+                    return Err(format!(
+                        "missing tensor {name} (a {} model needs it)",
+                        family.name()
+                    ))
+                }
                 Some(t) if &t.shape != shape => {
                     return Err(format!(
                         "tensor {name} has shape {:?}, the config implies {shape:?}",
@@ -202,8 +243,16 @@ impl Model {
                 Some(_) => {}
             }
         }
-        if let Some(extra) = self.tensors.iter().find(|t| !expected.iter().any(|(n, _)| *n == t.name)) {
-            return Err(format!("unexpected tensor {} for a {} model", extra.name, family.name()));
+        if let Some(extra) = self
+            .tensors
+            .iter()
+            .find(|t| !expected.iter().any(|(n, _)| *n == t.name))
+        {
+            return Err(format!(
+                "unexpected tensor {} for a {} model",
+                extra.name,
+                family.name()
+            ));
         }
         Ok(())
     }

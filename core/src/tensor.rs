@@ -135,9 +135,15 @@ pub struct Tensor {
 impl Tensor {
     /// Builds a tensor after checking that `data` has exactly the bytes its
     /// shape and dtype need.
-    pub fn new(name: impl Into<String>, shape: Vec<usize>, dtype: DType, data: TensorData) -> Result<Self> {
+    pub fn new(
+        name: impl Into<String>,
+        shape: Vec<usize>,
+        dtype: DType,
+        data: TensorData,
+    ) -> Result<Self> {
         let name = name.into();
-        let n = checked_numel(&shape).ok_or_else(|| Error::Shape(format!("tensor {name}: shape {shape:?} overflows")))?;
+        let n = checked_numel(&shape)
+            .ok_or_else(|| Error::Shape(format!("tensor {name}: shape {shape:?} overflows")))?;
         let row = shape.last().copied().unwrap_or(1);
         let want = dtype
             .byte_len(row, n)
@@ -148,7 +154,12 @@ impl Tensor {
                 "tensor {name}: {dtype} {shape:?} needs {want} bytes, data has {got}"
             )));
         }
-        Ok(Tensor { name, shape, dtype, data })
+        Ok(Tensor {
+            name,
+            shape,
+            dtype,
+            data,
+        })
     }
 
     pub fn from_f32(name: impl Into<String>, shape: Vec<usize>, values: Vec<f32>) -> Result<Self> {

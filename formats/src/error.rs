@@ -5,12 +5,10 @@ use thiserror::Error;
 /// A reader or writer error, always naming the file it concerns.
 #[derive(Debug, Error)]
 pub enum FormatError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    // The io error is part of the message, not a `source`, so that
+    // `{:#}` chains do not print it twice.
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("{path}: {msg}")]
     Invalid { path: PathBuf, msg: String },
 }
@@ -23,10 +21,10 @@ impl FormatError {
         }
     }
 
-    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+    pub fn io(path: impl AsRef<Path>, err: std::io::Error) -> Self {
         FormatError::Io {
             path: path.as_ref().to_path_buf(),
-            source,
+            err,
         }
     }
 }

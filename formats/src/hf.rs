@@ -43,12 +43,18 @@ fn layout(path: &Path) -> Result<Layout> {
                 "no model.safetensors or model.safetensors.index.json in this folder",
             ));
         };
-        return Ok(Layout { dir: path.to_path_buf(), weights });
+        return Ok(Layout {
+            dir: path.to_path_buf(),
+            weights,
+        });
     }
     if !path.exists() {
         return Err(FormatError::invalid(path, "no such file or folder"));
     }
-    let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
     let weights = if path.to_string_lossy().ends_with(".index.json") {
         Weights::Sharded(path.to_path_buf())
     } else {
@@ -69,20 +75,40 @@ pub fn read(path: &Path) -> Result<Model> {
     let name = model_name(path);
     if !config_path.is_file() {
         if path.is_dir() {
-            return Err(FormatError::invalid(path, "no config.json in this model folder"));
+            return Err(FormatError::invalid(
+                path,
+                "no config.json in this model folder",
+            ));
         }
-        return Ok(Model { meta: ModelMeta { name, family: None, vocab: None }, tensors });
+        return Ok(Model {
+            meta: ModelMeta {
+                name,
+                family: None,
+                vocab: None,
+            },
+            tensors,
+        });
     }
     let family = parse_config(&config_path)?;
     tensors = normalise_names(&family, tensors);
     let tok_json = layout.dir.join("tokenizer.json");
     let tok_cfg = layout.dir.join("tokenizer_config.json");
     let vocab = if tok_json.is_file() {
-        Some(tokenizer::vocab_from_hf(&tok_json, tok_cfg.is_file().then_some(tok_cfg.as_path()))?)
+        Some(tokenizer::vocab_from_hf(
+            &tok_json,
+            tok_cfg.is_file().then_some(tok_cfg.as_path()),
+        )?)
     } else {
         None
     };
-    let model = Model { meta: ModelMeta { name, family: Some(family), vocab }, tensors };
+    let model = Model {
+        meta: ModelMeta {
+            name,
+            family: Some(family),
+            vocab,
+        },
+        tensors,
+    };
     let weights_path = match &layout.weights {
         Weights::Single(p) | Weights::Sharded(p) => p.clone(),
     };
@@ -93,7 +119,11 @@ pub fn read(path: &Path) -> Result<Model> {
 }
 
 fn model_name(path: &Path) -> String {
-    let p = if path.is_dir() { path } else { path.parent().unwrap_or(path) };
+    let p = if path.is_dir() {
+        path
+    } else {
+        path.parent().unwrap_or(path)
+    };
     p.file_name()
         .or_else(|| path.file_stem())
         .map(|s| s.to_string_lossy().into_owned())
@@ -160,8 +190,8 @@ fn opt_f32(path: &Path, cfg: &Value, key: &str, default: f32) -> Result<f32> {
 /// Parses `config.json` into a family with its hyper-parameters.
 pub fn parse_config(path: &Path) -> Result<Family> {
     let text = std::fs::read_to_string(path).map_err(|e| FormatError::io(path, e))?;
-    let cfg: Value =
-        serde_json::from_str(&text).map_err(|e| FormatError::invalid(path, format!("invalid JSON: {e}")))?;
+    let cfg: Value = serde_json::from_str(&text)
+        .map_err(|e| FormatError::invalid(path, format!("invalid JSON: {e}")))?;
     let arch = cfg
         .get("architectures")
         .and_then(|a| a.get(0))
@@ -207,12 +237,17 @@ pub fn parse_config(path: &Path) -> Result<Family> {
     if hidden_size % num_heads != 0 && get(&cfg, "head_dim").is_none() {
         return Err(FormatError::invalid(
             path,
-            format!("hidden_size {hidden_size} is not a multiple of num_attention_heads {num_heads}"),
+            format!(
+                "hidden_size {hidden_size} is not a multiple of num_attention_heads {num_heads}"
+            ),
         ));
     }
     let head_dim = opt_usize(path, &cfg, "head_dim", hidden_size / num_heads)?;
     if head_dim % 2 != 0 {
-        return Err(FormatError::invalid(path, format!("head_dim {head_dim} must be even for rotary embeddings")));
+        return Err(FormatError::invalid(
+            path,
+            format!("head_dim {head_dim} must be even for rotary embeddings"),
+        ));
     }
     let tie_default = variant == LlamaVariant::Qwen2;
     Ok(Family::Llama(LlamaParams {
@@ -239,12 +274,17 @@ fn parse_bert(path: &Path, cfg: &Value) -> Result<Family> {
     if hidden_size % num_heads != 0 {
         return Err(FormatError::invalid(
             path,
-            format!("hidden_size {hidden_size} is not a multiple of num_attention_heads {num_heads}"),
+            format!(
+                "hidden_size {hidden_size} is not a multiple of num_attention_heads {num_heads}"
+            ),
         ));
     }
     if let Some(act) = get(cfg, "hidden_act").and_then(Value::as_str) {
         if act != "gelu" {
-            return Err(FormatError::invalid(path, format!("hidden_act {act} is not supported (gelu is)")));
+            return Err(FormatError::invalid(
+                path,
+                format!("hidden_act {act} is not supported (gelu is)"),
+            ));
         }
     }
     Ok(Family::Bert(BertParams {
@@ -307,14 +347,19 @@ pub fn config_json(family: &Family, dtype: DType) -> Value {
 /// every floating tensor to `dtype` (F32, F16 or BF16), dequantizing block types.
 pub fn write(model: &Model, dir: &Path, dtype: DType) -> Result<()> {
     if !matches!(dtype, DType::F32 | DType::F16 | DType::Bf16) {
-        return Err(FormatError::invalid(dir, format!("HF folders are written as F32, F16 or BF16, not {dtype}")));
+        return Err(FormatError::invalid(
+            dir,
+            format!("HF folders are written as F32, F16 or BF16, not {dtype}"),
+        ));
     }
-    let family = model
-        .meta
-        .family
-        .as_ref()
-        .ok_or_else(|| FormatError::invalid(dir, "the model has no architecture to write a config.json for"))?;
-    let config = serde_json::to_string_pretty(&config_json(family, dtype)).expect("JSON value serialises");
+    let family = model.meta.family.as_ref().ok_or_else(|| {
+        FormatError::invalid(
+            dir,
+            "the model has no architecture to write a config.json for",
+        )
+    })?;
+    let config =
+        serde_json::to_string_pretty(&config_json(family, dtype)).expect("JSON value serialises");
     let config_path = dir.join("config.json");
     std::fs::write(&config_path, config + "\n").map_err(|e| FormatError::io(&config_path, e))?;
     let weights_path = dir.join("model.safetensors");
@@ -327,7 +372,12 @@ pub fn write(model: &Model, dir: &Path, dtype: DType) -> Result<()> {
                 other => other,
             };
             let produce: Box<dyn Fn() -> Vec<u8>> = Box::new(move || encode_float(t, out));
-            LazyTensor { name: t.name.clone(), shape: t.shape.clone(), dtype: out, produce }
+            LazyTensor {
+                name: t.name.clone(),
+                shape: t.shape.clone(),
+                dtype: out,
+                produce,
+            }
         })
         .collect();
     st::write_file(&weights_path, &lazy)?;
@@ -346,8 +396,14 @@ fn encode_float(t: &Tensor, dtype: DType) -> Vec<u8> {
     let values = t.to_f32().expect("tensor validated when read");
     match dtype {
         DType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DType::F16 => values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
-        DType::Bf16 => values.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
+        DType::F16 => values
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+            .collect(),
+        DType::Bf16 => values
+            .iter()
+            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+            .collect(),
         _ => t.bytes().to_vec(),
     }
 }

@@ -9,3 +9,46 @@ pub mod safetensors;
 pub mod tokenizer;
 
 pub use error::{FormatError, Result};
+
+use std::path::Path;
+
+use edgec_core::Model;
+
+/// The formats a path can hold, judged by its extension (folders are HF models).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Gguf,
+    HfFolder,
+    Safetensors,
+}
+
+impl Format {
+    pub fn of(path: &Path) -> Option<Format> {
+        if path.is_dir() {
+            return Some(Format::HfFolder);
+        }
+        let name = path.file_name()?.to_string_lossy().to_ascii_lowercase();
+        if name.ends_with(".gguf") {
+            Some(Format::Gguf)
+        } else if name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json") {
+            Some(Format::Safetensors)
+        } else if path.extension().is_none() {
+            Some(Format::HfFolder)
+        } else {
+            None
+        }
+    }
+}
+
+/// Reads a model from any supported input: a GGUF file, an HF folder, or a
+/// `.safetensors` file (with its folder's config.json when present).
+pub fn read_model(path: &Path) -> Result<Model> {
+    match Format::of(path) {
+        Some(Format::Gguf) => gguf::read_model(path),
+        Some(Format::HfFolder) | Some(Format::Safetensors) => hf::read(path),
+        None => Err(FormatError::invalid(
+            path,
+            "unknown input format (expected .gguf, .safetensors or a Hugging Face model folder)",
+        )),
+    }
+}

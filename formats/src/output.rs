@@ -25,25 +25,39 @@ pub fn check_not_input(output: &Path, inputs: &[&Path]) -> Result<()> {
             _ => false,
         };
         if same {
-            return Err(FormatError::invalid(output, "the output path is the input; choose another output"));
+            return Err(FormatError::invalid(
+                output,
+                "the output path is the input; choose another output",
+            ));
         }
     }
     Ok(())
 }
 
 /// Writes a file through `write`, then renames it to `path`.
-pub fn write_file_atomically(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<()> {
+pub fn write_file_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<File>) -> Result<()>,
+) -> Result<()> {
     let dir = parent_of(path);
     let tmp = tempfile::Builder::new()
         .prefix(".edgec-")
         .suffix(".tmp")
         .tempfile_in(&dir)
         .map_err(|e| FormatError::io(&dir, e))?;
-    let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file().try_clone().map_err(|e| FormatError::io(path, e))?);
+    let mut w = BufWriter::with_capacity(
+        1 << 20,
+        tmp.as_file()
+            .try_clone()
+            .map_err(|e| FormatError::io(path, e))?,
+    );
     write(&mut w)?;
     drop(w);
-    tmp.as_file().sync_all().map_err(|e| FormatError::io(path, e))?;
-    tmp.persist(path).map_err(|e| FormatError::io(path, e.error))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| FormatError::io(path, e))?;
+    tmp.persist(path)
+        .map_err(|e| FormatError::io(path, e.error))?;
     Ok(())
 }
 
@@ -51,9 +65,15 @@ pub fn write_file_atomically(path: &Path, write: impl FnOnce(&mut BufWriter<File
 /// which must not exist or be an empty folder.
 pub fn write_dir_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     if path.exists() {
-        let empty = path.is_dir() && std::fs::read_dir(path).map(|mut d| d.next().is_none()).unwrap_or(false);
+        let empty = path.is_dir()
+            && std::fs::read_dir(path)
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(false);
         if !empty {
-            return Err(FormatError::invalid(path, "the output folder exists and is not empty"));
+            return Err(FormatError::invalid(
+                path,
+                "the output folder exists and is not empty",
+            ));
         }
     }
     let dir = parent_of(path);

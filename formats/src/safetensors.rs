@@ -81,7 +81,10 @@ pub fn read_sharded(index_path: &Path) -> Result<Vec<Tensor>> {
     let mut shards: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (tensor, shard) in map {
         let shard = shard.as_str().ok_or_else(|| {
-            FormatError::invalid(index_path, format!("weight_map[{tensor}] is not a file name"))
+            FormatError::invalid(
+                index_path,
+                format!("weight_map[{tensor}] is not a file name"),
+            )
         })?;
         if shard.contains('/') || shard.contains('\\') || shard.starts_with("..") {
             return Err(FormatError::invalid(
@@ -89,7 +92,10 @@ pub fn read_sharded(index_path: &Path) -> Result<Vec<Tensor>> {
                 format!("shard name {shard:?} must be a plain file name in the model folder"),
             ));
         }
-        shards.entry(shard.to_string()).or_default().push(tensor.clone());
+        shards
+            .entry(shard.to_string())
+            .or_default()
+            .push(tensor.clone());
     }
     let mut out = Vec::new();
     for (shard, names) in shards {
@@ -138,7 +144,9 @@ impl View for &LazyTensor<'_> {
     }
     fn data_len(&self) -> usize {
         let n: usize = self.shape.iter().product();
-        self.dtype.byte_len(self.shape.last().copied().unwrap_or(1), n).unwrap_or(0)
+        self.dtype
+            .byte_len(self.shape.last().copied().unwrap_or(1), n)
+            .unwrap_or(0)
     }
 }
 
@@ -149,11 +157,18 @@ pub fn write_file(path: &Path, tensors: &[LazyTensor<'_>]) -> Result<()> {
     if let Some(t) = tensors.iter().find(|t| matches!(t.dtype, DType::Ggml(_))) {
         return Err(FormatError::invalid(
             path,
-            format!("tensor {}: {} cannot be stored in safetensors", t.name, t.dtype),
+            format!(
+                "tensor {}: {} cannot be stored in safetensors",
+                t.name, t.dtype
+            ),
         ));
     }
     // One key only: the crate takes a HashMap, whose order would vary.
-    let meta = Some([("format".to_string(), "pt".to_string())].into_iter().collect());
+    let meta = Some(
+        [("format".to_string(), "pt".to_string())]
+            .into_iter()
+            .collect(),
+    );
     safetensors::tensor::serialize_to_file(tensors.iter().map(|t| (t.name.clone(), t)), meta, path)
         .map_err(|e| FormatError::invalid(path, format!("writing safetensors: {e}")))
 }

@@ -14,7 +14,10 @@ pub struct Preset {
 
 macro_rules! preset {
     ($name:literal, $base:ident) => {
-        Preset { name: $name, base: GgmlType::$base }
+        Preset {
+            name: $name,
+            base: GgmlType::$base,
+        }
     };
 }
 
@@ -156,7 +159,11 @@ pub fn tensor_type(preset: &Preset, model: &ModelShape, t: &TensorDesc) -> GgmlT
         return GgmlType::F32;
     }
     if role == Role::Float || !preset.is_quantized() {
-        return if role == Role::Float && preset.is_quantized() { float_type(preset) } else { preset.base };
+        return if role == Role::Float && preset.is_quantized() {
+            float_type(preset)
+        } else {
+            preset.base
+        };
     }
     let name = preset.name;
     let layer = t.layer.unwrap_or(0);
@@ -239,33 +246,70 @@ mod tests {
     use super::*;
 
     fn desc(name: &str, row_len: usize, layer: Option<usize>) -> TensorDesc<'_> {
-        TensorDesc { gguf_name: name, n_dims: 2, row_len, layer }
+        TensorDesc {
+            gguf_name: name,
+            n_dims: 2,
+            row_len,
+            layer,
+        }
     }
 
     #[test]
     fn q4_k_m_follows_llama_cpp_rules() {
         let p = Preset::by_name("Q4_K_M").unwrap();
-        let m = ModelShape { n_layers: 32, n_gqa: 1, tied_embeddings: false };
-        assert_eq!(tensor_type(&p, &m, &desc("output.weight", 4096, None)), GgmlType::Q6K);
-        assert_eq!(tensor_type(&p, &m, &desc("token_embd.weight", 4096, None)), GgmlType::Q4K);
+        let m = ModelShape {
+            n_layers: 32,
+            n_gqa: 1,
+            tied_embeddings: false,
+        };
+        assert_eq!(
+            tensor_type(&p, &m, &desc("output.weight", 4096, None)),
+            GgmlType::Q6K
+        );
+        assert_eq!(
+            tensor_type(&p, &m, &desc("token_embd.weight", 4096, None)),
+            GgmlType::Q4K
+        );
         // use_more_bits: first and last eighth, then every third layer.
         let down: Vec<_> = (0..32)
-            .map(|i| tensor_type(&p, &m, &desc(&format!("blk.{i}.ffn_down.weight"), 4096, Some(i))))
+            .map(|i| {
+                tensor_type(
+                    &p,
+                    &m,
+                    &desc(&format!("blk.{i}.ffn_down.weight"), 4096, Some(i)),
+                )
+            })
             .collect();
         assert_eq!(down[0], GgmlType::Q6K);
         assert_eq!(down[4], GgmlType::Q4K);
         assert_eq!(down[6], GgmlType::Q6K);
         assert_eq!(down[31], GgmlType::Q6K);
-        assert_eq!(tensor_type(&p, &m, &desc("blk.5.attn_q.weight", 4096, Some(5))), GgmlType::Q4K);
-        assert_eq!(tensor_type(&p, &m, &desc("blk.0.attn_norm.weight", 4096, Some(0))), GgmlType::F16);
+        assert_eq!(
+            tensor_type(&p, &m, &desc("blk.5.attn_q.weight", 4096, Some(5))),
+            GgmlType::Q4K
+        );
+        assert_eq!(
+            tensor_type(&p, &m, &desc("blk.0.attn_norm.weight", 4096, Some(0))),
+            GgmlType::F16
+        );
     }
 
     #[test]
     fn rows_that_are_not_whole_super_blocks_fall_back() {
         let p = Preset::by_name("Q4_K_M").unwrap();
-        let m = ModelShape { n_layers: 30, n_gqa: 3, tied_embeddings: true };
-        assert_eq!(tensor_type(&p, &m, &desc("blk.3.attn_q.weight", 576, Some(3))), GgmlType::Q5_0);
-        assert_eq!(tensor_type(&p, &m, &desc("token_embd.weight", 576, None)), GgmlType::Q8_0);
+        let m = ModelShape {
+            n_layers: 30,
+            n_gqa: 3,
+            tied_embeddings: true,
+        };
+        assert_eq!(
+            tensor_type(&p, &m, &desc("blk.3.attn_q.weight", 576, Some(3))),
+            GgmlType::Q5_0
+        );
+        assert_eq!(
+            tensor_type(&p, &m, &desc("token_embd.weight", 576, None)),
+            GgmlType::Q8_0
+        );
         assert_eq!(fallback(GgmlType::Q3K, 576), GgmlType::Iq4Nl);
         assert_eq!(fallback(GgmlType::Q6K, 576), GgmlType::Q8_0);
         assert_eq!(fallback(GgmlType::Q8_0, 20), GgmlType::F16);

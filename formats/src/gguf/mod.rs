@@ -9,7 +9,9 @@ pub mod writer;
 use std::path::Path;
 use std::sync::Arc;
 
-use edgec_core::{BertParams, Family, LlamaParams, LlamaVariant, Model, ModelMeta, Tensor, TensorData};
+use edgec_core::{
+    BertParams, Family, LlamaParams, LlamaVariant, Model, ModelMeta, Tensor, TensorData,
+};
 
 use crate::error::{FormatError, Result};
 use crate::tokenizer;
@@ -126,7 +128,9 @@ pub fn hf_tensor_name(family: &Family, gguf: &str) -> Option<String> {
 /// graph rotates adjacent pairs, while HF checkpoints rotate the two halves
 /// of each head, so convert_hf_to_gguf reorders the rows of Q and K.
 pub fn rotary_permute_heads(family: &Family, hf: &str) -> Option<usize> {
-    let Family::Llama(p) = family else { return None };
+    let Family::Llama(p) = family else {
+        return None;
+    };
     if p.variant == LlamaVariant::Qwen2 {
         return None; // llama.cpp runs qwen2 with NeoX rotary: no reorder.
     }
@@ -139,21 +143,28 @@ pub fn rotary_permute_heads(family: &Family, hf: &str) -> Option<usize> {
     }
 }
 
-/// Reorders whole rows of `bytes` (each `row_bytes` long) from HF's rotary
-/// layout to llama.cpp's (`inverse` = false) or back. Within each head of
-/// `2*half` rows, llama.cpp's row `2j + s` is HF's row `s*half + j`.
-pub fn permute_rows(bytes: &[u8], row_bytes: usize, n_head: usize, inverse: bool) -> Vec<u8> {
-    let rows = bytes.len() / row_bytes;
+/// Reorders whole rows of `data` (each `row_len` long: f32 values, or the
+/// bytes of quantized rows) from HF's rotary layout to llama.cpp's
+/// (`inverse` = false) or back. Within each head of `2*half` rows,
+/// llama.cpp's row `2j + s` is HF's row `s*half + j`.
+pub fn permute_rows<T: Copy + Default>(
+    data: &[T],
+    row_len: usize,
+    n_head: usize,
+    inverse: bool,
+) -> Vec<T> {
+    let rows = data.len() / row_len;
     let per_head = rows / n_head;
     let half = per_head / 2;
-    let mut out = vec![0u8; bytes.len()];
+    let mut out = vec![T::default(); data.len()];
     for h in 0..n_head {
         for j in 0..half {
             for s in 0..2 {
                 let gg = h * per_head + 2 * j + s;
                 let hf = h * per_head + s * half + j;
                 let (dst, src) = if inverse { (hf, gg) } else { (gg, hf) };
-                out[dst * row_bytes..(dst + 1) * row_bytes].copy_from_slice(&bytes[src * row_bytes..(src + 1) * row_bytes]);
+                out[dst * row_len..(dst + 1) * row_len]
+                    .copy_from_slice(&data[src * row_len..(src + 1) * row_len]);
             }
         }
     }
@@ -175,13 +186,28 @@ pub fn model_metadata(model: &Model, file_type: u32) -> Metadata {
     match &model.meta.family {
         Some(Family::Llama(p)) => {
             m.set(format!("{arch}.block_count"), u32v(p.num_layers));
-            m.set(format!("{arch}.context_length"), u32v(p.max_position_embeddings));
+            m.set(
+                format!("{arch}.context_length"),
+                u32v(p.max_position_embeddings),
+            );
             m.set(format!("{arch}.embedding_length"), u32v(p.hidden_size));
-            m.set(format!("{arch}.feed_forward_length"), u32v(p.intermediate_size));
+            m.set(
+                format!("{arch}.feed_forward_length"),
+                u32v(p.intermediate_size),
+            );
             m.set(format!("{arch}.attention.head_count"), u32v(p.num_heads));
-            m.set(format!("{arch}.attention.head_count_kv"), u32v(p.num_kv_heads));
-            m.set(format!("{arch}.rope.freq_base"), GgufValue::F32(p.rope_theta));
-            m.set(format!("{arch}.attention.layer_norm_rms_epsilon"), GgufValue::F32(p.rms_norm_eps));
+            m.set(
+                format!("{arch}.attention.head_count_kv"),
+                u32v(p.num_kv_heads),
+            );
+            m.set(
+                format!("{arch}.rope.freq_base"),
+                GgufValue::F32(p.rope_theta),
+            );
+            m.set(
+                format!("{arch}.attention.layer_norm_rms_epsilon"),
+                GgufValue::F32(p.rms_norm_eps),
+            );
             if p.head_dim * p.num_heads != p.hidden_size {
                 m.set(format!("{arch}.attention.key_length"), u32v(p.head_dim));
                 m.set(format!("{arch}.attention.value_length"), u32v(p.head_dim));
@@ -195,7 +221,10 @@ pub fn model_metadata(model: &Model, file_type: u32) -> Metadata {
             m.set("bert.embedding_length", u32v(p.hidden_size));
             m.set("bert.feed_forward_length", u32v(p.intermediate_size));
             m.set("bert.attention.head_count", u32v(p.num_heads));
-            m.set("bert.attention.layer_norm_epsilon", GgufValue::F32(p.layer_norm_eps));
+            m.set(
+                "bert.attention.layer_norm_epsilon",
+                GgufValue::F32(p.layer_norm_eps),
+            );
             m.set("bert.attention.causal", GgufValue::Bool(false));
             // llama.cpp's LLAMA_POOLING_TYPE_MEAN, as sentence-transformers pools MiniLM.
             m.set("bert.pooling_type", GgufValue::U32(1));
@@ -215,14 +244,24 @@ fn need_u(path: &Path, m: &Metadata, key: &str) -> Result<usize> {
     m.get_u64(key)
         .filter(|&v| v > 0 && v < 1 << 40)
         .map(|v| v as usize)
-        .ok_or_else(|| FormatError::invalid(path, format!("metadata key {key} is missing or not a positive integer")))
+        .ok_or_else(|| {
+            FormatError::invalid(
+                path,
+                format!("metadata key {key} is missing or not a positive integer"),
+            )
+        })
 }
 
 fn need_f(path: &Path, m: &Metadata, key: &str, default: Option<f32>) -> Result<f32> {
     m.get_f32(key)
         .or(default)
         .filter(|v| v.is_finite())
-        .ok_or_else(|| FormatError::invalid(path, format!("metadata key {key} is missing or not a number")))
+        .ok_or_else(|| {
+            FormatError::invalid(
+                path,
+                format!("metadata key {key} is missing or not a number"),
+            )
+        })
 }
 
 /// Reads the family and hyper-parameters llama.cpp's keys describe.
@@ -232,7 +271,11 @@ pub fn family_from_metadata(path: &Path, m: &Metadata, tensors: &[Tensor]) -> Re
         .ok_or_else(|| FormatError::invalid(path, "no general.architecture"))?;
     match arch {
         "llama" | "qwen2" => {
-            let variant = if arch == "qwen2" { LlamaVariant::Qwen2 } else { LlamaVariant::Llama };
+            let variant = if arch == "qwen2" {
+                LlamaVariant::Qwen2
+            } else {
+                LlamaVariant::Llama
+            };
             let hidden = need_u(path, m, &format!("{arch}.embedding_length"))?;
             let heads = need_u(path, m, &format!("{arch}.attention.head_count"))?;
             let kv = m
@@ -240,7 +283,10 @@ pub fn family_from_metadata(path: &Path, m: &Metadata, tensors: &[Tensor]) -> Re
                 .map(|v| v as usize)
                 .unwrap_or(heads);
             if kv == 0 || heads % kv != 0 {
-                return Err(FormatError::invalid(path, format!("head_count {heads} is not a multiple of head_count_kv {kv}")));
+                return Err(FormatError::invalid(
+                    path,
+                    format!("head_count {heads} is not a multiple of head_count_kv {kv}"),
+                ));
             }
             let head_dim = m
                 .get_u64(&format!("{arch}.attention.key_length"))
@@ -263,7 +309,12 @@ pub fn family_from_metadata(path: &Path, m: &Metadata, tensors: &[Tensor]) -> Re
                 num_kv_heads: kv,
                 head_dim,
                 max_position_embeddings: need_u(path, m, &format!("{arch}.context_length"))?,
-                rms_norm_eps: need_f(path, m, &format!("{arch}.attention.layer_norm_rms_epsilon"), None)?,
+                rms_norm_eps: need_f(
+                    path,
+                    m,
+                    &format!("{arch}.attention.layer_norm_rms_epsilon"),
+                    None,
+                )?,
                 rope_theta: need_f(path, m, &format!("{arch}.rope.freq_base"), Some(10000.0))?,
                 tie_word_embeddings: !tensors.iter().any(|t| t.name == "output.weight"),
             }))
@@ -301,13 +352,22 @@ pub fn read_model(path: &Path) -> Result<Model> {
     let mut tensors = Vec::with_capacity(file.tensors.len());
     for t in file.tensors {
         let hf = hf_tensor_name(&family, &t.name).ok_or_else(|| {
-            FormatError::invalid(path, format!("tensor {} is not part of a {} model", t.name, family.name()))
+            FormatError::invalid(
+                path,
+                format!("tensor {} is not part of a {} model", t.name, family.name()),
+            )
         })?;
         let t = match rotary_permute_heads(&family, &hf) {
             Some(n_head) => {
                 let rows: usize = t.shape[..t.shape.len() - 1].iter().product();
                 if rows % (2 * n_head) != 0 {
-                    return Err(FormatError::invalid(path, format!("tensor {}: {rows} rows do not split into {n_head} heads", t.name)));
+                    return Err(FormatError::invalid(
+                        path,
+                        format!(
+                            "tensor {}: {rows} rows do not split into {n_head} heads",
+                            t.name
+                        ),
+                    ));
                 }
                 let row_bytes = t.bytes().len() / rows;
                 let bytes = permute_rows(t.bytes(), row_bytes, n_head, true);
@@ -322,8 +382,21 @@ pub fn read_model(path: &Path) -> Result<Model> {
         .metadata
         .get_str("general.name")
         .map(str::to_string)
-        .unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
-    let model = Model { meta: ModelMeta { name, family: Some(family), vocab }, tensors };
-    model.check_against_family().map_err(|msg| FormatError::invalid(path, msg))?;
+        .unwrap_or_else(|| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+    let model = Model {
+        meta: ModelMeta {
+            name,
+            family: Some(family),
+            vocab,
+        },
+        tensors,
+    };
+    model
+        .check_against_family()
+        .map_err(|msg| FormatError::invalid(path, msg))?;
     Ok(model)
 }

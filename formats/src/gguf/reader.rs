@@ -37,9 +37,15 @@ impl<'a> Cursor<'a> {
     }
 
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or_else(|| {
-            self.err(format!("truncated file: {what} needs {n} bytes past the end of the file"))
-        })?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or_else(|| {
+                self.err(format!(
+                    "truncated file: {what} needs {n} bytes past the end of the file"
+                ))
+            })?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -49,22 +55,31 @@ impl<'a> Cursor<'a> {
         Ok(self.take(1, "a u8")?[0])
     }
     fn u16(&mut self) -> Result<u16> {
-        Ok(u16::from_le_bytes(self.take(2, "a u16")?.try_into().unwrap()))
+        Ok(u16::from_le_bytes(
+            self.take(2, "a u16")?.try_into().unwrap(),
+        ))
     }
     fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4, "a u32")?.try_into().unwrap()))
+        Ok(u32::from_le_bytes(
+            self.take(4, "a u32")?.try_into().unwrap(),
+        ))
     }
     fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8, "a u64")?.try_into().unwrap()))
+        Ok(u64::from_le_bytes(
+            self.take(8, "a u64")?.try_into().unwrap(),
+        ))
     }
 
     fn string(&mut self, what: &str) -> Result<String> {
         let len = self.u64()?;
         if len > MAX_STRING || len as usize > self.buf.len() - self.pos {
-            return Err(self.err(format!("{what}: string length {len} runs past the end of the file")));
+            return Err(self.err(format!(
+                "{what}: string length {len} runs past the end of the file"
+            )));
         }
         let bytes = self.take(len as usize, what)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| self.err(format!("{what}: string is not UTF-8")))
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| self.err(format!("{what}: string is not UTF-8")))
     }
 
     fn value(&mut self, ty: u32, key: &str, depth: u32) -> Result<GgufValue> {
@@ -94,7 +109,9 @@ impl<'a> Cursor<'a> {
                 let n = self.u64()?;
                 // Every element takes at least one byte.
                 if n > (self.buf.len() - self.pos) as u64 {
-                    return Err(self.err(format!("key {key}: array of {n} elements runs past the end of the file")));
+                    return Err(self.err(format!(
+                        "key {key}: array of {n} elements runs past the end of the file"
+                    )));
                 }
                 let mut items = Vec::with_capacity(n as usize);
                 for _ in 0..n {
@@ -113,21 +130,33 @@ pub fn read(path: &Path) -> Result<GgufFile> {
 }
 
 fn parse(path: &Path, map: Arc<Mmap>) -> Result<GgufFile> {
-    let mut c = Cursor { path, buf: &map, pos: 0 };
+    let mut c = Cursor {
+        path,
+        buf: &map,
+        pos: 0,
+    };
     let magic = c.take(4, "the magic")?;
     if magic != b"GGUF" {
-        return Err(FormatError::invalid(path, "not a GGUF file (magic is not \"GGUF\")"));
+        return Err(FormatError::invalid(
+            path,
+            "not a GGUF file (magic is not \"GGUF\")",
+        ));
     }
     let version = c.u32()?;
     if !(2..=3).contains(&version) {
-        return Err(FormatError::invalid(path, format!("GGUF version {version} is not supported (2 and 3 are)")));
+        return Err(FormatError::invalid(
+            path,
+            format!("GGUF version {version} is not supported (2 and 3 are)"),
+        ));
     }
     let n_tensors = c.u64()?;
     let n_kv = c.u64()?;
     // A key takes at least 12 bytes, a tensor info at least 24.
     let left = (map.len() - c.pos) as u64;
     if n_kv > left / 12 || n_tensors > left / 24 {
-        return Err(c.err(format!("header claims {n_kv} keys and {n_tensors} tensors, more than the file can hold")));
+        return Err(c.err(format!(
+            "header claims {n_kv} keys and {n_tensors} tensors, more than the file can hold"
+        )));
     }
     let mut metadata = Metadata::default();
     for _ in 0..n_kv {
@@ -143,7 +172,12 @@ fn parse(path: &Path, map: Arc<Mmap>) -> Result<GgufFile> {
         None => DEFAULT_ALIGNMENT,
         Some(v) => match v.as_u64() {
             Some(a) if a.is_power_of_two() && a <= 1 << 16 => a as usize,
-            _ => return Err(FormatError::invalid(path, format!("general.alignment {v:?} is not a power of two"))),
+            _ => {
+                return Err(FormatError::invalid(
+                    path,
+                    format!("general.alignment {v:?} is not a power of two"),
+                ))
+            }
         },
     };
     struct Info {
@@ -158,7 +192,9 @@ fn parse(path: &Path, map: Arc<Mmap>) -> Result<GgufFile> {
         let name = c.string("a tensor name")?;
         let n_dims = c.u32()?;
         if n_dims == 0 || n_dims > MAX_DIMS {
-            return Err(c.err(format!("tensor {name}: {n_dims} dimensions (1 to {MAX_DIMS} are allowed)")));
+            return Err(c.err(format!(
+                "tensor {name}: {n_dims} dimensions (1 to {MAX_DIMS} are allowed)"
+            )));
         }
         let mut ne = Vec::with_capacity(n_dims as usize);
         for _ in 0..n_dims {
@@ -174,18 +210,30 @@ fn parse(path: &Path, map: Arc<Mmap>) -> Result<GgufFile> {
         let offset = c.u64()?;
         let n = edgec_core::tensor::checked_numel(&ne)
             .filter(|&n| n <= map.len() * 8)
-            .ok_or_else(|| c.err(format!("tensor {name}: shape {ne:?} is larger than the file")))?;
+            .ok_or_else(|| {
+                c.err(format!(
+                    "tensor {name}: shape {ne:?} is larger than the file"
+                ))
+            })?;
         let size = DType::from_ggml(ty)
             .byte_len(ne[0], n)
             .map_err(|e| c.err(format!("tensor {name}: {e}")))?;
         if offset % alignment as u64 != 0 {
-            return Err(c.err(format!("tensor {name}: offset {offset} is not aligned to {alignment}")));
+            return Err(c.err(format!(
+                "tensor {name}: offset {offset} is not aligned to {alignment}"
+            )));
         }
         if infos.iter().any(|i| i.name == name) {
             return Err(c.err(format!("duplicate tensor name {name}")));
         }
         ne.reverse();
-        infos.push(Info { name, shape: ne, ty, offset, size });
+        infos.push(Info {
+            name,
+            shape: ne,
+            ty,
+            offset,
+            size,
+        });
     }
     let data_start = c.pos.div_ceil(alignment) * alignment;
     let data_len = map.len().saturating_sub(data_start) as u64;
@@ -205,16 +253,28 @@ fn parse(path: &Path, map: Arc<Mmap>) -> Result<GgufFile> {
     }
     for w in ranges.windows(2) {
         if w[1].0 < w[0].1 {
-            return Err(FormatError::invalid(path, format!("tensors {} and {} overlap", w[0].2, w[1].2)));
+            return Err(FormatError::invalid(
+                path,
+                format!("tensors {} and {} overlap", w[0].2, w[1].2),
+            ));
         }
     }
     let tensors = infos
         .into_iter()
         .map(|i| {
-            let data = TensorData::Mapped { map: map.clone(), offset: data_start + i.offset as usize, len: i.size };
+            let data = TensorData::Mapped {
+                map: map.clone(),
+                offset: data_start + i.offset as usize,
+                len: i.size,
+            };
             Tensor::new(i.name, i.shape, DType::from_ggml(i.ty), data)
                 .map_err(|e| FormatError::invalid(path, e.to_string()))
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(GgufFile { path: path.to_path_buf(), version, metadata, tensors })
+    Ok(GgufFile {
+        path: path.to_path_buf(),
+        version,
+        metadata,
+        tensors,
+    })
 }

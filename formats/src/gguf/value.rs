@@ -59,7 +59,10 @@ impl GgufValue {
     pub fn string_array<I: IntoIterator<Item = S>, S: Into<String>>(items: I) -> Self {
         GgufValue::Array(
             type_id::STRING,
-            items.into_iter().map(|s| GgufValue::String(s.into())).collect(),
+            items
+                .into_iter()
+                .map(|s| GgufValue::String(s.into()))
+                .collect(),
         )
     }
 

@@ -99,11 +99,18 @@ pub fn write<W: Write>(
     let zeros = [0u8; DEFAULT_ALIGNMENT];
     for (i, plan) in plans.iter().enumerate() {
         let bytes = produce(i)?;
-        let want = plan.byte_len().map_err(|e| FormatError::invalid(path, e.to_string()))?;
+        let want = plan
+            .byte_len()
+            .map_err(|e| FormatError::invalid(path, e.to_string()))?;
         if bytes.len() != want {
             return Err(FormatError::invalid(
                 path,
-                format!("tensor {}: encoder produced {} bytes, {} needs {want}", plan.name, bytes.len(), plan.ty),
+                format!(
+                    "tensor {}: encoder produced {} bytes, {} needs {want}",
+                    plan.name,
+                    bytes.len(),
+                    plan.ty
+                ),
             ));
         }
         out.write_all(&bytes).map_err(io)?;

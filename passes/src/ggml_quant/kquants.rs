@@ -1,0 +1,605 @@
+//! The k-quants: super-blocks of 256 values split into sub-blocks, whose
+//! scales (and mins) are themselves quantized against one f16 super-scale.
+//!
+//! | type | sub-blocks | codes | sub-scales | decode |
+//! | --- | --- | --- | --- | --- |
+//! | Q2_K | 16 × 16 | 0..=3 | 4-bit scale, 4-bit min | `d·sc·q − dmin·m` |
+//! | Q3_K | 16 × 16 | −4..=3 | 6-bit signed | `d·sc·q` |
+//! | Q4_K | 8 × 32 | 0..=15 | 6-bit scale, 6-bit min | `d·sc·q − dmin·m` |
+//! | Q5_K | 8 × 32 | 0..=31 | 6-bit scale, 6-bit min | `d·sc·q − dmin·m` |
+//! | Q6_K | 16 × 16 | −32..=31 | int8 | `d·sc·q` |
+//!
+//! The search, per super-block:
+//! 1. each sub-block gets its continuous best scale (and min) from a grid of
+//!    candidate scales, each least-squares fitted, then refined by
+//!    alternating re-rounding and re-fitting (`search.rs`);
+//! 2. the sub-block scales are quantized against the f16 super-scale(s):
+//!    for each sub-block the neighbouring integer (scale, min) pairs are
+//!    tried with the codes re-rounded for each, and the best kept by the
+//!    exact error the decoder will see;
+//! 3. given those integers and codes, the super-scale(s) are re-fitted by
+//!    least squares over the whole super-block and rounded to f16, and
+//!    step 2 runs again; the best state over the rounds is kept.
+//!
+//! llama.cpp's reference instead quantizes the sub-block scales after the
+//! fact from the largest one and only re-rounds the codes once.
+
+use edgec_core::GgmlType;
+use half::f16;
+
+use super::block_weights;
+use super::search::{
+    affine_error, affine_search, round_clamp, signed_absmax, sym_error, sym_search, to_f16,
+    AffineGrid,
+};
+
+pub(crate) const QK_K: usize = 256;
+
+fn tune_env(k: &str, d: f32) -> f32 {
+    use std::sync::OnceLock;
+    static M: OnceLock<std::collections::HashMap<String, f32>> = OnceLock::new();
+    let m = M.get_or_init(|| std::env::vars().filter_map(|(k, v)| v.parse().ok().map(|v| (k, v))).collect());
+    m.get(k).copied().unwrap_or(d)
+}
+
+pub(super) fn encode(ty: GgmlType, src: &[f32], importance: Option<&[f32]>, out: &mut Vec<u8>) {
+    for (bi, x) in src.chunks_exact(QK_K).enumerate() {
+        let Ok(x) = <&[f32; QK_K]>::try_from(x) else { continue };
+        let mut w = [0f32; QK_K];
+        block_weights(importance.and_then(|i| i.get(bi * QK_K..(bi + 1) * QK_K)), &mut w);
+        match ty {
+            GgmlType::Q2K => q2_k(x, &w, out),
+            GgmlType::Q3K => q3_k(x, &w, out),
+            GgmlType::Q4K => q4_k(x, &w, out),
+            GgmlType::Q5K => q5_k(x, &w, out),
+            _ => q6_k(x, &w, out),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- affine
+
+struct AffineSpec {
+    /// Elements per sub-block (16 or 32).
+    sub: usize,
+    /// Largest code (3, 15 or 31).
+    nmax: u8,
+    /// Largest sub-block scale / min integer (15 or 63).
+    smax: u8,
+    grid: AffineGrid,
+    /// Rounds of (choose integers, re-fit super-scales).
+    rounds: usize,
+    /// How far beyond floor/ceil of the continuous sub-block scale step 2 looks.
+    valley: i32,
+}
+
+/// A quantized affine super-block: `y = d·sc[j]·q − dmin·m[j]`.
+#[derive(Clone)]
+struct AffineBlock {
+    d: u16,
+    dmin: u16,
+    sc: [u8; 16],
+    m: [u8; 16],
+    q: [u8; QK_K],
+}
+
+/// Sub-block weights, with an all-zero sub-block searched unweighted.
+fn sub_weights<'a>(w: &'a [f32], ones: &'a [f32]) -> &'a [f32] {
+    if w.iter().any(|&v| v > 0.0) {
+        w
+    } else {
+        &ones[..w.len()]
+    }
+}
+
+/// Integer candidates next to the continuous `c`: floor and ceil, in [lo, hi].
+#[inline]
+fn neighbours(c: f32, lo: i32, hi: i32) -> [i32; 2] {
+    let f = (c.max(lo as f32).min(hi as f32) as i32).clamp(lo, hi);
+    // `as` truncates; for negative c step down to the floor.
+    let f = if (f as f32) > c { (f - 1).max(lo) } else { f };
+    [f, (f + 1).min(hi)]
+}
+
+/// Step 2 for fixed super-scales `dv`, `mv`: per sub-block, the integer
+/// (scale, min) pair with the lowest exact error among: scales within
+/// `spec.valley` of the continuous target `s[j]/dv` (floor − valley ..=
+/// ceil + valley), each with the floor and ceil of the min that is
+/// least-squares optimal for that scale and the sub-block's current codes
+/// (scale and min trade off along a valley of near-equal error, and the
+/// best lattice point is often off the continuous optimum). Writes the
+/// integers and re-rounded codes to `cur`; returns the total weighted error.
+fn choose_affine_ints(
+    x: &[f32; QK_K],
+    w: &[f32; QK_K],
+    spec: &AffineSpec,
+    s: &[f32; 16],
+    dv: f32,
+    mv: f32,
+    cur: &mut AffineBlock,
+) -> f32 {
+    let sub = spec.sub;
+    let nmax = spec.nmax as f32;
+    let smax = spec.smax as i32;
+    let k = spec.valley;
+    let mut total = 0f32;
+    for j in 0..QK_K / sub {
+        let r = j * sub..(j + 1) * sub;
+        let (xs, ws) = (&x[r.clone()], &w[r.clone()]);
+        let (mut sw, mut sl, mut sx) = (0f32, 0f32, 0f32);
+        for ((&x, &w), &l) in xs.iter().zip(ws).zip(&cur.q[r.clone()]) {
+            sw += w;
+            sl += w * l as f32;
+            sx += w * x;
+        }
+        let cs = if dv > 0.0 { s[j] / dv } else { 0.0 };
+        let [s0, _] = neighbours(cs, 0, smax);
+        let mut bj = (f32::INFINITY, 0u8, 0u8);
+        for ls in (s0 - k).max(0)..=(s0 + 1 + k).min(smax) {
+            let dl = dv * ls as f32;
+            let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
+            // min minimising Σw(dl·q − m − x)² for the current codes q.
+            let mstar = if sw > 0.0 { (dl * sl - sx) / sw } else { 0.0 };
+            let cm = if mv > 0.0 { mstar / mv } else { 0.0 };
+            let [m0, m1] = neighbours(cm, 0, smax);
+            for lm in [m0, m1].into_iter().take(if m1 > m0 { 2 } else { 1 }) {
+                let err = affine_error(xs, ws, dl, idl, mv * lm as f32, nmax);
+                if err < bj.0 {
+                    bj = (err, ls as u8, lm as u8);
+                }
+            }
+        }
+        let dl = dv * bj.1 as f32;
+        let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
+        let ml = mv * bj.2 as f32;
+        for (q, &x) in cur.q[r].iter_mut().zip(xs) {
+            *q = round_clamp((x + ml) * idl, 0.0, nmax) as u8;
+        }
+        cur.sc[j] = bj.1;
+        cur.m[j] = bj.2;
+        total += bj.0;
+    }
+    total
+}
+
+/// Step 3: the least-squares (d, dmin) for fixed integers and codes,
+/// minimising Σw(d·u − dmin·v − x)² with u = sc·q, v = m; None if undetermined.
+fn refit_affine(x: &[f32; QK_K], w: &[f32; QK_K], sub: usize, cur: &AffineBlock) -> Option<(f32, f32)> {
+    let (mut aa, mut bb, mut cc, mut pp, mut qq) = (0f32, 0f32, 0f32, 0f32, 0f32);
+    for j in 0..QK_K / sub {
+        let (scj, mj) = (cur.sc[j] as f32, cur.m[j] as f32);
+        let (mut sw, mut swl, mut swll, mut swx, mut swlx) = (0f32, 0f32, 0f32, 0f32, 0f32);
+        for i in j * sub..(j + 1) * sub {
+            let l = cur.q[i] as f32;
+            let wl = w[i] * l;
+            sw += w[i];
+            swl += wl;
+            swll += wl * l;
+            swx += w[i] * x[i];
+            swlx += wl * x[i];
+        }
+        aa += scj * scj * swll;
+        bb += scj * mj * swl;
+        cc += mj * mj * sw;
+        pp += scj * swlx;
+        qq += mj * swx;
+    }
+    let det = aa * cc - bb * bb;
+    let (mut d, mut dm) = if det > 0.0 {
+        ((pp * cc - bb * qq) / det, (bb * pp - aa * qq) / det)
+    } else if aa > 0.0 {
+        (pp / aa, 0.0)
+    } else {
+        return None;
+    };
+    if dm < 0.0 && aa > 0.0 {
+        d = pp / aa;
+        dm = 0.0;
+    }
+    if !(d >= 0.0) || !d.is_finite() || !dm.is_finite() {
+        return None;
+    }
+    Some((d, dm))
+}
+
+fn affine_superblock(x: &[f32; QK_K], w: &[f32; QK_K], spec: &AffineSpec) -> AffineBlock {
+    let sub = spec.sub;
+    let nsb = QK_K / sub;
+    let ones = [1f32; 32];
+
+    // 1. Continuous per-sub-block fits.
+    let mut s = [0f32; 16];
+    let mut a = [0f32; 16];
+    let mut q = [0u8; QK_K];
+    for j in 0..nsb {
+        let r = j * sub..(j + 1) * sub;
+        let ws = sub_weights(&w[r.clone()], &ones);
+        let (sj, mj) = affine_search(&x[r.clone()], ws, spec.nmax, true, spec.grid, &mut q[r]);
+        s[j] = sj;
+        a[j] = -mj;
+    }
+    // (The mins' continuous targets only set the initial dmin: step 2 derives
+    // each min from its scale.)
+    let max_s = s[..nsb].iter().fold(0f32, |m, &v| m.max(v));
+    let max_a = a[..nsb].iter().fold(0f32, |m, &v| m.max(v));
+
+    let blank = || AffineBlock {
+        d: 0,
+        dmin: 0,
+        sc: [0; 16],
+        m: [0; 16],
+        q: [0; QK_K],
+    };
+    let mut best = blank();
+    let mut cur = blank();
+    cur.q = q;
+    let mut best_err = f32::INFINITY;
+    let mut have_best = false;
+    let (mut d, mut dm) = (max_s / spec.smax as f32, max_a / spec.smax as f32);
+    let mut last = None;
+    for _ in 0..spec.rounds.max(1) {
+        let (db, dv) = to_f16(d.max(0.0));
+        let (mb, mv) = to_f16(dm.max(0.0));
+        if last == Some((db, mb)) {
+            break;
+        }
+        last = Some((db, mb));
+        (cur.d, cur.dmin) = (db, mb);
+        // 2. Integer sub-scales and mins.
+        let total = choose_affine_ints(x, w, spec, &s, dv, mv, &mut cur);
+        if !have_best || total < best_err {
+            have_best = true;
+            best_err = total;
+            best.clone_from(&cur);
+        }
+        // 3. Re-fit (d, dmin) for these integers and codes.
+        match refit_affine(x, w, sub, &cur) {
+            Some((nd, ndm)) => (d, dm) = (nd, ndm),
+            None => break,
+        }
+    }
+    best
+}
+
+fn pack_scale_min_k4(sc: &[u8; 16], m: &[u8; 16]) -> [u8; 12] {
+    let mut out = [0u8; 12];
+    for j in 0..8 {
+        let (ls, lm) = (sc[j] & 63, m[j] & 63);
+        if j < 4 {
+            out[j] |= ls;
+            out[j + 4] |= lm;
+        } else {
+            out[j + 4] = (ls & 0x0F) | ((lm & 0x0F) << 4);
+            out[j - 4] |= (ls >> 4) << 6;
+            out[j] |= (lm >> 4) << 6;
+        }
+    }
+    out
+}
+
+/// Default grids, tuned by measurement against the reference (see the tests).
+const GRID_Q4: AffineGrid = AffineGrid {
+    rmin: -1.0,
+    rdelta: 0.1,
+    nstep: 20,
+    iters: 3,
+};
+const GRID_Q5: AffineGrid = AffineGrid {
+    rmin: -0.5,
+    rdelta: 0.1,
+    nstep: 15,
+    iters: 3,
+};
+const GRID_Q2: AffineGrid = AffineGrid {
+    rmin: -0.5,
+    rdelta: 0.1,
+    nstep: 15,
+    iters: 3,
+};
+
+fn q4_k(x: &[f32; QK_K], w: &[f32; QK_K], out: &mut Vec<u8>) {
+    let env = tune_env;
+    let spec = AffineSpec {
+        sub: 32,
+        nmax: 15,
+        smax: 63,
+        grid: AffineGrid { rmin: env("RMIN", -1.0), rdelta: env("RDELTA", 0.2), nstep: env("NSTEP", 10.0) as usize, iters: env("ITERS", 3.0) as usize },
+        rounds: env("ROUNDS", 2.0) as usize,
+        valley: env("VALLEY", 2.0) as i32,
+    };
+    let b = affine_superblock(x, w, &spec);
+    out.extend_from_slice(&b.d.to_le_bytes());
+    out.extend_from_slice(&b.dmin.to_le_bytes());
+    out.extend_from_slice(&pack_scale_min_k4(&b.sc, &b.m));
+    for c in 0..4 {
+        for l in 0..32 {
+            out.push((b.q[64 * c + l] & 0x0F) | ((b.q[64 * c + 32 + l] & 0x0F) << 4));
+        }
+    }
+}
+
+fn q5_k(x: &[f32; QK_K], w: &[f32; QK_K], out: &mut Vec<u8>) {
+    let env = tune_env;
+    let spec = AffineSpec {
+        sub: 32,
+        nmax: 31,
+        smax: 63,
+        grid: AffineGrid { rmin: env("RMIN", -0.5), rdelta: env("RDELTA", 0.1), nstep: env("NSTEP", 15.0) as usize, iters: env("ITERS", 3.0) as usize },
+        rounds: env("ROUNDS", 2.0) as usize,
+        valley: env("VALLEY", 2.0) as i32,
+    };
+    let b = affine_superblock(x, w, &spec);
+    out.extend_from_slice(&b.d.to_le_bytes());
+    out.extend_from_slice(&b.dmin.to_le_bytes());
+    out.extend_from_slice(&pack_scale_min_k4(&b.sc, &b.m));
+    let mut qh = [0u8; 32];
+    for (e, &v) in b.q.iter().enumerate() {
+        qh[e % 32] |= ((v >> 4) & 1) << (e / 32);
+    }
+    out.extend_from_slice(&qh);
+    for c in 0..4 {
+        for l in 0..32 {
+            out.push((b.q[64 * c + l] & 0x0F) | ((b.q[64 * c + 32 + l] & 0x0F) << 4));
+        }
+    }
+}
+
+/// 2-bit codes of 256 elements: element 128n + 32k + l at bits 2k of byte 32n + l.
+fn pack_2bit(q: &[u8; QK_K]) -> [u8; 64] {
+    let mut out = [0u8; 64];
+    for (e, &v) in q.iter().enumerate() {
+        out[32 * (e / 128) + e % 32] |= (v & 3) << (2 * ((e % 128) / 32));
+    }
+    out
+}
+
+fn q2_k(x: &[f32; QK_K], w: &[f32; QK_K], out: &mut Vec<u8>) {
+    let env = tune_env;
+    let spec = AffineSpec {
+        sub: 16,
+        nmax: 3,
+        smax: 15,
+        grid: AffineGrid { rmin: env("RMIN", -0.5), rdelta: env("RDELTA", 0.1), nstep: env("NSTEP", 15.0) as usize, iters: env("ITERS", 3.0) as usize },
+        rounds: env("ROUNDS", 2.0) as usize,
+        valley: env("VALLEY", 2.0) as i32,
+    };
+    let b = affine_superblock(x, w, &spec);
+    for j in 0..16 {
+        out.push((b.sc[j] & 0x0F) | ((b.m[j] & 0x0F) << 4));
+    }
+    out.extend_from_slice(&pack_2bit(&b.q));
+    out.extend_from_slice(&b.d.to_le_bytes());
+    out.extend_from_slice(&b.dmin.to_le_bytes());
+}
+
+// ------------------------------------------------------------- symmetric
+
+struct SymSpec {
+    qlo: i32,
+    qhi: i32,
+    sclo: i32,
+    schi: i32,
+    deltas: &'static [f32],
+    iters: usize,
+    rounds: usize,
+}
+
+/// A quantized symmetric super-block: `y = (d·sc[j])·q`.
+struct SymBlock {
+    d: u16,
+    sc: [i8; 16],
+    q: [i8; QK_K],
+}
+
+fn sym_superblock(x: &[f32; QK_K], w: &[f32; QK_K], spec: &SymSpec) -> SymBlock {
+    const SUB: usize = 16;
+    let ones = [1f32; SUB];
+    let mut s = [0f32; 16];
+    let mut tmp = [0i8; SUB];
+    for j in 0..16 {
+        let r = j * SUB..(j + 1) * SUB;
+        let ws = sub_weights(&w[r.clone()], &ones);
+        s[j] = sym_search(&x[r], ws, spec.qlo, spec.qhi, spec.deltas, spec.iters, &mut tmp);
+    }
+    let mut best = SymBlock {
+        d: 0,
+        sc: [0; 16],
+        q: [0; QK_K],
+    };
+    let (max_s, amax_s) = signed_absmax(&s);
+    if !(amax_s > 0.0) {
+        return best;
+    }
+    let mut best_err = f32::INFINITY;
+    let mut have_best = false;
+    let mut d = max_s / spec.sclo as f32;
+    let mut cur = SymBlock {
+        d: 0,
+        sc: [0; 16],
+        q: [0; QK_K],
+    };
+    let mut last = None;
+    let (qlo, qhi) = (spec.qlo as f32, spec.qhi as f32);
+    for _ in 0..spec.rounds.max(1) {
+        if !d.is_finite() {
+            break;
+        }
+        let (db, dv) = to_f16(d);
+        if last == Some(db) || dv == 0.0 {
+            break;
+        }
+        last = Some(db);
+        cur.d = db;
+        let mut total = 0f32;
+        for j in 0..16 {
+            let r = j * SUB..(j + 1) * SUB;
+            let (xs, ws) = (&x[r.clone()], &w[r.clone()]);
+            let mut bj = (f32::INFINITY, 0i8);
+            let [c0, c1] = neighbours(s[j] / dv, spec.sclo, spec.schi);
+            for l in [c0, c1].into_iter().take(if c1 > c0 { 2 } else { 1 }) {
+                let dl = dv * l as f32;
+                let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
+                let err = sym_error(xs, ws, dl, idl, qlo, qhi);
+                if err < bj.0 {
+                    bj = (err, l as i8);
+                }
+            }
+            {
+                let dl = dv * bj.1 as f32;
+                let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
+                for (q, &x) in cur.q[r].iter_mut().zip(xs) {
+                    *q = round_clamp(x * idl, qlo, qhi) as i8;
+                }
+            }
+            cur.sc[j] = bj.1;
+            total += bj.0;
+        }
+        if !have_best || total < best_err {
+            have_best = true;
+            best_err = total;
+            best.d = cur.d;
+            best.sc = cur.sc;
+            best.q = cur.q;
+        }
+        // Re-fit d for these integers and codes.
+        let (mut num, mut den) = (0f32, 0f32);
+        for (i, (&x, &w)) in x.iter().zip(w).enumerate() {
+            let u = cur.sc[i / SUB] as f32 * cur.q[i] as f32;
+            num += w * x * u;
+            den += w * u * u;
+        }
+        if !(den > 0.0) {
+            break;
+        }
+        d = num / den;
+    }
+    best
+}
+
+const DELTAS_Q6: [f32; 19] = [
+    -0.9, -0.8, -0.7, -0.6, -0.5, -0.4, -0.3, -0.2, -0.1, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7,
+    0.8, 0.9,
+];
+const DELTAS_Q3: [f32; 16] = [
+    -1.0, -0.9, -0.8, -0.7, -0.6, -0.5, -0.4, -0.3, -0.2, -0.1, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5,
+];
+
+fn q6_k(x: &[f32; QK_K], w: &[f32; QK_K], out: &mut Vec<u8>) {
+    let spec = SymSpec {
+        qlo: -32,
+        qhi: 31,
+        sclo: -128,
+        schi: 127,
+        deltas: &DELTAS_Q6,
+        iters: 3,
+        rounds: 3,
+    };
+    let b = sym_superblock(x, w, &spec);
+    let u: Vec<u8> = b.q.iter().map(|&c| (c as i32 + 32) as u8).collect();
+    let mut ql = [0u8; 128];
+    let mut qh = [0u8; 64];
+    for (e, &v) in u.iter().enumerate() {
+        let (n, r) = (e / 128, e % 128);
+        let (g, l) = (r / 32, r % 32);
+        ql[64 * n + l + 32 * (g & 1)] |= (v & 0x0F) << (4 * (g / 2));
+        qh[32 * n + l] |= ((v >> 4) & 3) << (2 * g);
+    }
+    out.extend_from_slice(&ql);
+    out.extend_from_slice(&qh);
+    out.extend(b.sc.iter().map(|&s| s as u8));
+    out.extend_from_slice(&b.d.to_le_bytes());
+}
+
+fn q3_k(x: &[f32; QK_K], w: &[f32; QK_K], out: &mut Vec<u8>) {
+    let spec = SymSpec {
+        qlo: -4,
+        qhi: 3,
+        sclo: -32,
+        schi: 31,
+        deltas: &DELTAS_Q3,
+        iters: 3,
+        rounds: 3,
+    };
+    let b = sym_superblock(x, w, &spec);
+    let mut u = [0u8; QK_K];
+    for (u, &c) in u.iter_mut().zip(&b.q) {
+        *u = (c as i32 + 4) as u8;
+    }
+    let mut hmask = [0u8; 32];
+    for (e, &v) in u.iter().enumerate() {
+        hmask[e % 32] |= ((v >> 2) & 1) << (e / 32);
+    }
+    let low = {
+        let mut l = [0u8; QK_K];
+        for (l, &v) in l.iter_mut().zip(&u) {
+            *l = v & 3;
+        }
+        pack_2bit(&l)
+    };
+    let mut scales = [0u8; 12];
+    for (j, &sc) in b.sc.iter().enumerate() {
+        let v = (sc as i32 + 32) as u8 & 63;
+        if j < 8 {
+            scales[j] |= v & 0x0F;
+        } else {
+            scales[j - 8] |= (v & 0x0F) << 4;
+        }
+        scales[8 + j % 4] |= (v >> 4) << (2 * (j / 4));
+    }
+    out.extend_from_slice(&hmask);
+    out.extend_from_slice(&low);
+    out.extend_from_slice(&scales);
+    out.extend_from_slice(&b.d.to_le_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn neighbours_are_floor_and_ceil() {
+        assert_eq!(neighbours(3.4, 0, 63), [3, 4]);
+        assert_eq!(neighbours(63.9, 0, 63), [63, 63]);
+        assert_eq!(neighbours(-0.3, 0, 63), [0, 1]);
+        assert_eq!(neighbours(-3.4, -32, 31), [-4, -3]);
+        assert_eq!(neighbours(-40.0, -32, 31), [-32, -31]);
+        assert_eq!(neighbours(f32::NAN, -32, 31), [-32, -31]);
+    }
+}
+
+#[cfg(test)]
+mod tune_tmp {
+    use super::*;
+    fn gauss(seed: &mut u64) -> f32 {
+        let mut u = || {
+            *seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = *seed;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let (a, b) = (1.0 - u(), u());
+        ((-2.0 * a.ln()).sqrt() * (2.0 * std::f64::consts::PI * b).cos() * 0.02) as f32
+    }
+    fn cpu() -> f64 {
+        let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+        s.split_whitespace().next().unwrap().parse::<f64>().unwrap() / 1e9
+    }
+    #[test]
+    #[ignore]
+    fn speed() {
+        let mut seed = 1u64;
+        let w = [1f32; QK_K];
+        let xs: Vec<f32> = (0..QK_K * 4096).map(|_| gauss(&mut seed)).collect();
+        for ty in [GgmlType::Q2K, GgmlType::Q3K, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K] {
+            let mut out = Vec::with_capacity(xs.len());
+            let t = cpu();
+            for c in xs.chunks(QK_K) {
+                let c: &[f32; QK_K] = c.try_into().unwrap();
+                match ty { GgmlType::Q2K => q2_k(c, &w, &mut out), GgmlType::Q3K => q3_k(c, &w, &mut out), GgmlType::Q4K => q4_k(c, &w, &mut out), GgmlType::Q5K => q5_k(c, &w, &mut out), _ => q6_k(c, &w, &mut out) }
+            }
+            let el = cpu() - t;
+            println!("{ty}: {:.1} M/s", xs.len() as f64 / el / 1e6);
+        }
+    }
+}

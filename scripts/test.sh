@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite: unit and CLI tests, then conformance against the real
+# runtimes (llama.cpp's tools, gguf-py, HF tokenizers) on real models.
+# Installs what it needs on a fresh machine (cached in ~/.cache/edgec).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup-env.sh
+# shellcheck disable=SC1091
+source "${EDGEC_CACHE:-$HOME/.cache/edgec}/env.sh"
+
+cargo build --bin edgec
+export EDGEC_BIN="$PWD/target/debug/edgec"
+bash fixtures/fetch-real.sh
+
+cargo test --workspace
+"$EDGEC_PY" -m pytest tests/conformance -q -p no:cacheprovider "$@"

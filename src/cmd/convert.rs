@@ -1,0 +1,73 @@
+//! `edgec convert IN OUT [--dtype f32|f16|bf16]`: float conversions between
+//! GGUF and Hugging Face folders.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use edgec_core::DType;
+use edgec_formats::output::write_dir_atomically;
+use edgec_formats::{hf, Format};
+use edgec_passes::presets::Preset;
+
+use crate::pipeline;
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum FloatType {
+    F32,
+    F16,
+    Bf16,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Input model: a Hugging Face folder, a .safetensors file or a .gguf file.
+    pub input: PathBuf,
+    /// Output: a .gguf file, or a folder for a Hugging Face model.
+    pub output: PathBuf,
+    /// Float type of the weights written (quantized inputs are dequantized).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: FloatType,
+    /// Keep NaN or infinite weights instead of failing.
+    #[arg(long)]
+    pub allow_nonfinite: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let model = super::read_input(&args.input, &args.output)?;
+    if !args.allow_nonfinite {
+        pipeline::check_finite(&model, &args.input)?;
+    }
+    let (dtype, preset) = match args.dtype {
+        FloatType::F32 => (DType::F32, "F32"),
+        FloatType::F16 => (DType::F16, "F16"),
+        FloatType::Bf16 => (DType::Bf16, "BF16"),
+    };
+    let out_is_gguf = args
+        .output
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    if out_is_gguf {
+        let preset = Preset::by_name(preset).expect("float presets exist");
+        let report = pipeline::write_gguf(&model, &args.output, &preset)?;
+        println!(
+            "wrote {} ({preset}, {:.1} MiB)",
+            report.output,
+            report.bytes as f64 / (1 << 20) as f64,
+            preset = report.preset
+        );
+        return Ok(());
+    }
+    if args.output.extension().is_some() || Format::of(&args.output) == Some(Format::Safetensors) {
+        bail!(
+            "{}: convert writes a .gguf file or a Hugging Face folder (a path without extension)",
+            args.output.display()
+        );
+    }
+    write_dir_atomically(&args.output, |dir| hf::write(&model, dir, dtype))?;
+    println!(
+        "wrote {} (Hugging Face folder, {})",
+        args.output.display(),
+        dtype
+    );
+    Ok(())
+}

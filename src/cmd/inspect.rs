@@ -1,0 +1,126 @@
+//! `edgec inspect FILE [--json]`
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use edgec_formats::gguf::{self, value::GgufValue};
+use edgec_formats::Format;
+use serde_json::{json, Value};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A .gguf file, .safetensors file or Hugging Face folder.
+    pub path: PathBuf,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn value_json(v: &GgufValue) -> Value {
+    match v {
+        GgufValue::String(s) => json!(s),
+        GgufValue::Bool(b) => json!(b),
+        GgufValue::F32(x) => json!(x),
+        GgufValue::F64(x) => json!(x),
+        GgufValue::Array(_, items) => Value::Array(items.iter().map(value_json).collect()),
+        other => other
+            .as_i64()
+            .map(|i| json!(i))
+            .or_else(|| other.as_u64().map(|u| json!(u)))
+            .unwrap_or(Value::Null),
+    }
+}
+
+/// Long arrays (vocabularies, merges) are summarised in the text view.
+fn value_text(v: &GgufValue) -> String {
+    match v {
+        GgufValue::Array(_, items) if items.len() > 8 => format!("[{} items]", items.len()),
+        GgufValue::String(s) if s.len() > 80 => {
+            format!("{:?}… ({} bytes)", &s[..s.floor_char_boundary(60)], s.len())
+        }
+        GgufValue::String(s) => format!("{s:?}"),
+        other => value_json(other).to_string(),
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    // GGUF is shown as stored (llama.cpp names, all metadata); other formats as read into the IR.
+    let (arch, metadata, tensors): (
+        String,
+        Vec<(String, GgufValue)>,
+        Vec<(String, Vec<usize>, edgec_core::DType, usize)>,
+    ) = if Format::of(&args.path) == Some(Format::Gguf) {
+        let file = gguf::reader::read(&args.path)?;
+        let arch = file
+            .metadata
+            .get_str("general.architecture")
+            .unwrap_or("unknown")
+            .to_string();
+        let tensors = file
+            .tensors
+            .iter()
+            .map(|t| (t.name.clone(), t.shape.clone(), t.dtype, t.bytes().len()))
+            .collect();
+        (arch, file.metadata.entries, tensors)
+    } else {
+        let model = edgec_formats::read_model(&args.path)?;
+        let arch = model
+            .meta
+            .family
+            .as_ref()
+            .map(|f| f.name().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let tensors = model
+            .tensors
+            .iter()
+            .map(|t| (t.name.clone(), t.shape.clone(), t.dtype, t.bytes().len()))
+            .collect();
+        (arch, vec![], tensors)
+    };
+    let params: usize = tensors.iter().map(|t| t.1.iter().product::<usize>()).sum();
+    let bytes: usize = tensors.iter().map(|t| t.3).sum();
+    let bpw = if params > 0 {
+        bytes as f64 * 8.0 / params as f64
+    } else {
+        0.0
+    };
+    if args.json {
+        let out = json!({
+            "path": args.path.display().to_string(),
+            "architecture": arch,
+            "metadata": metadata.iter().map(|(k, v)| (k.clone(), value_json(v))).collect::<serde_json::Map<_, _>>(),
+            "tensors": tensors.iter().map(|(name, shape, dtype, b)| json!({
+                "name": name, "shape": shape, "type": dtype.name(), "bytes": b,
+                "bits_per_weight": *b as f64 * 8.0 / shape.iter().product::<usize>().max(1) as f64,
+            })).collect::<Vec<_>>(),
+            "total_params": params,
+            "total_bytes": bytes,
+            "bits_per_weight": bpw,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("{}", args.path.display());
+    println!("architecture: {arch}");
+    if !metadata.is_empty() {
+        println!("metadata ({} keys):", metadata.len());
+        for (k, v) in &metadata {
+            println!("  {k} = {}", value_text(v));
+        }
+    }
+    println!("tensors ({}):", tensors.len());
+    for (name, shape, dtype, b) in &tensors {
+        let n = shape.iter().product::<usize>().max(1);
+        println!(
+            "  {name:<48} {dtype:<7} {:<20} {:>6.2} bpw",
+            format!("{shape:?}"),
+            *b as f64 * 8.0 / n as f64
+        );
+    }
+    println!(
+        "total: {:.2}M parameters, {:.2} MiB, {bpw:.2} bits/weight",
+        params as f64 / 1e6,
+        bytes as f64 / (1 << 20) as f64
+    );
+    Ok(())
+}

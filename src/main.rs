@@ -1,0 +1,64 @@
+//! edgec: model compression and conversion for on-device ML.
+
+mod cmd;
+mod pipeline;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "edgec",
+    version,
+    about = "Compress and convert models for on-device ML"
+)]
+struct Cli {
+    /// Worker threads (default: all cores). Output does not depend on it.
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Quantize a model (HF folder, .safetensors or .gguf) to a GGUF file.
+    Quantize(cmd::quantize::Args),
+    /// Convert between formats at float precision (GGUF <-> HF folder, F32/F16/BF16).
+    Convert(cmd::convert::Args),
+    /// Show a model's architecture, metadata and tensors.
+    Inspect(cmd::inspect::Args),
+}
+
+/// Exit codes: 0 ok, 1 error, 2 usage (clap), 3 an accuracy gate failed.
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            eprintln!("error: --threads must be at least 1");
+            return ExitCode::from(2);
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .expect("the global thread pool is built once, before any use");
+    }
+    let result = match cli.command {
+        Command::Quantize(args) => cmd::quantize::run(args),
+        Command::Convert(args) => cmd::convert::run(args),
+        Command::Inspect(args) => cmd::inspect::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.downcast_ref::<cmd::UsageError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Recipes that join readers, passes and writers: a model in the IR to a
+//! GGUF file under a preset.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use edgec_core::{Family, GgmlType, Model};
+use edgec_formats::gguf::{self, TensorPlan};
+use edgec_formats::output::write_file_atomically;
+use edgec_formats::FormatError;
+use edgec_passes::ggml_quant::quantize_row;
+use edgec_passes::presets::{tensor_type, ModelShape, Preset, TensorDesc};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::progress;
+
+#[derive(Serialize)]
+pub struct TensorReport {
+    pub name: String,
+    pub shape: Vec<usize>,
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub bytes: usize,
+}
+
+#[derive(Serialize)]
+pub struct GgufReport {
+    pub output: String,
+    pub preset: String,
+    pub params: usize,
+    pub bytes: u64,
+    pub bits_per_weight: f64,
+    pub seconds: f64,
+    pub tensors: Vec<TensorReport>,
+}
+
+fn model_shape(family: &Family, model: &Model) -> ModelShape {
+    match family {
+        Family::Llama(p) => ModelShape {
+            n_layers: p.num_layers,
+            n_gqa: p.num_heads / p.num_kv_heads.max(1),
+            tied_embeddings: model.tensor("lm_head.weight").is_none(),
+        },
+        Family::Bert(p) => ModelShape {
+            n_layers: p.num_layers,
+            n_gqa: 1,
+            tied_embeddings: false,
+        },
+    }
+}
+
+fn layer_of(gguf_name: &str) -> Option<usize> {
+    gguf_name
+        .strip_prefix("blk.")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Chooses every tensor's GGUF name and type.
+pub fn plan(model: &Model, preset: &Preset) -> Result<Vec<TensorPlan>> {
+    let family = model.meta.family.as_ref().context(
+        "the model has no architecture (a GGUF needs one: give a model folder with config.json)",
+    )?;
+    let shape = model_shape(family, model);
+    model
+        .tensors
+        .iter()
+        .map(|t| {
+            let name = gguf::gguf_tensor_name(family, &t.name).with_context(|| {
+                format!(
+                    "tensor {} has no GGUF name in a {} model",
+                    t.name,
+                    family.name()
+                )
+            })?;
+            let desc = TensorDesc {
+                gguf_name: &name,
+                n_dims: t.shape.len(),
+                row_len: t.row_len(),
+                layer: layer_of(&name),
+            };
+            let ty = tensor_type(preset, &shape, &desc);
+            Ok(TensorPlan {
+                name,
+                shape: t.shape.clone(),
+                ty,
+            })
+        })
+        .collect()
+}
+
+/// Encodes one tensor's values (already in llama.cpp's row order) as `ty`,
+/// rows in parallel. Rows are independent, so the bytes do not depend on the
+/// thread count.
+pub fn encode_rows(
+    values: &[f32],
+    row_len: usize,
+    ty: GgmlType,
+) -> Result<Vec<u8>, edgec_passes::ggml_quant::QuantError> {
+    const ROWS_PER_TASK: usize = 16;
+    let parts = values
+        .par_chunks(row_len * ROWS_PER_TASK)
+        .map(|rows| {
+            let mut out = Vec::with_capacity(ty.row_bytes(rows.len()).unwrap_or(0));
+            for row in rows.chunks(row_len) {
+                quantize_row(ty, row, None, &mut out)?;
+            }
+            Ok(out)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(parts.concat())
+}
+
+/// Writes `model` as a GGUF file at `out` under `preset`.
+pub fn write_gguf(model: &Model, out: &Path, preset: &Preset) -> Result<GgufReport> {
+    let start = Instant::now();
+    let plans = plan(model, preset)?;
+    let family = model
+        .meta
+        .family
+        .as_ref()
+        .expect("plan() checked the family");
+    let file_type = gguf::file_type_id(preset.name).unwrap_or(0);
+    let metadata = gguf::model_metadata(model, file_type);
+    let bar = progress::bar(plans.len() as u64, "quantize");
+    write_file_atomically(out, |w| {
+        gguf::writer::write(out, w, &metadata, &plans, |i| {
+            let t = &model.tensors[i];
+            let plan = &plans[i];
+            bar.set_message(plan.name.clone());
+            let mut values = t.to_f32().map_err(|e| {
+                FormatError::invalid(out, format!("reading tensor {}: {e}", t.name))
+            })?;
+            let row_len = t.row_len();
+            if let Some(n_head) = gguf::rotary_permute_heads(family, &t.name) {
+                values = gguf::permute_rows(&values, row_len, n_head, false);
+            }
+            let bytes = encode_rows(&values, row_len, plan.ty)
+                .map_err(|e| FormatError::invalid(out, format!("tensor {}: {e}", t.name)))?;
+            bar.inc(1);
+            Ok(bytes)
+        })
+    })?;
+    bar.finish_and_clear();
+    let bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+    let tensors: Vec<TensorReport> = plans
+        .iter()
+        .map(|p| TensorReport {
+            name: p.name.clone(),
+            shape: p.shape.clone(),
+            ty: p.ty.name().to_string(),
+            bytes: p.byte_len().unwrap_or(0),
+        })
+        .collect();
+    let params = model.total_params();
+    let weight_bytes: usize = tensors.iter().map(|t| t.bytes).sum();
+    if params == 0 {
+        bail!("{}: the model has no tensors", out.display());
+    }
+    Ok(GgufReport {
+        output: out.display().to_string(),
+        preset: preset.name.to_string(),
+        params,
+        bytes,
+        bits_per_weight: weight_bytes as f64 * 8.0 / params as f64,
+        seconds: start.elapsed().as_secs_f64(),
+        tensors,
+    })
+}
+
+/// Fails on the first NaN or infinite weight of the model read from
+/// `input`, naming the tensor.
+pub fn check_finite(model: &Model, input: &Path) -> Result<()> {
+    for t in &model.tensors {
+        let values = t.to_f32()?;
+        if let Some(pos) = values.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "{}: tensor {} has a non-finite weight ({}) at element {pos}; refusing to write (pass --allow-nonfinite to keep it)",
+                input.display(),
+                t.name,
+                values[pos]
+            );
+        }
+    }
+    Ok(())
+}
