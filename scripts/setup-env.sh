@@ -65,6 +65,7 @@ CMAKE_FLAGS=(
   -DLLAMA_BUILD_SERVER=OFF
   -DLLAMA_BUILD_APP=OFF
   -DLLAMA_OPENSSL=OFF
+  -DGGML_CCACHE=OFF
 )
 
 log() { printf '[setup-env] %s\n' "$*" >&2; }
@@ -80,7 +81,6 @@ command -v cc  >/dev/null 2>&1 || apt_missing+=(build-essential)
 command -v c++ >/dev/null 2>&1 || apt_missing+=(build-essential)
 command -v make >/dev/null 2>&1 || apt_missing+=(build-essential)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || apt_missing+=(python3-venv)
-command -v flock >/dev/null 2>&1 || apt_missing+=(util-linux)
 if ((${#apt_missing[@]})); then
   log "installing system packages: ${apt_missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

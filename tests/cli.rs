@@ -70,13 +70,6 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 fn rms(a: &[f32]) -> f32 {
     (a.iter().map(|x| x * x).sum::<f32>() / a.len().max(1) as f32).sqrt()
 }

@@ -114,7 +114,7 @@ impl GgmlType {
     /// Bytes needed for `n` elements; an error if `n` is not a whole number of blocks.
     pub fn row_bytes(self, n: usize) -> Result<usize> {
         let bs = self.block_size();
-        if n % bs != 0 {
+        if !n.is_multiple_of(bs) {
             return Err(Error::Shape(format!(
                 "{} needs a multiple of {bs} elements per row, got {n}",
                 self.name()

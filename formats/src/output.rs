@@ -82,6 +82,13 @@ pub fn write_dir_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>
         .tempdir_in(&dir)
         .map_err(|e| FormatError::io(&dir, e))?;
     write(tmp.path())?;
+    set_mode(tmp.path(), 0o755)?;
+    for entry in std::fs::read_dir(tmp.path()).map_err(|e| FormatError::io(path, e))? {
+        let entry = entry.map_err(|e| FormatError::io(path, e))?;
+        if entry.path().is_file() {
+            set_mode(&entry.path(), 0o644)?;
+        }
+    }
     if path.exists() {
         std::fs::remove_dir(path).map_err(|e| FormatError::io(path, e))?;
     }
@@ -90,4 +97,18 @@ pub fn write_dir_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>
         let _ = std::fs::remove_dir_all(&tmp_path);
         FormatError::io(path, e)
     })
+}
+
+/// Temporary files are created private (0600); finished outputs get the
+/// usual permissions of a file the user created.
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| FormatError::io(path, e))?;
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+    Ok(())
 }

@@ -10,6 +10,9 @@ pub struct Preset {
     pub name: &'static str,
     /// The type most weight matrices get.
     pub base: GgmlType,
+    /// Every quantizable tensor gets `base` (llama-quantize's `--pure`):
+    /// no per-tensor rules, only the fallback for rows `base` cannot hold.
+    pub pure: bool,
 }
 
 macro_rules! preset {
@@ -17,6 +20,7 @@ macro_rules! preset {
         Preset {
             name: $name,
             base: GgmlType::$base,
+            pure: false,
         }
     };
 }
@@ -143,27 +147,23 @@ fn use_more_bits(i: usize, n: usize) -> bool {
     i < n / 8 || i >= 7 * n / 8 || (i as isize - (n / 8) as isize).rem_euclid(3) == 2
 }
 
-/// The float type that tensors which are never quantized get.
-fn float_type(preset: &Preset) -> GgmlType {
-    match preset.base {
-        GgmlType::F32 => GgmlType::F32,
-        GgmlType::Bf16 => GgmlType::Bf16,
-        _ => GgmlType::F16,
-    }
-}
-
 /// The type of one tensor under `preset`.
 pub fn tensor_type(preset: &Preset, model: &ModelShape, t: &TensorDesc) -> GgmlType {
     let role = role_of(t.gguf_name, t.n_dims);
     if t.n_dims < 2 {
         return GgmlType::F32;
     }
-    if role == Role::Float || !preset.is_quantized() {
-        return if role == Role::Float && preset.is_quantized() {
-            float_type(preset)
-        } else {
-            preset.base
-        };
+    // Norms, biases, position and token-type embeddings stay F32: llama.cpp
+    // adds BERT's token-type row to F32 activations directly and has no
+    // mixed F32+F16 add on the CPU.
+    if role == Role::Float {
+        return GgmlType::F32;
+    }
+    if !preset.is_quantized() {
+        return preset.base;
+    }
+    if preset.pure {
+        return fallback(preset.base, t.row_len);
     }
     let name = preset.name;
     let layer = t.layer.unwrap_or(0);
@@ -171,7 +171,7 @@ pub fn tensor_type(preset: &Preset, model: &ModelShape, t: &TensorDesc) -> GgmlT
     let mut ty = preset.base;
     let is_output = role == Role::Output || (model.tied_embeddings && role == Role::TokenEmbd);
     if is_output {
-        ty = if t.row_len % ty.block_size() != 0 {
+        ty = if !t.row_len.is_multiple_of(ty.block_size()) {
             GgmlType::Q8_0
         } else if ty != GgmlType::Q8_0 {
             GgmlType::Q6K
@@ -224,7 +224,7 @@ pub fn tensor_type(preset: &Preset, model: &ModelShape, t: &TensorDesc) -> GgmlT
 /// size class as llama.cpp's choice, except that 2- and 3-bit k-quants fall
 /// back to IQ4_NL, which measures better than Q4_0 at the same 4.5 bits.
 pub fn fallback(ty: GgmlType, row_len: usize) -> GgmlType {
-    if row_len % ty.block_size() == 0 {
+    if row_len.is_multiple_of(ty.block_size()) {
         return ty;
     }
     let alt = match ty {
@@ -234,7 +234,7 @@ pub fn fallback(ty: GgmlType, row_len: usize) -> GgmlType {
         GgmlType::Q6K => GgmlType::Q8_0,
         other => other,
     };
-    if row_len % alt.block_size() == 0 {
+    if row_len.is_multiple_of(alt.block_size()) {
         alt
     } else {
         GgmlType::F16
@@ -289,8 +289,8 @@ mod tests {
             GgmlType::Q4K
         );
         assert_eq!(
-            tensor_type(&p, &m, &desc("blk.0.attn_norm.weight", 4096, Some(0))),
-            GgmlType::F16
+            tensor_type(&p, &m, &desc("token_types.weight", 4096, None)),
+            GgmlType::F32
         );
     }
 
@@ -313,6 +313,31 @@ mod tests {
         assert_eq!(fallback(GgmlType::Q3K, 576), GgmlType::Iq4Nl);
         assert_eq!(fallback(GgmlType::Q6K, 576), GgmlType::Q8_0);
         assert_eq!(fallback(GgmlType::Q8_0, 20), GgmlType::F16);
+    }
+
+    #[test]
+    fn pure_presets_skip_the_rules_but_not_the_fallback() {
+        let p = Preset {
+            pure: true,
+            ..Preset::by_name("Q2_K").unwrap()
+        };
+        let m = ModelShape {
+            n_layers: 30,
+            n_gqa: 3,
+            tied_embeddings: true,
+        };
+        assert_eq!(
+            tensor_type(&p, &m, &desc("blk.0.ffn_down.weight", 1536, Some(0))),
+            GgmlType::Q2K
+        );
+        assert_eq!(
+            tensor_type(&p, &m, &desc("token_embd.weight", 1536, None)),
+            GgmlType::Q2K
+        );
+        assert_eq!(
+            tensor_type(&p, &m, &desc("blk.0.ffn_up.weight", 576, Some(0))),
+            GgmlType::Iq4Nl
+        );
     }
 
     #[test]

@@ -43,9 +43,17 @@ const ENCODED_BY_GGUF_PY: [GgmlType; 8] = [
 fn first_difference(ty: GgmlType, ours: &[u8], theirs: &[u8], which: &[Dist]) -> Option<String> {
     let row_bytes = ty.row_bytes(N).unwrap();
     let ts = ty.type_size();
-    for (r, (a, b)) in ours.chunks(row_bytes).zip(theirs.chunks(row_bytes)).enumerate() {
+    for (r, (a, b)) in ours
+        .chunks(row_bytes)
+        .zip(theirs.chunks(row_bytes))
+        .enumerate()
+    {
         if a != b {
-            let blk = a.chunks(ts).zip(b.chunks(ts)).position(|(p, q)| p != q).unwrap_or(0);
+            let blk = a
+                .chunks(ts)
+                .zip(b.chunks(ts))
+                .position(|(p, q)| p != q)
+                .unwrap_or(0);
             return Some(format!(
                 "{ty}: row {r} ({:?}) block {blk}: ours {:02x?} gguf-py {:02x?}",
                 which[r],
@@ -85,7 +93,11 @@ fn legacy_and_float_bytes_equal_gguf_py() {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(failures.is_empty(), "differences from gguf-py:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "differences from gguf-py:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -133,7 +145,11 @@ fn decoders_equal_gguf_py_dequantize() {
         let theirs = read_f32(&dir.join(format!("deq-{i}.f32")));
         let bytes = std::fs::read(bytes).unwrap();
         let ours = decode(*ty, &bytes, theirs.len());
-        match ours.iter().zip(&theirs).position(|(&a, &b)| !same_f32(a, b)) {
+        match ours
+            .iter()
+            .zip(&theirs)
+            .position(|(&a, &b)| !same_f32(a, b))
+        {
             None => println!("{label}: {} values identical", ours.len()),
             Some(k) => failures.push(format!(
                 "{label}: element {k}: ours {} ({:#010x}) gguf-py {} ({:#010x})",
@@ -145,5 +161,9 @@ fn decoders_equal_gguf_py_dequantize() {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(failures.is_empty(), "decoders differ from gguf-py:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "decoders differ from gguf-py:\n{}",
+        failures.join("\n")
+    );
 }

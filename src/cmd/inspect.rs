@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
+use edgec_core::Tensor;
 use edgec_formats::gguf::{self, value::GgufValue};
 use edgec_formats::Format;
 use serde_json::{json, Value};
@@ -45,23 +46,14 @@ fn value_text(v: &GgufValue) -> String {
 
 pub fn run(args: Args) -> Result<()> {
     // GGUF is shown as stored (llama.cpp names, all metadata); other formats as read into the IR.
-    let (arch, metadata, tensors): (
-        String,
-        Vec<(String, GgufValue)>,
-        Vec<(String, Vec<usize>, edgec_core::DType, usize)>,
-    ) = if Format::of(&args.path) == Some(Format::Gguf) {
+    let (arch, metadata, tensors) = if Format::of(&args.path) == Some(Format::Gguf) {
         let file = gguf::reader::read(&args.path)?;
         let arch = file
             .metadata
             .get_str("general.architecture")
             .unwrap_or("unknown")
             .to_string();
-        let tensors = file
-            .tensors
-            .iter()
-            .map(|t| (t.name.clone(), t.shape.clone(), t.dtype, t.bytes().len()))
-            .collect();
-        (arch, file.metadata.entries, tensors)
+        (arch, file.metadata.entries, file.tensors)
     } else {
         let model = edgec_formats::read_model(&args.path)?;
         let arch = model
@@ -70,15 +62,10 @@ pub fn run(args: Args) -> Result<()> {
             .as_ref()
             .map(|f| f.name().to_string())
             .unwrap_or_else(|| "unknown".into());
-        let tensors = model
-            .tensors
-            .iter()
-            .map(|t| (t.name.clone(), t.shape.clone(), t.dtype, t.bytes().len()))
-            .collect();
-        (arch, vec![], tensors)
+        (arch, vec![], model.tensors)
     };
-    let params: usize = tensors.iter().map(|t| t.1.iter().product::<usize>()).sum();
-    let bytes: usize = tensors.iter().map(|t| t.3).sum();
+    let params: usize = tensors.iter().map(Tensor::numel).sum();
+    let bytes: usize = tensors.iter().map(|t| t.bytes().len()).sum();
     let bpw = if params > 0 {
         bytes as f64 * 8.0 / params as f64
     } else {
@@ -89,9 +76,9 @@ pub fn run(args: Args) -> Result<()> {
             "path": args.path.display().to_string(),
             "architecture": arch,
             "metadata": metadata.iter().map(|(k, v)| (k.clone(), value_json(v))).collect::<serde_json::Map<_, _>>(),
-            "tensors": tensors.iter().map(|(name, shape, dtype, b)| json!({
+            "tensors": tensors.iter().map(|t| (&t.name, &t.shape, t.dtype, t.bytes().len())).map(|(name, shape, dtype, b)| json!({
                 "name": name, "shape": shape, "type": dtype.name(), "bytes": b,
-                "bits_per_weight": *b as f64 * 8.0 / shape.iter().product::<usize>().max(1) as f64,
+                "bits_per_weight": b as f64 * 8.0 / shape.iter().product::<usize>().max(1) as f64,
             })).collect::<Vec<_>>(),
             "total_params": params,
             "total_bytes": bytes,
@@ -109,12 +96,13 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     println!("tensors ({}):", tensors.len());
-    for (name, shape, dtype, b) in &tensors {
+    for t in &tensors {
+        let (name, shape, dtype, b) = (&t.name, &t.shape, t.dtype, t.bytes().len());
         let n = shape.iter().product::<usize>().max(1);
         println!(
             "  {name:<48} {dtype:<7} {:<20} {:>6.2} bpw",
             format!("{shape:?}"),
-            *b as f64 * 8.0 / n as f64
+            b as f64 * 8.0 / n as f64
         );
     }
     println!(

@@ -21,6 +21,10 @@ pub struct Args {
     /// A llama.cpp type or preset: Q4_K_M, Q8_0, Q4_0, IQ4_NL, F16 ...
     #[arg(long = "type", id = "type")]
     pub ty: Option<String>,
+    /// Give every quantizable tensor the preset's base type (no per-tensor
+    /// rules; rows the type cannot hold still fall back), like llama-quantize --pure.
+    #[arg(long)]
+    pub pure: bool,
     /// Keep NaN or infinite weights instead of failing.
     #[arg(long)]
     pub allow_nonfinite: bool,
@@ -52,7 +56,8 @@ pub fn preset_from_args(bits: Option<u32>, ty: Option<&str>, default: &str) -> R
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let preset = preset_from_args(args.bits, args.ty.as_deref(), "Q4_K_M")?;
+    let mut preset = preset_from_args(args.bits, args.ty.as_deref(), "Q4_K_M")?;
+    preset.pure = args.pure;
     match Format::of(&args.output) {
         Some(Format::Gguf) => {}
         _ => bail!(

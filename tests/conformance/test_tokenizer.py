@@ -13,6 +13,8 @@ Prerequisites (a missing one fails, with what to run): `edgec` built, LLAMA_BIN
 (scripts/setup-env.sh), the real models (fixtures/fetch-real.sh).
 """
 
+import functools
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -89,11 +91,21 @@ def add_bos_of(fields: dict) -> bool:
     return model in ("llama", "bert") or fields.get("tokenizer.ggml.pre") == "llama-bpe"
 
 
+@functools.cache
+def parse_special_flags(tokenize: Path) -> tuple[str, ...]:
+    """llama-tokenize parses special tokens by default since it has
+    --no-parse-special; older builds needed --parse-special."""
+    proc = subprocess.run([str(tokenize), "--help"], capture_output=True, timeout=60)
+    text = (proc.stdout + proc.stderr).decode("utf-8", "replace")
+    return () if "--no-parse-special" in text else ("--parse-special",)
+
+
 def llama_ids(tokenize: Path, gguf_path: Path, text: str, tmp: Path) -> list[int]:
     prompt = tmp / "prompt.txt"
     prompt.write_bytes(text.encode("utf-8"))
+    # -f reads the file verbatim; --no-escape keeps backslashes as they are
     proc = run(
-        [tokenize, "-m", gguf_path, "-f", prompt, "--ids", "--parse-special", "--no-escape", "--log-disable"],
+        [tokenize, "-m", gguf_path, "-f", prompt, "--ids", *parse_special_flags(tokenize), "--no-escape", "--log-disable"],
         timeout=120,
     )
     out = proc.stdout.decode("utf-8").strip().splitlines()

@@ -360,7 +360,7 @@ pub fn read_model(path: &Path) -> Result<Model> {
         let t = match rotary_permute_heads(&family, &hf) {
             Some(n_head) => {
                 let rows: usize = t.shape[..t.shape.len() - 1].iter().product();
-                if rows % (2 * n_head) != 0 {
+                if !rows.is_multiple_of(2 * n_head) {
                     return Err(FormatError::invalid(
                         path,
                         format!(

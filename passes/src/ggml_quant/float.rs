@@ -4,7 +4,8 @@
 use half::{bf16, f16};
 
 pub(super) fn encode_f32(src: &[f32], out: &mut Vec<u8>) {
-    src.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+    src.iter()
+        .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
 }
 
 pub(super) fn encode_f16(src: &[f32], out: &mut Vec<u8>) {

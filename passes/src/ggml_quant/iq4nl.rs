@@ -15,8 +15,11 @@ use super::search::{signed_absmax, to_f16};
 
 const QK: usize = 32;
 
-/// Candidate offsets (in codebook units) around each end of the codebook.
-const NTRY: i32 = 7;
+/// Candidate inverse scales put the largest-magnitude value at each end of
+/// the codebook, offset by `TSTEP·t` codebook units for t in −NTRY..=NTRY
+/// (llama.cpp: one end, steps of 1, NTRY 7). Tuned by measurement.
+const NTRY: i32 = 5;
+const TSTEP: f32 = 1.4;
 
 /// `LUT[h]`: index of the codebook value nearest to any v with
 /// floor(2v) = h − 512 (every midpoint between neighbours is a multiple of ½;
@@ -45,15 +48,20 @@ const fn build_lut() -> [u8; 1024] {
 /// Index of the codebook value nearest to `v` (NaN → 0).
 #[inline(always)]
 fn best_index(v: f32) -> usize {
-    let h = (2.0 * v + 512.0).max(0.0).min(1023.0) as usize;
+    let h = (2.0 * v + 512.0).clamp(0.0, 1023.0) as usize; // NaN -> 0
     LUT[h.min(1023)] as usize
 }
 
 pub(super) fn encode(src: &[f32], importance: Option<&[f32]>, out: &mut Vec<u8>) {
     for (bi, x) in src.chunks_exact(QK).enumerate() {
-        let Ok(x) = <&[f32; QK]>::try_from(x) else { continue };
+        let Ok(x) = <&[f32; QK]>::try_from(x) else {
+            continue;
+        };
         let mut w = [0f32; QK];
-        block_weights(importance.and_then(|i| i.get(bi * QK..(bi + 1) * QK)), &mut w);
+        block_weights(
+            importance.and_then(|i| i.get(bi * QK..(bi + 1) * QK)),
+            &mut w,
+        );
         let (d, q) = quantize_block(x, &w);
         out.extend_from_slice(&d.to_le_bytes());
         for j in 0..QK / 2 {
@@ -92,8 +100,9 @@ fn quantize_block(x: &[f32; QK], w: &[f32; QK]) -> (u16, [u8; QK]) {
         }
     };
     for t in -NTRY..=NTRY {
-        better((lo + t as f32) / max, &mut bqx, &mut bqq);
-        better((hi + t as f32) / max, &mut bqx, &mut bqq);
+        let off = TSTEP * t as f32;
+        better((lo + off) / max, &mut bqx, &mut bqq);
+        better((hi + off) / max, &mut bqx, &mut bqq);
     }
     for _ in 0..4 {
         if bqq == 0.0 || bqx == 0.0 {
@@ -149,9 +158,8 @@ mod tests {
     /// The nearest codebook index by exhaustive search (ties to the upper).
     fn nearest(v: f32) -> usize {
         let mut best = 0;
-        for k in 1..16 {
-            let (dk, db) = ((v - KV[k] as f32).abs(), (v - KV[best] as f32).abs());
-            if dk <= db {
+        for (k, &kv) in KV.iter().enumerate().skip(1) {
+            if (v - kv as f32).abs() <= (v - KV[best] as f32).abs() {
                 best = k;
             }
         }

@@ -13,19 +13,23 @@
 //! 1. each sub-block gets its continuous best scale (and min) from a grid of
 //!    candidate scales, each least-squares fitted, then refined by
 //!    alternating re-rounding and re-fitting (`search.rs`);
-//! 2. the sub-block scales are quantized against the f16 super-scale(s):
-//!    for each sub-block the neighbouring integer (scale, min) pairs are
-//!    tried with the codes re-rounded for each, and the best kept by the
-//!    exact error the decoder will see;
+//! 2. the sub-block scales (and mins) are quantized against the f16
+//!    super-scale(s) *jointly with the codes*: for each sub-block a window
+//!    of integer scales around the continuous one is tried (with, for the
+//!    affine types, the min that is least-squares optimal for that scale),
+//!    the codes re-rounded for each, and the best kept by the exact error
+//!    the decoder will see — the best lattice point is often well away from
+//!    the rounded continuous optimum;
 //! 3. given those integers and codes, the super-scale(s) are re-fitted by
 //!    least squares over the whole super-block and rounded to f16, and
 //!    step 2 runs again; the best state over the rounds is kept.
 //!
 //! llama.cpp's reference instead quantizes the sub-block scales after the
-//! fact from the largest one and only re-rounds the codes once.
+//! fact from the largest one and re-rounds the codes once. Without importance
+//! the objective is the plain squared error: llama.cpp's default weightings
+//! (`av_x + |x|`, `|x|`, `x²`) measured worse in squared error for every type.
 
 use edgec_core::GgmlType;
-use half::f16;
 
 use super::block_weights;
 use super::search::{
@@ -35,18 +39,16 @@ use super::search::{
 
 pub(crate) const QK_K: usize = 256;
 
-fn tune_env(k: &str, d: f32) -> f32 {
-    use std::sync::OnceLock;
-    static M: OnceLock<std::collections::HashMap<String, f32>> = OnceLock::new();
-    let m = M.get_or_init(|| std::env::vars().filter_map(|(k, v)| v.parse().ok().map(|v| (k, v))).collect());
-    m.get(k).copied().unwrap_or(d)
-}
-
 pub(super) fn encode(ty: GgmlType, src: &[f32], importance: Option<&[f32]>, out: &mut Vec<u8>) {
     for (bi, x) in src.chunks_exact(QK_K).enumerate() {
-        let Ok(x) = <&[f32; QK_K]>::try_from(x) else { continue };
+        let Ok(x) = <&[f32; QK_K]>::try_from(x) else {
+            continue;
+        };
         let mut w = [0f32; QK_K];
-        block_weights(importance.and_then(|i| i.get(bi * QK_K..(bi + 1) * QK_K)), &mut w);
+        block_weights(
+            importance.and_then(|i| i.get(bi * QK_K..(bi + 1) * QK_K)),
+            &mut w,
+        );
         match ty {
             GgmlType::Q2K => q2_k(x, &w, out),
             GgmlType::Q3K => q3_k(x, &w, out),
@@ -123,7 +125,7 @@ fn choose_affine_ints(
     let smax = spec.smax as i32;
     let k = spec.valley;
     let mut total = 0f32;
-    for j in 0..QK_K / sub {
+    for (j, &sj) in s.iter().enumerate().take(QK_K / sub) {
         let r = j * sub..(j + 1) * sub;
         let (xs, ws) = (&x[r.clone()], &w[r.clone()]);
         let (mut sw, mut sl, mut sx) = (0f32, 0f32, 0f32);
@@ -132,7 +134,7 @@ fn choose_affine_ints(
             sl += w * l as f32;
             sx += w * x;
         }
-        let cs = if dv > 0.0 { s[j] / dv } else { 0.0 };
+        let cs = if dv > 0.0 { sj / dv } else { 0.0 };
         let [s0, _] = neighbours(cs, 0, smax);
         let mut bj = (f32::INFINITY, 0u8, 0u8);
         for ls in (s0 - k).max(0)..=(s0 + 1 + k).min(smax) {
@@ -164,7 +166,12 @@ fn choose_affine_ints(
 
 /// Step 3: the least-squares (d, dmin) for fixed integers and codes,
 /// minimising Σw(d·u − dmin·v − x)² with u = sc·q, v = m; None if undetermined.
-fn refit_affine(x: &[f32; QK_K], w: &[f32; QK_K], sub: usize, cur: &AffineBlock) -> Option<(f32, f32)> {
+fn refit_affine(
+    x: &[f32; QK_K],
+    w: &[f32; QK_K],
+    sub: usize,
+    cur: &AffineBlock,
+) -> Option<(f32, f32)> {
     let (mut aa, mut bb, mut cc, mut pp, mut qq) = (0f32, 0f32, 0f32, 0f32, 0f32);
     for j in 0..QK_K / sub {
         let (scj, mj) = (cur.sc[j] as f32, cur.m[j] as f32);
@@ -277,37 +284,51 @@ fn pack_scale_min_k4(sc: &[u8; 16], m: &[u8; 16]) -> [u8; 12] {
     out
 }
 
-/// Default grids, tuned by measurement against the reference (see the tests).
-const GRID_Q4: AffineGrid = AffineGrid {
-    rmin: -1.0,
-    rdelta: 0.1,
-    nstep: 20,
-    iters: 3,
+// Search settings, tuned by measurement (tests/vs_llama_reference.rs for
+// the error, tests/throughput.rs for the speed): wider windows in step 2
+// pay off more than denser grids in step 1.
+const SPEC_Q4: AffineSpec = AffineSpec {
+    sub: 32,
+    nmax: 15,
+    smax: 63,
+    grid: AffineGrid {
+        rmin: -1.0,
+        rdelta: 0.2,
+        nstep: 10,
+        iters: 3,
+    },
+    rounds: 2,
+    valley: 2,
 };
-const GRID_Q5: AffineGrid = AffineGrid {
-    rmin: -0.5,
-    rdelta: 0.1,
-    nstep: 15,
-    iters: 3,
+const SPEC_Q5: AffineSpec = AffineSpec {
+    sub: 32,
+    nmax: 31,
+    smax: 63,
+    grid: AffineGrid {
+        rmin: -0.5,
+        rdelta: 0.2,
+        nstep: 8,
+        iters: 3,
+    },
+    rounds: 2,
+    valley: 2,
 };
-const GRID_Q2: AffineGrid = AffineGrid {
-    rmin: -0.5,
-    rdelta: 0.1,
-    nstep: 15,
-    iters: 3,
+const SPEC_Q2: AffineSpec = AffineSpec {
+    sub: 16,
+    nmax: 3,
+    smax: 15,
+    grid: AffineGrid {
+        rmin: -0.5,
+        rdelta: 0.2,
+        nstep: 8,
+        iters: 3,
+    },
+    rounds: 2,
+    valley: 1,
 };
 
 fn q4_k(x: &[f32; QK_K], w: &[f32; QK_K], out: &mut Vec<u8>) {
-    let env = tune_env;
-    let spec = AffineSpec {
-        sub: 32,
-        nmax: 15,
-        smax: 63,
-        grid: AffineGrid { rmin: env("RMIN", -1.0), rdelta: env("RDELTA", 0.2), nstep: env("NSTEP", 10.0) as usize, iters: env("ITERS", 3.0) as usize },
-        rounds: env("ROUNDS", 2.0) as usize,
-        valley: env("VALLEY", 2.0) as i32,
-    };
-    let b = affine_superblock(x, w, &spec);
+    let b = affine_superblock(x, w, &SPEC_Q4);
     out.extend_from_slice(&b.d.to_le_bytes());
     out.extend_from_slice(&b.dmin.to_le_bytes());
     out.extend_from_slice(&pack_scale_min_k4(&b.sc, &b.m));
@@ -319,16 +340,7 @@ fn q4_k(x: &[f32; QK_K], w: &[f32; QK_K], out: &mut Vec<u8>) {
 }
 
 fn q5_k(x: &[f32; QK_K], w: &[f32; QK_K], out: &mut Vec<u8>) {
-    let env = tune_env;
-    let spec = AffineSpec {
-        sub: 32,
-        nmax: 31,
-        smax: 63,
-        grid: AffineGrid { rmin: env("RMIN", -0.5), rdelta: env("RDELTA", 0.1), nstep: env("NSTEP", 15.0) as usize, iters: env("ITERS", 3.0) as usize },
-        rounds: env("ROUNDS", 2.0) as usize,
-        valley: env("VALLEY", 2.0) as i32,
-    };
-    let b = affine_superblock(x, w, &spec);
+    let b = affine_superblock(x, w, &SPEC_Q5);
     out.extend_from_slice(&b.d.to_le_bytes());
     out.extend_from_slice(&b.dmin.to_le_bytes());
     out.extend_from_slice(&pack_scale_min_k4(&b.sc, &b.m));
@@ -354,16 +366,7 @@ fn pack_2bit(q: &[u8; QK_K]) -> [u8; 64] {
 }
 
 fn q2_k(x: &[f32; QK_K], w: &[f32; QK_K], out: &mut Vec<u8>) {
-    let env = tune_env;
-    let spec = AffineSpec {
-        sub: 16,
-        nmax: 3,
-        smax: 15,
-        grid: AffineGrid { rmin: env("RMIN", -0.5), rdelta: env("RDELTA", 0.1), nstep: env("NSTEP", 15.0) as usize, iters: env("ITERS", 3.0) as usize },
-        rounds: env("ROUNDS", 2.0) as usize,
-        valley: env("VALLEY", 2.0) as i32,
-    };
-    let b = affine_superblock(x, w, &spec);
+    let b = affine_superblock(x, w, &SPEC_Q2);
     for j in 0..16 {
         out.push((b.sc[j] & 0x0F) | ((b.m[j] & 0x0F) << 4));
     }
@@ -382,6 +385,8 @@ struct SymSpec {
     deltas: &'static [f32],
     iters: usize,
     rounds: usize,
+    /// How far beyond floor/ceil of the continuous sub-block scale step 2 looks.
+    wide: i32,
 }
 
 /// A quantized symmetric super-block: `y = (d·sc[j])·q`.
@@ -391,21 +396,68 @@ struct SymBlock {
     q: [i8; QK_K],
 }
 
+/// Step 2 (symmetric) for a fixed super-scale `dv`: per sub-block, the
+/// integer scale within `spec.wide` of floor/ceil of `s[j]/dv` with the
+/// lowest exact error, and its codes. Returns the total weighted error.
+fn choose_sym_ints(
+    x: &[f32; QK_K],
+    w: &[f32; QK_K],
+    spec: &SymSpec,
+    s: &[f32; 16],
+    dv: f32,
+    cur: &mut SymBlock,
+) -> f32 {
+    const SUB: usize = 16;
+    let (qlo, qhi) = (spec.qlo as f32, spec.qhi as f32);
+    let mut total = 0f32;
+    for (j, &sj) in s.iter().enumerate() {
+        let r = j * SUB..(j + 1) * SUB;
+        let (xs, ws) = (&x[r.clone()], &w[r.clone()]);
+        let mut bj = (f32::INFINITY, 0i8);
+        let [c0, _] = neighbours(sj / dv, spec.sclo, spec.schi);
+        for l in (c0 - spec.wide).max(spec.sclo)..=(c0 + 1 + spec.wide).min(spec.schi) {
+            let dl = dv * l as f32;
+            let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
+            let err = sym_error(xs, ws, dl, idl, qlo, qhi);
+            if err < bj.0 {
+                bj = (err, l as i8);
+            }
+        }
+        let dl = dv * bj.1 as f32;
+        let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
+        for (q, &x) in cur.q[r].iter_mut().zip(xs) {
+            *q = round_clamp(x * idl, qlo, qhi) as i8;
+        }
+        cur.sc[j] = bj.1;
+        total += bj.0;
+    }
+    total
+}
+
 fn sym_superblock(x: &[f32; QK_K], w: &[f32; QK_K], spec: &SymSpec) -> SymBlock {
     const SUB: usize = 16;
     let ones = [1f32; SUB];
     let mut s = [0f32; 16];
     let mut tmp = [0i8; SUB];
-    for j in 0..16 {
+    for (j, sj) in s.iter_mut().enumerate() {
         let r = j * SUB..(j + 1) * SUB;
         let ws = sub_weights(&w[r.clone()], &ones);
-        s[j] = sym_search(&x[r], ws, spec.qlo, spec.qhi, spec.deltas, spec.iters, &mut tmp);
+        *sj = sym_search(
+            &x[r],
+            ws,
+            spec.qlo,
+            spec.qhi,
+            spec.deltas,
+            spec.iters,
+            &mut tmp,
+        );
     }
-    let mut best = SymBlock {
+    let blank = || SymBlock {
         d: 0,
         sc: [0; 16],
         q: [0; QK_K],
     };
+    let mut best = blank();
     let (max_s, amax_s) = signed_absmax(&s);
     if !(amax_s > 0.0) {
         return best;
@@ -413,13 +465,8 @@ fn sym_superblock(x: &[f32; QK_K], w: &[f32; QK_K], spec: &SymSpec) -> SymBlock 
     let mut best_err = f32::INFINITY;
     let mut have_best = false;
     let mut d = max_s / spec.sclo as f32;
-    let mut cur = SymBlock {
-        d: 0,
-        sc: [0; 16],
-        q: [0; QK_K],
-    };
+    let mut cur = blank();
     let mut last = None;
-    let (qlo, qhi) = (spec.qlo as f32, spec.qhi as f32);
     for _ in 0..spec.rounds.max(1) {
         if !d.is_finite() {
             break;
@@ -430,30 +477,7 @@ fn sym_superblock(x: &[f32; QK_K], w: &[f32; QK_K], spec: &SymSpec) -> SymBlock 
         }
         last = Some(db);
         cur.d = db;
-        let mut total = 0f32;
-        for j in 0..16 {
-            let r = j * SUB..(j + 1) * SUB;
-            let (xs, ws) = (&x[r.clone()], &w[r.clone()]);
-            let mut bj = (f32::INFINITY, 0i8);
-            let [c0, c1] = neighbours(s[j] / dv, spec.sclo, spec.schi);
-            for l in [c0, c1].into_iter().take(if c1 > c0 { 2 } else { 1 }) {
-                let dl = dv * l as f32;
-                let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
-                let err = sym_error(xs, ws, dl, idl, qlo, qhi);
-                if err < bj.0 {
-                    bj = (err, l as i8);
-                }
-            }
-            {
-                let dl = dv * bj.1 as f32;
-                let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
-                for (q, &x) in cur.q[r].iter_mut().zip(xs) {
-                    *q = round_clamp(x * idl, qlo, qhi) as i8;
-                }
-            }
-            cur.sc[j] = bj.1;
-            total += bj.0;
-        }
+        let total = choose_sym_ints(x, w, spec, &s, dv, &mut cur);
         if !have_best || total < best_err {
             have_best = true;
             best_err = total;
@@ -476,25 +500,29 @@ fn sym_superblock(x: &[f32; QK_K], w: &[f32; QK_K], spec: &SymSpec) -> SymBlock 
     best
 }
 
-const DELTAS_Q6: [f32; 19] = [
-    -0.9, -0.8, -0.7, -0.6, -0.5, -0.4, -0.3, -0.2, -0.1, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7,
-    0.8, 0.9,
-];
-const DELTAS_Q3: [f32; 16] = [
-    -1.0, -0.9, -0.8, -0.7, -0.6, -0.5, -0.4, -0.3, -0.2, -0.1, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5,
-];
+const SPEC_Q6: SymSpec = SymSpec {
+    qlo: -32,
+    qhi: 31,
+    sclo: -128,
+    schi: 127,
+    deltas: &[-0.9, -0.45, 0.0, 0.45, 0.9],
+    iters: 3,
+    rounds: 2,
+    wide: 16,
+};
+const SPEC_Q3: SymSpec = SymSpec {
+    qlo: -4,
+    qhi: 3,
+    sclo: -32,
+    schi: 31,
+    deltas: &[-1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5],
+    iters: 3,
+    rounds: 3,
+    wide: 1,
+};
 
 fn q6_k(x: &[f32; QK_K], w: &[f32; QK_K], out: &mut Vec<u8>) {
-    let spec = SymSpec {
-        qlo: -32,
-        qhi: 31,
-        sclo: -128,
-        schi: 127,
-        deltas: &DELTAS_Q6,
-        iters: 3,
-        rounds: 3,
-    };
-    let b = sym_superblock(x, w, &spec);
+    let b = sym_superblock(x, w, &SPEC_Q6);
     let u: Vec<u8> = b.q.iter().map(|&c| (c as i32 + 32) as u8).collect();
     let mut ql = [0u8; 128];
     let mut qh = [0u8; 64];
@@ -511,16 +539,7 @@ fn q6_k(x: &[f32; QK_K], w: &[f32; QK_K], out: &mut Vec<u8>) {
 }
 
 fn q3_k(x: &[f32; QK_K], w: &[f32; QK_K], out: &mut Vec<u8>) {
-    let spec = SymSpec {
-        qlo: -4,
-        qhi: 3,
-        sclo: -32,
-        schi: 31,
-        deltas: &DELTAS_Q3,
-        iters: 3,
-        rounds: 3,
-    };
-    let b = sym_superblock(x, w, &spec);
+    let b = sym_superblock(x, w, &SPEC_Q3);
     let mut u = [0u8; QK_K];
     for (u, &c) in u.iter_mut().zip(&b.q) {
         *u = (c as i32 + 4) as u8;
@@ -564,42 +583,5 @@ mod tests {
         assert_eq!(neighbours(-3.4, -32, 31), [-4, -3]);
         assert_eq!(neighbours(-40.0, -32, 31), [-32, -31]);
         assert_eq!(neighbours(f32::NAN, -32, 31), [-32, -31]);
-    }
-}
-
-#[cfg(test)]
-mod tune_tmp {
-    use super::*;
-    fn gauss(seed: &mut u64) -> f32 {
-        let mut u = || {
-            *seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = *seed;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-        };
-        let (a, b) = (1.0 - u(), u());
-        ((-2.0 * a.ln()).sqrt() * (2.0 * std::f64::consts::PI * b).cos() * 0.02) as f32
-    }
-    fn cpu() -> f64 {
-        let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
-        s.split_whitespace().next().unwrap().parse::<f64>().unwrap() / 1e9
-    }
-    #[test]
-    #[ignore]
-    fn speed() {
-        let mut seed = 1u64;
-        let w = [1f32; QK_K];
-        let xs: Vec<f32> = (0..QK_K * 4096).map(|_| gauss(&mut seed)).collect();
-        for ty in [GgmlType::Q2K, GgmlType::Q3K, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K] {
-            let mut out = Vec::with_capacity(xs.len());
-            let t = cpu();
-            for c in xs.chunks(QK_K) {
-                let c: &[f32; QK_K] = c.try_into().unwrap();
-                match ty { GgmlType::Q2K => q2_k(c, &w, &mut out), GgmlType::Q3K => q3_k(c, &w, &mut out), GgmlType::Q4K => q4_k(c, &w, &mut out), GgmlType::Q5K => q5_k(c, &w, &mut out), _ => q6_k(c, &w, &mut out) }
-            }
-            let el = cpu() - t;
-            println!("{ty}: {:.1} M/s", xs.len() as f64 / el / 1e6);
-        }
     }
 }

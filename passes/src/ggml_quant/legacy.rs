@@ -15,7 +15,9 @@ const QK: usize = 32;
 
 pub(super) fn encode(ty: GgmlType, src: &[f32], importance: Option<&[f32]>, out: &mut Vec<u8>) {
     for (bi, x) in src.chunks_exact(QK).enumerate() {
-        let Ok(x) = <&[f32; QK]>::try_from(x) else { continue };
+        let Ok(x) = <&[f32; QK]>::try_from(x) else {
+            continue;
+        };
         match importance {
             None => match ty {
                 GgmlType::Q4_0 => q4_0_ref(x, out),
@@ -146,7 +148,9 @@ fn round_away(v: f32) -> i32 {
 }
 
 fn q8_0_ref(x: &[f32; QK], out: &mut Vec<u8>) {
-    let amax = x.iter().fold(0f32, |a, v| if v.abs() > a { v.abs() } else { a });
+    let amax = x
+        .iter()
+        .fold(0f32, |a, v| if v.abs() > a { v.abs() } else { a });
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     push_f16(out, d);
@@ -182,19 +186,19 @@ fn sym_weighted(x: &[f32; QK], w: &[f32; QK], bits: u32, out: &mut Vec<u8>) {
 /// Chooses the f16 scale near `s` (re-fitting after each rounding) and the
 /// codes for it, by the weighted error the decoder will actually see.
 fn finalize_sym(x: &[f32; QK], w: &[f32; QK], s: f32, qlo: i32, qhi: i32) -> (u16, [i8; QK]) {
-    let mut best = (u16::MAX, f32::INFINITY, [0i8; QK]);
+    let mut best: Option<(u16, f32, [i8; QK])> = None;
     let mut s = s;
     for _ in 0..3 {
         let (bits, v) = to_f16(s);
-        if bits == best.0 {
+        if best.as_ref().is_some_and(|b| b.0 == bits) {
             break;
         }
         let mut codes = [0i8; QK];
         let err = sym_assign(x, w, v, qlo, qhi, &mut codes);
-        if !(err < best.1) && best.0 != u16::MAX {
+        if best.as_ref().is_some_and(|b| !(err < b.1)) {
             break;
         }
-        best = (bits, err, codes);
+        best = Some((bits, err, codes));
         let (mut sxl, mut sll) = (0f32, 0f32);
         for ((&x, &w), &c) in x.iter().zip(w).zip(&codes) {
             sxl += w * x * c as f32;
@@ -205,10 +209,7 @@ fn finalize_sym(x: &[f32; QK], w: &[f32; QK], s: f32, qlo: i32, qhi: i32) -> (u1
         }
         s = sxl / sll;
     }
-    if best.0 == u16::MAX {
-        best.0 = 0;
-    }
-    (best.0, best.2)
+    best.map_or((0, [0; QK]), |b| (b.0, b.2))
 }
 
 /// Importance-weighted affine block (Q4_1, Q5_1): `y = d·q + m`, m free.
@@ -274,7 +275,19 @@ mod tests {
 
     #[test]
     fn round_away_matches_roundf() {
-        for v in [0.5f32, -0.5, 1.5, -1.5, 2.5, 0.49999997, -0.49999997, 126.5, -127.0, 3.2, -3.7] {
+        for v in [
+            0.5f32,
+            -0.5,
+            1.5,
+            -1.5,
+            2.5,
+            0.49999997,
+            -0.49999997,
+            126.5,
+            -127.0,
+            3.2,
+            -3.7,
+        ] {
             assert_eq!(round_away(v), v.round() as i32, "{v}");
         }
     }
@@ -282,7 +295,13 @@ mod tests {
     #[test]
     fn zero_block_is_zero() {
         let x = [0f32; QK];
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0] {
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::Q8_0,
+        ] {
             for imp in [None, Some(&[1f32; QK][..])] {
                 let mut out = Vec::new();
                 encode(ty, &x, imp, &mut out);

@@ -8,6 +8,9 @@
 //! and reach a lower squared error. Every encoder is a pure function of its
 //! input (no thread-count dependence) and never panics, whatever the floats.
 
+// `!(x > 0.0)` is meant throughout: it is also true for NaN.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 mod float;
 mod iq4nl;
 mod kquants;
@@ -46,7 +49,7 @@ pub fn quantize_row(
     out: &mut Vec<u8>,
 ) -> Result<(), QuantError> {
     let block = ty.block_size();
-    if src.len() % block != 0 {
+    if !src.len().is_multiple_of(block) {
         return Err(QuantError::RowLength {
             ty,
             len: src.len(),
@@ -77,17 +80,23 @@ pub fn quantize_row(
     Ok(())
 }
 
-/// Per-element weights for one block: the sanitised importance, or all ones
-/// when there is none (or when the block's importance is all zero).
+/// Per-element weights for one block: the sanitised importance scaled to a
+/// largest weight of 1 (the same minimiser, and no overflow in the sums), or
+/// all ones when there is none (or when the block's importance is all zero).
 pub(crate) fn block_weights<const N: usize>(importance: Option<&[f32]>, w: &mut [f32; N]) {
     match importance {
         Some(imp) if imp.len() == N => {
-            let mut any = false;
+            let mut max = 0f32;
             for (w, &v) in w.iter_mut().zip(imp) {
                 *w = if v.is_finite() && v > 0.0 { v } else { 0.0 };
-                any |= *w > 0.0;
+                max = max.max(*w);
             }
-            if !any {
+            if max > 0.0 {
+                let inv = 1.0 / max;
+                if inv.is_finite() {
+                    w.iter_mut().for_each(|w| *w *= inv);
+                }
+            } else {
                 w.fill(1.0);
             }
         }

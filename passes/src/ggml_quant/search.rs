@@ -80,7 +80,10 @@ pub(crate) fn for_lanes(x: &[f32], w: &[f32], mut f: impl FnMut(F4, F4)) {
         i += 4;
     }
     while i < n {
-        f(F4::load(&[x[i], 0.0, 0.0, 0.0]), F4::load(&[w[i], 0.0, 0.0, 0.0]));
+        f(
+            F4::load(&[x[i], 0.0, 0.0, 0.0]),
+            F4::load(&[w[i], 0.0, 0.0, 0.0]),
+        );
         i += 1;
     }
 }
@@ -192,7 +195,14 @@ pub(crate) fn sym_error(x: &[f32], w: &[f32], s: f32, is: f32, lo: f32, hi: f32)
 /// Codes for a fixed symmetric scale `s`, and the weighted squared error of
 /// `s·q` (in f32, as a decoder computes it).
 #[inline]
-pub(crate) fn sym_assign(x: &[f32], w: &[f32], s: f32, qlo: i32, qhi: i32, codes: &mut [i8]) -> f32 {
+pub(crate) fn sym_assign(
+    x: &[f32],
+    w: &[f32],
+    s: f32,
+    qlo: i32,
+    qhi: i32,
+    codes: &mut [i8],
+) -> f32 {
     let (lo, hi) = (qlo as f32, qhi as f32);
     let is = if s != 0.0 { 1.0 / s } else { 0.0 };
     for (c, &x) in codes.iter_mut().zip(x) {

@@ -93,11 +93,23 @@ mod imp {
         }
         #[inline(always)]
         pub(crate) fn max(self, o: Self) -> Self {
-            F4(std::array::from_fn(|i| if self.0[i] > o.0[i] { self.0[i] } else { o.0[i] }))
+            F4(std::array::from_fn(|i| {
+                if self.0[i] > o.0[i] {
+                    self.0[i]
+                } else {
+                    o.0[i]
+                }
+            }))
         }
         #[inline(always)]
         pub(crate) fn min(self, o: Self) -> Self {
-            F4(std::array::from_fn(|i| if self.0[i] < o.0[i] { self.0[i] } else { o.0[i] }))
+            F4(std::array::from_fn(|i| {
+                if self.0[i] < o.0[i] {
+                    self.0[i]
+                } else {
+                    o.0[i]
+                }
+            }))
         }
     }
     impl std::ops::Add for F4 {

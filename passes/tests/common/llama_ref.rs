@@ -238,7 +238,8 @@ fn pack_2bit(l: &[u8]) -> [u8; 64] {
     let mut qs = [0u8; 64];
     for j in (0..QK_K).step_by(128) {
         for i in 0..32 {
-            qs[j / 4 + i] = l[j + i] | (l[j + i + 32] << 2) | (l[j + i + 64] << 4) | (l[j + i + 96] << 6);
+            qs[j / 4 + i] =
+                l[j + i] | (l[j + i + 32] << 2) | (l[j + i + 64] << 4) | (l[j + i + 96] << 6);
         }
     }
     qs
@@ -319,7 +320,11 @@ fn q3_k(x: &[f32], out: &mut Vec<u8>) {
         d = f16_bits(1.0 / iscale);
     }
     for j in 0..16 {
-        let lo = if j < 8 { packed[j] & 0x0F } else { packed[j - 8] >> 4 };
+        let lo = if j < 8 {
+            packed[j] & 0x0F
+        } else {
+            packed[j - 8] >> 4
+        };
         let sc = (lo | (((packed[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) as i32 - 32;
         let dl = f16_val(d) * sc as f32;
         if dl == 0.0 {
@@ -357,7 +362,16 @@ fn q4_k(x: &[f32], out: &mut Vec<u8>, five: bool) {
         let sum_x2: f32 = xs.iter().fold(0.0, |s, v| s + v * v);
         let av_x = (sum_x2 / 32.0).sqrt();
         let w: Vec<f32> = xs.iter().map(|v| av_x + v.abs()).collect();
-        let (s, m) = qkx2(nmax, xs, &w, &mut l[32 * j..32 * j + 32], rmin, 0.1, nstep, false);
+        let (s, m) = qkx2(
+            nmax,
+            xs,
+            &w,
+            &mut l[32 * j..32 * j + 32],
+            rmin,
+            0.1,
+            nstep,
+            false,
+        );
         scales[j] = s;
         mins[j] = m;
         if s > max_scale {
@@ -367,7 +381,11 @@ fn q4_k(x: &[f32], out: &mut Vec<u8>, five: bool) {
             max_min = m;
         }
     }
-    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let mut packed = [0u8; 12];
     for j in 0..8 {
@@ -452,7 +470,8 @@ fn q6_k(x: &[f32], out: &mut Vec<u8>) {
             let at = |k: usize| l[128 * n + i + 32 * k] as u8;
             ql[64 * n + i] = (at(0) & 0x0F) | ((at(2) & 0x0F) << 4);
             ql[64 * n + 32 + i] = (at(1) & 0x0F) | ((at(3) & 0x0F) << 4);
-            qh[32 * n + i] = (at(0) >> 4) | ((at(1) >> 4) << 2) | ((at(2) >> 4) << 4) | ((at(3) >> 4) << 6);
+            qh[32 * n + i] =
+                (at(0) >> 4) | ((at(1) >> 4) << 2) | ((at(2) >> 4) << 4) | ((at(3) >> 4) << 6);
         }
     }
     out.extend_from_slice(&ql);

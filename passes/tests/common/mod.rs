@@ -97,7 +97,9 @@ pub fn row(rng: &mut Rng, dist: Dist, n: usize) -> Vec<f32> {
         Dist::Gaussian | Dist::Outlier | Dist::NegativeMax => {
             (0..n).map(|_| (rng.gaussian() * s) as f32).collect()
         }
-        Dist::Uniform => (0..n).map(|_| ((rng.uniform() * 2.0 - 1.0) * s) as f32).collect(),
+        Dist::Uniform => (0..n)
+            .map(|_| ((rng.uniform() * 2.0 - 1.0) * s) as f32)
+            .collect(),
         Dist::Zeros => vec![0.0; n],
         Dist::Tiny => (0..n).map(|_| (rng.gaussian() * 1e-8) as f32).collect(),
         Dist::StudentT => (0..n).map(|_| (rng.student_t(3) * s) as f32).collect(),
@@ -224,9 +226,19 @@ pub fn gguf_script() -> PathBuf {
 /// One job for `gguf_ref.py`.
 pub enum Job {
     /// gguf-py quantizes the f32 file (rows of `n`) to `ty`.
-    Quant { ty: GgmlType, n: usize, src: PathBuf, dst: PathBuf },
+    Quant {
+        ty: GgmlType,
+        n: usize,
+        src: PathBuf,
+        dst: PathBuf,
+    },
     /// gguf-py dequantizes the bytes (rows of `n` elements) of `ty` to f32.
-    Dequant { ty: GgmlType, n: usize, src: PathBuf, dst: PathBuf },
+    Dequant {
+        ty: GgmlType,
+        n: usize,
+        src: PathBuf,
+        dst: PathBuf,
+    },
 }
 
 /// Runs all jobs in one interpreter.
@@ -238,7 +250,12 @@ pub fn run_gguf_py(dir: &Path, jobs: &[Job]) {
             Job::Quant { ty, n, src, dst } => ("quant", ty, n, src, dst),
             Job::Dequant { ty, n, src, dst } => ("dequant", ty, n, src, dst),
         };
-        text.push_str(&format!("{op}\t{}\t{n}\t{}\t{}\n", ty.name(), src.display(), dst.display()));
+        text.push_str(&format!(
+            "{op}\t{}\t{n}\t{}\t{}\n",
+            ty.name(),
+            src.display(),
+            dst.display()
+        ));
     }
     let jobs_path = dir.join("jobs.tsv");
     std::fs::write(&jobs_path, text).unwrap();
