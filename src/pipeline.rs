@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use edgec_core::{Family, GgmlType, Model};
+use edgec_core::{Family, GgmlType, Model, Tensor};
 use edgec_formats::gguf::{self, TensorPlan};
 use edgec_formats::output::write_file_atomically;
 use edgec_formats::FormatError;
@@ -15,6 +15,13 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::progress;
+
+pub struct GgufOptions<'a> {
+    /// The file the model was read from, named in errors about its weights.
+    pub input: &'a Path,
+    /// Keep NaN or infinite weights instead of failing.
+    pub allow_nonfinite: bool,
+}
 
 #[derive(Serialize)]
 pub struct TensorReport {
@@ -93,30 +100,59 @@ pub fn plan(model: &Model, preset: &Preset) -> Result<Vec<TensorPlan>> {
         .collect()
 }
 
-/// Encodes one tensor's values (already in llama.cpp's row order) as `ty`,
-/// rows in parallel. Rows are independent, so the bytes do not depend on the
-/// thread count.
-pub fn encode_rows(
-    values: &[f32],
-    row_len: usize,
+/// Encodes tensor `t` as `ty` a row at a time, rows in parallel, taking
+/// output row `r` from source row `source_row(r)` (the rotary reorder), so
+/// that only one row per thread is ever held as f32. Rows are independent,
+/// so the bytes do not depend on the thread count. Fails on a non-finite
+/// weight unless `allow_nonfinite`.
+pub fn encode_tensor(
+    t: &Tensor,
     ty: GgmlType,
-) -> Result<Vec<u8>, edgec_passes::ggml_quant::QuantError> {
+    source_row: &(dyn Fn(usize) -> usize + Sync),
+    allow_nonfinite: bool,
+) -> Result<Vec<u8>, String> {
     const ROWS_PER_TASK: usize = 16;
-    let parts = values
-        .par_chunks(row_len * ROWS_PER_TASK)
-        .map(|rows| {
-            let mut out = Vec::with_capacity(ty.row_bytes(rows.len()).unwrap_or(0));
-            for row in rows.chunks(row_len) {
-                quantize_row(ty, row, None, &mut out)?;
+    let row_len = t.row_len();
+    let out_row = ty.row_bytes(row_len).map_err(|e| e.to_string())?;
+    let mut out = vec![0u8; out_row * t.row_count()];
+    let results: Vec<Result<(), String>> = out
+        .par_chunks_mut(out_row * ROWS_PER_TASK)
+        .enumerate()
+        .map(|(chunk, dst)| {
+            let mut row = vec![0f32; row_len];
+            let mut encoded = Vec::with_capacity(out_row);
+            for (k, dst_row) in dst.chunks_mut(out_row).enumerate() {
+                let r = source_row(chunk * ROWS_PER_TASK + k);
+                t.row_to_f32(r, &mut row).map_err(|e| e.to_string())?;
+                if !allow_nonfinite {
+                    if let Some(c) = row.iter().position(|v| !v.is_finite()) {
+                        return Err(format!(
+                            "tensor {} has a non-finite weight ({}) at row {r}, column {c}; \
+                             refusing to write (pass --allow-nonfinite to keep it)",
+                            t.name, row[c]
+                        ));
+                    }
+                }
+                encoded.clear();
+                quantize_row(ty, &row, None, &mut encoded)
+                    .map_err(|e| format!("tensor {}: {e}", t.name))?;
+                dst_row.copy_from_slice(&encoded);
             }
-            Ok(out)
+            Ok(())
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(parts.concat())
+        .collect();
+    // The first failing row in order, whatever thread met it first.
+    results.into_iter().collect::<Result<(), String>>()?;
+    Ok(out)
 }
 
 /// Writes `model` as a GGUF file at `out` under `preset`.
-pub fn write_gguf(model: &Model, out: &Path, preset: &Preset) -> Result<GgufReport> {
+pub fn write_gguf(
+    model: &Model,
+    out: &Path,
+    preset: &Preset,
+    opts: &GgufOptions,
+) -> Result<GgufReport> {
     let start = Instant::now();
     let plans = plan(model, preset)?;
     let family = model
@@ -132,15 +168,16 @@ pub fn write_gguf(model: &Model, out: &Path, preset: &Preset) -> Result<GgufRepo
             let t = &model.tensors[i];
             let plan = &plans[i];
             bar.set_message(plan.name.clone());
-            let mut values = t.to_f32().map_err(|e| {
-                FormatError::invalid(out, format!("reading tensor {}: {e}", t.name))
-            })?;
-            let row_len = t.row_len();
-            if let Some(n_head) = gguf::rotary_permute_heads(family, &t.name) {
-                values = gguf::permute_rows(&values, row_len, n_head, false);
-            }
-            let bytes = encode_rows(&values, row_len, plan.ty)
-                .map_err(|e| FormatError::invalid(out, format!("tensor {}: {e}", t.name)))?;
+            let rows = t.row_count();
+            let rotary =
+                gguf::rotary_permute_heads(family, &t.name).filter(|h| rows % (2 * h) == 0);
+            let source_row = move |r: usize| match rotary {
+                Some(n_head) => gguf::rotary_source_row(r, rows, n_head, true),
+                None => r,
+            };
+            let bytes = encode_tensor(t, plan.ty, &source_row, opts.allow_nonfinite)
+                .map_err(|msg| FormatError::invalid(opts.input, msg))?;
+            t.release_pages();
             bar.inc(1);
             Ok(bytes)
         })
@@ -176,15 +213,20 @@ pub fn write_gguf(model: &Model, out: &Path, preset: &Preset) -> Result<GgufRepo
 /// `input`, naming the tensor.
 pub fn check_finite(model: &Model, input: &Path) -> Result<()> {
     for t in &model.tensors {
-        let values = t.to_f32()?;
-        if let Some(pos) = values.iter().position(|v| !v.is_finite()) {
-            bail!(
-                "{}: tensor {} has a non-finite weight ({}) at element {pos}; refusing to write (pass --allow-nonfinite to keep it)",
-                input.display(),
-                t.name,
-                values[pos]
-            );
+        let mut row = vec![0f32; t.row_len()];
+        for r in 0..t.row_count() {
+            t.row_to_f32(r, &mut row)?;
+            if let Some(c) = row.iter().position(|v| !v.is_finite()) {
+                bail!(
+                    "{}: tensor {} has a non-finite weight ({}) at row {r}, column {c}; \
+                     refusing to write (pass --allow-nonfinite to keep it)",
+                    input.display(),
+                    t.name,
+                    row[c]
+                );
+            }
         }
+        t.release_pages();
     }
     Ok(())
 }

@@ -182,40 +182,87 @@ impl Tensor {
 
     /// All elements as f32, dequantizing block types.
     pub fn to_f32(&self) -> Result<Vec<f32>> {
-        let b = self.bytes();
-        let n = self.numel();
-        let out = match self.dtype {
-            DType::F32 => b
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            DType::F16 => b
-                .chunks_exact(2)
-                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            DType::Bf16 => b
-                .chunks_exact(2)
-                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            DType::I8 => b.iter().map(|&x| x as i8 as f32).collect(),
-            DType::U8 => b.iter().map(|&x| x as f32).collect(),
-            DType::I32 => b
-                .chunks_exact(4)
-                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)
-                .collect(),
-            DType::I64 => b
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32)
-                .collect(),
-            DType::Ggml(t) => {
-                let mut out = vec![0f32; n];
-                dequant::dequantize(t, b, &mut out)
-                    .map_err(|e| Error::Data(format!("tensor {}: {e}", self.name)))?;
-                out
-            }
-        };
+        let mut out = vec![0f32; self.numel()];
+        decode_into(self.dtype, self.bytes(), &mut out)
+            .map_err(|e| Error::Data(format!("tensor {}: {e}", self.name)))?;
         Ok(out)
     }
+
+    /// Rows are the innermost dimension; a 1-D tensor is one row.
+    pub fn row_count(&self) -> usize {
+        self.numel() / self.row_len().max(1)
+    }
+
+    /// Decodes row `row` into `out` (`row_len()` values), dequantizing block
+    /// types, so that large tensors can be processed a row at a time.
+    pub fn row_to_f32(&self, row: usize, out: &mut [f32]) -> Result<()> {
+        let row_bytes = self.bytes().len() / self.row_count().max(1);
+        let bytes = self
+            .bytes()
+            .get(row * row_bytes..(row + 1) * row_bytes)
+            .ok_or_else(|| Error::Shape(format!("tensor {}: no row {row}", self.name)))?;
+        decode_into(self.dtype, bytes, out)
+            .map_err(|e| Error::Data(format!("tensor {}: {e}", self.name)))
+    }
+
+    /// Tells the OS that this tensor's mapped pages will not be read again
+    /// soon, so they leave the resident set (a streaming writer calls this
+    /// after each tensor; the pages come back from the file if read again).
+    pub fn release_pages(&self) {
+        #[cfg(unix)]
+        if let TensorData::Mapped { map, offset, len } = &self.data {
+            const PAGE: usize = 4096;
+            let start = offset.next_multiple_of(PAGE);
+            let end = (offset + len) / PAGE * PAGE;
+            if end > start {
+                // SAFETY: the map is a read-only, file-backed private mapping
+                // that is never written, so MADV_DONTNEED only drops clean
+                // pages: later reads see the file's bytes again, unchanged.
+                let _ = unsafe {
+                    map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        start,
+                        end - start,
+                    )
+                };
+            }
+        }
+    }
+}
+
+/// Decodes `bytes` of `dtype` into `out`, which must hold exactly as many
+/// elements as the bytes encode.
+pub fn decode_into(dtype: DType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
+    let elem = match dtype {
+        DType::F32 | DType::I32 => 4,
+        DType::F16 | DType::Bf16 => 2,
+        DType::I8 | DType::U8 => 1,
+        DType::I64 => 8,
+        DType::Ggml(t) => return dequant::dequantize(t, bytes, out),
+    };
+    if bytes.len() != out.len() * elem {
+        return Err(Error::Data(format!(
+            "{dtype}: {} bytes do not hold {} elements",
+            bytes.len(),
+            out.len()
+        )));
+    }
+    let chunks = bytes.chunks_exact(elem).zip(out.iter_mut());
+    match dtype {
+        DType::F32 => chunks.for_each(|(c, o)| *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        DType::F16 => chunks.for_each(|(c, o)| *o = f16::from_le_bytes([c[0], c[1]]).to_f32()),
+        DType::Bf16 => chunks.for_each(|(c, o)| *o = bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+        DType::I8 => chunks.for_each(|(c, o)| *o = c[0] as i8 as f32),
+        DType::U8 => chunks.for_each(|(c, o)| *o = c[0] as f32),
+        DType::I32 => {
+            chunks.for_each(|(c, o)| *o = i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)
+        }
+        DType::I64 => chunks.for_each(|(c, o)| {
+            *o = i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
+        }),
+        DType::Ggml(_) => unreachable!("handled above"),
+    }
+    Ok(())
 }
 
 pub fn checked_numel(shape: &[usize]) -> Option<usize> {

@@ -56,6 +56,7 @@ pub fn write_file_atomically(
     tmp.as_file()
         .sync_all()
         .map_err(|e| FormatError::io(path, e))?;
+    set_mode(tmp.path(), 0o644)?;
     tmp.persist(path)
         .map_err(|e| FormatError::io(path, e.error))?;
     Ok(())

@@ -9,7 +9,7 @@ use edgec_formats::output::write_dir_atomically;
 use edgec_formats::{hf, Format};
 use edgec_passes::presets::Preset;
 
-use crate::pipeline;
+use crate::pipeline::{self, GgufOptions};
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum FloatType {
@@ -34,9 +34,6 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let model = super::read_input(&args.input, &args.output)?;
-    if !args.allow_nonfinite {
-        pipeline::check_finite(&model, &args.input)?;
-    }
     let (dtype, preset) = match args.dtype {
         FloatType::F32 => (DType::F32, "F32"),
         FloatType::F16 => (DType::F16, "F16"),
@@ -48,7 +45,15 @@ pub fn run(args: Args) -> Result<()> {
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
     if out_is_gguf {
         let preset = Preset::by_name(preset).expect("float presets exist");
-        let report = pipeline::write_gguf(&model, &args.output, &preset)?;
+        let report = pipeline::write_gguf(
+            &model,
+            &args.output,
+            &preset,
+            &GgufOptions {
+                input: &args.input,
+                allow_nonfinite: args.allow_nonfinite,
+            },
+        )?;
         println!(
             "wrote {} ({preset}, {:.1} MiB)",
             report.output,
@@ -62,6 +67,9 @@ pub fn run(args: Args) -> Result<()> {
             "{}: convert writes a .gguf file or a Hugging Face folder (a path without extension)",
             args.output.display()
         );
+    }
+    if !args.allow_nonfinite {
+        pipeline::check_finite(&model, &args.input)?;
     }
     write_dir_atomically(&args.output, |dir| hf::write(&model, dir, dtype))?;
     println!(

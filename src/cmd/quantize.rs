@@ -7,7 +7,7 @@ use edgec_formats::Format;
 use edgec_passes::presets::{Preset, PRESETS};
 
 use super::UsageError;
-use crate::pipeline;
+use crate::pipeline::{self, GgufOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -66,10 +66,15 @@ pub fn run(args: Args) -> Result<()> {
         ),
     }
     let model = super::read_input(&args.input, &args.output)?;
-    if !args.allow_nonfinite {
-        pipeline::check_finite(&model, &args.input)?;
-    }
-    let report = pipeline::write_gguf(&model, &args.output, &preset)?;
+    let report = pipeline::write_gguf(
+        &model,
+        &args.output,
+        &preset,
+        &GgufOptions {
+            input: &args.input,
+            allow_nonfinite: args.allow_nonfinite,
+        },
+    )?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -143,32 +143,34 @@ pub fn rotary_permute_heads(family: &Family, hf: &str) -> Option<usize> {
     }
 }
 
-/// Reorders whole rows of `data` (each `row_len` long: f32 values, or the
-/// bytes of quantized rows) from HF's rotary layout to llama.cpp's
-/// (`inverse` = false) or back. Within each head of `2*half` rows,
-/// llama.cpp's row `2j + s` is HF's row `s*half + j`.
-pub fn permute_rows<T: Copy + Default>(
-    data: &[T],
-    row_len: usize,
-    n_head: usize,
-    inverse: bool,
-) -> Vec<T> {
-    let rows = data.len() / row_len;
+/// The row of the other layout that row `row` of a Q or K matrix comes
+/// from: llama.cpp's `llama` graph rotates adjacent pairs while HF
+/// checkpoints rotate the two halves of each head, so within each head of
+/// `2*half` rows llama.cpp's row `2j + s` is HF's row `s*half + j`.
+/// `to_gguf` = true maps a llama.cpp row to its HF source row; false the inverse.
+pub fn rotary_source_row(row: usize, rows: usize, n_head: usize, to_gguf: bool) -> usize {
     let per_head = rows / n_head;
     let half = per_head / 2;
-    let mut out = vec![T::default(); data.len()];
-    for h in 0..n_head {
-        for j in 0..half {
-            for s in 0..2 {
-                let gg = h * per_head + 2 * j + s;
-                let hf = h * per_head + s * half + j;
-                let (dst, src) = if inverse { (hf, gg) } else { (gg, hf) };
-                out[dst * row_len..(dst + 1) * row_len]
-                    .copy_from_slice(&data[src * row_len..(src + 1) * row_len]);
-            }
-        }
-    }
-    out
+    let (head, within) = (row / per_head, row % per_head);
+    let src = if to_gguf {
+        (within % 2) * half + within / 2
+    } else {
+        (within % half) * 2 + within / half
+    };
+    head * per_head + src
+}
+
+/// Reorders whole rows of `data` (each `row_len` long: values, or the bytes
+/// of quantized rows) from HF's rotary layout to llama.cpp's (`inverse` =
+/// false) or back.
+pub fn permute_rows<T: Copy>(data: &[T], row_len: usize, n_head: usize, inverse: bool) -> Vec<T> {
+    let rows = data.len() / row_len;
+    (0..rows)
+        .flat_map(|r| {
+            let src = rotary_source_row(r, rows, n_head, !inverse);
+            data[src * row_len..(src + 1) * row_len].iter().copied()
+        })
+        .collect()
 }
 
 /// `general.*` and hyper-parameter keys, in llama.cpp's order.
@@ -399,4 +401,23 @@ pub fn read_model(path: &Path) -> Result<Model> {
         .check_against_family()
         .map_err(|msg| FormatError::invalid(path, msg))?;
     Ok(model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotary_permutation_round_trips_and_interleaves() {
+        // 2 heads of 4 rows: HF rows [a0 a1 b0 b1] become [a0 b0 a1 b1].
+        let rows: Vec<u32> = (0..8).collect();
+        let gg = permute_rows(&rows, 1, 2, false);
+        assert_eq!(gg, vec![0, 2, 1, 3, 4, 6, 5, 7]);
+        assert_eq!(permute_rows(&gg, 1, 2, true), rows);
+        let wide: Vec<u32> = (0..24).collect();
+        assert_eq!(
+            permute_rows(&permute_rows(&wide, 2, 3, false), 2, 3, true),
+            wide
+        );
+    }
 }
