@@ -170,7 +170,7 @@ pub fn write_gguf(
             bar.set_message(plan.name.clone());
             let rows = t.row_count();
             let rotary =
-                gguf::rotary_permute_heads(family, &t.name).filter(|h| rows % (2 * h) == 0);
+                gguf::rotary_permute_heads(family, &t.name).filter(|h| rows.is_multiple_of(2 * h));
             let source_row = move |r: usize| match rotary {
                 Some(n_head) => gguf::rotary_source_row(r, rows, n_head, true),
                 None => r,

@@ -67,9 +67,11 @@ fn push_f16(out: &mut Vec<u8>, v: f32) {
 /// Packs 32 codes of up to 4 bits: element j in the low nibble of byte j,
 /// element j+16 in the high nibble.
 fn push_nibbles(out: &mut Vec<u8>, q: &[u8; QK]) {
-    for j in 0..QK / 2 {
-        out.push((q[j] & 0x0F) | ((q[j + QK / 2] & 0x0F) << 4));
+    let mut b = [0u8; QK / 2];
+    for (j, b) in b.iter_mut().enumerate() {
+        *b = (q[j] & 0x0F) | ((q[j + QK / 2] & 0x0F) << 4);
     }
+    out.extend_from_slice(&b);
 }
 
 /// The fifth bits of 32 codes, element j at bit j of a little-endian u32.
@@ -135,6 +137,7 @@ fn q5_1_ref(x: &[f32; QK], out: &mut Vec<u8>) {
 }
 
 /// `roundf`: nearest, halves away from zero (exact for |v| < 2^23).
+#[cfg(test)]
 fn round_away(v: f32) -> i32 {
     let t = v as i32; // truncates toward zero, saturating
     let frac = v - t as f32;
@@ -154,9 +157,22 @@ fn q8_0_ref(x: &[f32; QK], out: &mut Vec<u8>) {
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     push_f16(out, d);
-    for &v in x {
-        out.push(round_away(v * id).clamp(-128, 127) as i8 as u8);
+    let mut q = [0u8; QK];
+    for (q, &v) in q.iter_mut().zip(x) {
+        *q = round_away_i8(v * id) as u8;
     }
+    out.extend_from_slice(&q);
+}
+
+/// `round_away(v).clamp(-128, 127)`, branch-free so that it vectorises:
+/// the truncation is clamped to ±256 first (beyond which the result is
+/// clamped anyway), so the ±1 cannot overflow.
+#[inline(always)]
+fn round_away_i8(v: f32) -> i8 {
+    let t = (v as i32).clamp(-256, 256); // truncates toward zero, NaN -> 0
+    let frac = v - t as f32;
+    let r = t + (frac >= 0.5) as i32 - (frac <= -0.5) as i32;
+    r.clamp(-128, 127) as i8
 }
 
 /// Importance-weighted symmetric block (Q4_0, Q5_0, Q8_0).
@@ -289,6 +305,29 @@ mod tests {
             -3.7,
         ] {
             assert_eq!(round_away(v), v.round() as i32, "{v}");
+        }
+        for v in [
+            0.5f32,
+            -0.5,
+            127.49998,
+            127.5,
+            -128.5,
+            -128.49998,
+            300.7,
+            -1e20,
+            1e20,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -0.0,
+            3.2,
+            -3.7,
+        ] {
+            assert_eq!(
+                round_away_i8(v) as i32,
+                round_away(v).clamp(-128, 127),
+                "{v}"
+            );
         }
     }
 

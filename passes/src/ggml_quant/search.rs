@@ -9,11 +9,250 @@
 //! clamped, so NaN or infinite inputs give garbage codes but never a panic.
 //!
 //! Sums run in four lanes ([`F4`]) combined in a fixed order: the results
-//! are deterministic and identical on every platform.
+//! are deterministic and identical on every platform. Independent candidates
+//! (a search's grid, step 2's windows) are evaluated together by the batched
+//! kernels ([`batch`]), which vectorise across candidates (AVX, AVX-512F when
+//! the CPU has them) without changing any candidate's operations or their
+//! order, so every path gives the same bits as a lone [`F4`] evaluation.
 
 use half::f16;
 
-use super::simd::F4;
+use super::simd::{Lanes, F4};
+#[cfg(target_arch = "x86_64")]
+use super::simd::{F16, F8};
+
+/// The most candidates one [`batch`] call evaluates.
+pub(crate) const MAX_CANDS: usize = 64;
+
+/// Per-candidate sums from [`batch`]: `out[a][c]` is accumulator `a` of candidate `c`.
+pub(crate) type BatchOut = [[f32; MAX_CANDS]; 3];
+
+/// One evaluation of a candidate over four values: the operations an
+/// `F4` loop would do, written once for every [`Lanes`] width.
+pub(crate) trait Kernel {
+    /// How many of the three accumulators are used.
+    const NACC: usize;
+    /// Accumulates one chunk `x`, `w` for the candidates whose parameters
+    /// (up to three per candidate) are in `p`.
+    fn step<V: Lanes>(&self, x: V, w: V, p: &[V; 3], acc: &mut [V; 3]);
+}
+
+/// Σ w·x·l and Σ w·l² for codes `round(is·x)` in [lo, hi]; parameter: `is`.
+pub(crate) struct SymStatsK {
+    pub lo: f32,
+    pub hi: f32,
+}
+impl Kernel for SymStatsK {
+    const NACC: usize = 2;
+    #[inline(always)]
+    fn step<V: Lanes>(&self, x: V, w: V, p: &[V; 3], acc: &mut [V; 3]) {
+        let l = (p[0] * x).round_clamp(V::splat(self.lo), V::splat(self.hi));
+        let wl = w * l;
+        acc[0] = acc[0] + wl * x;
+        acc[1] = acc[1] + wl * l;
+    }
+}
+
+/// Σ w·l, Σ w·l², Σ w·l·x for codes `round((x − off)·is)` in [0, top];
+/// parameter: `is`.
+pub(crate) struct AffineStatsK {
+    pub off: f32,
+    pub top: f32,
+}
+impl Kernel for AffineStatsK {
+    const NACC: usize = 3;
+    #[inline(always)]
+    fn step<V: Lanes>(&self, x: V, w: V, p: &[V; 3], acc: &mut [V; 3]) {
+        let l = (p[0] * (x - V::splat(self.off))).round_clamp(V::zero(), V::splat(self.top));
+        let wl = w * l;
+        acc[0] = acc[0] + wl;
+        acc[1] = acc[1] + wl * l;
+        acc[2] = acc[2] + wl * x;
+    }
+}
+
+/// [`sym_error`]; parameters: `s`, `is`.
+pub(crate) struct SymErrK {
+    pub lo: f32,
+    pub hi: f32,
+}
+impl Kernel for SymErrK {
+    const NACC: usize = 1;
+    #[inline(always)]
+    fn step<V: Lanes>(&self, x: V, w: V, p: &[V; 3], acc: &mut [V; 3]) {
+        let e = p[0] * (p[1] * x).round_clamp(V::splat(self.lo), V::splat(self.hi)) - x;
+        acc[0] = acc[0] + w * e * e;
+    }
+}
+
+/// The weighted squared error of `dl·q − ml` with the codes nearest to
+/// `(x + ml)/dl` in [0, top], computed as a decoder does; parameters: `dl`,
+/// `idl` (1/dl or 0), `ml`.
+pub(crate) struct AffineErrK {
+    pub top: f32,
+}
+impl Kernel for AffineErrK {
+    const NACC: usize = 1;
+    #[inline(always)]
+    fn step<V: Lanes>(&self, x: V, w: V, p: &[V; 3], acc: &mut [V; 3]) {
+        let l = ((x + p[2]) * p[1]).round_clamp(V::zero(), V::splat(self.top));
+        let e = p[0] * l - p[2] - x;
+        acc[0] = acc[0] + w * e * e;
+    }
+}
+
+/// `G` vectors of candidates from `c0` (padded with the last candidate).
+#[inline(always)]
+fn batch_group<V: Lanes, K: Kernel, const G: usize>(
+    k: &K,
+    x: &[f32],
+    w: &[f32],
+    p: [&[f32]; 3],
+    c0: usize,
+    out: &mut BatchOut,
+) {
+    let nc = p[0].len();
+    let mut pv = [[V::zero(); 3]; G];
+    for (g, pv) in pv.iter_mut().enumerate() {
+        for (a, pv) in pv.iter_mut().enumerate() {
+            let mut t = [0f32; 4];
+            for (c, t) in t.iter_mut().enumerate().take(V::CANDS) {
+                *t = p[a][(c0 + g * V::CANDS + c).min(nc - 1)];
+            }
+            *pv = V::per_cand(&t);
+        }
+    }
+    let mut acc = [[V::zero(); 3]; G];
+    let n = x.len().min(w.len());
+    let mut i = 0;
+    while i + 4 <= n {
+        let (xv, wv) = (V::load4(&x[i..]), V::load4(&w[i..]));
+        for g in 0..G {
+            k.step(xv, wv, &pv[g], &mut acc[g]);
+        }
+        i += 4;
+    }
+    // The remainder one at a time, as lane 0 of a vector (as `for_lanes`).
+    while i < n {
+        let xv = V::load4(&[x[i], 0.0, 0.0, 0.0]);
+        let wv = V::load4(&[w[i], 0.0, 0.0, 0.0]);
+        for g in 0..G {
+            k.step(xv, wv, &pv[g], &mut acc[g]);
+        }
+        i += 1;
+    }
+    for (g, acc) in acc.iter().enumerate() {
+        for (a, acc) in acc.iter().enumerate().take(K::NACC) {
+            let mut t = [0f32; 4];
+            acc.hsums(&mut t);
+            for (c, &t) in t.iter().enumerate().take(V::CANDS) {
+                let ci = c0 + g * V::CANDS + c;
+                if ci < nc {
+                    out[a][ci] = t;
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn batch_with<V: Lanes, K: Kernel>(
+    k: &K,
+    x: &[f32],
+    w: &[f32],
+    p: [&[f32]; 3],
+    out: &mut BatchOut,
+) {
+    let nc = p[0].len().min(MAX_CANDS);
+    let p = p.map(|p| &p[..nc]);
+    let mut c0 = 0;
+    while c0 < nc {
+        let nv = (nc - c0).div_ceil(V::CANDS);
+        match nv {
+            1 => batch_group::<V, K, 1>(k, x, w, p, c0, out),
+            2 => batch_group::<V, K, 2>(k, x, w, p, c0, out),
+            3 => batch_group::<V, K, 3>(k, x, w, p, c0, out),
+            _ => batch_group::<V, K, 4>(k, x, w, p, c0, out),
+        }
+        c0 += nv.min(4) * V::CANDS;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+fn batch_avx<K: Kernel>(k: &K, x: &[f32], w: &[f32], p: [&[f32]; 3], out: &mut BatchOut) {
+    batch_with::<F8, K>(k, x, w, p, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn batch_avx512<K: Kernel>(k: &K, x: &[f32], w: &[f32], p: [&[f32]; 3], out: &mut BatchOut) {
+    batch_with::<F16, K>(k, x, w, p, out)
+}
+
+/// The vector width the batched kernels use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Level {
+    F4,
+    F8,
+    F16,
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests force a level (on this thread) to compare the paths.
+    pub(crate) static FORCE_LEVEL: std::cell::Cell<Option<Level>> = const { std::cell::Cell::new(None) };
+}
+
+/// The widest level this CPU runs.
+pub(crate) fn best_level() -> Level {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            return Level::F16;
+        }
+        if is_x86_feature_detected!("avx") {
+            return Level::F8;
+        }
+    }
+    Level::F4
+}
+
+#[inline]
+fn level() -> Level {
+    #[cfg(test)]
+    if let Some(l) = FORCE_LEVEL.with(|f| f.get()) {
+        return l.min_available();
+    }
+    best_level()
+}
+
+#[cfg(test)]
+impl Level {
+    fn min_available(self) -> Level {
+        match (self, best_level()) {
+            (Level::F16, Level::F16) => Level::F16,
+            (Level::F16 | Level::F8, Level::F16 | Level::F8) => Level::F8,
+            _ => Level::F4,
+        }
+    }
+}
+
+/// Evaluates kernel `k` over (x, w) for every candidate (parameter `a` of
+/// candidate `c` in `p[a][c]`; all of `p`'s slices as long as `p[0]`, at
+/// most [`MAX_CANDS`]), writing accumulator `a` of candidate `c` to
+/// `out[a][c]`: bit for bit what an [`F4`] loop per candidate gives.
+#[inline]
+pub(crate) fn batch<K: Kernel>(k: &K, x: &[f32], w: &[f32], p: [&[f32]; 3], out: &mut BatchOut) {
+    match level() {
+        // SAFETY: the level is only F16 / F8 when the CPU has AVX-512F / AVX.
+        #[cfg(target_arch = "x86_64")]
+        Level::F16 => unsafe { batch_avx512(k, x, w, p, out) },
+        #[cfg(target_arch = "x86_64")]
+        Level::F8 => unsafe { batch_avx(k, x, w, p, out) },
+        _ => batch_with::<F4, K>(k, x, w, p, out),
+    }
+}
 
 /// Rounds to the nearest integer, ties to even, exactly as ggml's
 /// `nearest_int` (valid for |v| < 2^22; callers clamp first).
@@ -35,16 +274,29 @@ pub(crate) fn clampf(v: f32, lo: f32, hi: f32) -> f32 {
     }
 }
 
-/// `round(clamp(v, lo, hi))` (ties to even) as a float; |lo|, |hi| ≤ 2^22.
-#[inline(always)]
-pub(crate) fn round_clampf(v: f32, lo: f32, hi: f32) -> f32 {
-    (clampf(v, lo, hi) + 12_582_912.0) - 12_582_912.0
-}
-
-/// `nearest_int(clamp(v, lo, hi))`; NaN maps to `lo`.
+/// `nearest_int(clamp(v, lo, hi))`; NaN maps to `lo`. (Integer bit
+/// arithmetic rather than a saturating cast, so that loops vectorise.)
 #[inline(always)]
 pub(crate) fn round_clamp(v: f32, lo: f32, hi: f32) -> i32 {
-    round_clampf(v, lo, hi) as i32
+    nearest_int(clampf(v, lo, hi))
+}
+
+/// Σ f(x, w) over (x, w) in four lanes, combined as [`F4::hsum`].
+#[inline(always)]
+pub(crate) fn lane_sum(x: &[f32], w: &[f32], mut f: impl FnMut(usize, F4, F4) -> F4) -> f32 {
+    let mut acc = F4::zero();
+    let n = x.len().min(w.len());
+    let mut i = 0;
+    while i + 4 <= n {
+        acc = acc + f(i, F4::load(&x[i..]), F4::load(&w[i..]));
+        i += 4;
+    }
+    let mut a = acc.to_array();
+    for (k, (&x, &w)) in x[i..n].iter().zip(&w[i..n]).enumerate() {
+        let t = f(i + k, F4::splat(x), F4::splat(w)).to_array()[0];
+        a[0] += t;
+    }
+    (a[0] + a[2]) + (a[1] + a[3])
 }
 
 /// An f32 rounded to f16 (nearest, ties to even): the stored bits and the
@@ -59,13 +311,25 @@ pub(crate) fn to_f16(v: f32) -> (u16, f32) {
 /// magnitude. NaNs are skipped.
 #[inline]
 pub(crate) fn signed_absmax(x: &[f32]) -> (f32, f32) {
-    let (mut amax, mut max) = (0f32, 0f32);
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
+    // The largest magnitude (in eight lanes, so that it vectorises: `max`
+    // is exact in any order), then the first value that has it.
+    let mut lanes = [0f32; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            let a = v.abs();
+            *m = if a > *m { a } else { *m };
         }
     }
+    for &v in chunks.remainder() {
+        let a = v.abs();
+        lanes[0] = if a > lanes[0] { a } else { lanes[0] };
+    }
+    let amax = lanes.iter().fold(0f32, |m, &a| if a > m { a } else { m });
+    if amax == 0.0 {
+        return (0.0, 0.0);
+    }
+    let max = x.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0);
     (max, amax)
 }
 
@@ -125,6 +389,13 @@ impl SymBest {
     #[inline]
     fn consider(&mut self, x: &[f32], w: &[f32], is: f32, lo: f32, hi: f32) -> bool {
         let (sxl, sll) = sym_stats(x, w, is, lo, hi);
+        self.offer(sxl, sll, is)
+    }
+
+    /// Keeps the codes of inverse scale `is` with sums `sxl`, `sll` if they
+    /// fit better; true if so.
+    #[inline]
+    fn offer(&mut self, sxl: f32, sll: f32, is: f32) -> bool {
         if sll > 0.0 && (self.sll == 0.0 || sxl * sxl * self.sll > self.sxl * self.sxl * sll) {
             (self.sxl, self.sll, self.is) = (sxl, sll, is);
             true
@@ -156,9 +427,17 @@ pub(crate) fn sym_search(
     let (lo, hi) = (qlo as f32, qhi as f32);
     // Maximise sxl²/sll (the error is Σwx² − sxl²/sll at the fitted scale).
     let mut best = SymBest::default();
-    for &d in deltas {
-        best.consider(x, w, (lo - d) / max, lo, hi);
-        best.consider(x, w, (hi + d) / max, lo, hi);
+    let mut cis = [0f32; MAX_CANDS];
+    let nc = (2 * deltas.len()).min(MAX_CANDS);
+    for (c, &d) in deltas.iter().take(nc / 2).enumerate() {
+        cis[2 * c] = (lo - d) / max;
+        cis[2 * c + 1] = (hi + d) / max;
+    }
+    let mut st = [[0f32; MAX_CANDS]; 3];
+    let cis = &cis[..nc];
+    batch(&SymStatsK { lo, hi }, x, w, [cis; 3], &mut st);
+    for (c, &is) in cis.iter().enumerate() {
+        best.offer(st[0][c], st[1][c], is);
     }
     for _ in 0..iters {
         if best.sll == 0.0 {
@@ -248,12 +527,26 @@ pub(crate) fn affine_search(
     grid: AffineGrid,
     codes: &mut [u8],
 ) -> (f32, f32) {
-    let mut mn = f32::INFINITY;
-    let mut mx = f32::NEG_INFINITY;
-    for &x in x {
-        mn = mn.min(x);
-        mx = mx.max(x);
+    // Min and max, NaNs skipped (in eight lanes, so that it vectorises).
+    let mut mns = [f32::INFINITY; 8];
+    let mut mxs = [f32::NEG_INFINITY; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for ((mn, mx), &v) in mns.iter_mut().zip(&mut mxs).zip(c) {
+            *mn = if v < *mn { v } else { *mn };
+            *mx = if v > *mx { v } else { *mx };
+        }
     }
+    for &v in chunks.remainder() {
+        mns[0] = if v < mns[0] { v } else { mns[0] };
+        mxs[0] = if v > mxs[0] { v } else { mxs[0] };
+    }
+    let mut mn = mns
+        .iter()
+        .fold(f32::INFINITY, |m, &v| if v < m { v } else { m });
+    let mx = mxs
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
     let (sw, sx) = weight_sums(x, w);
     if nonpos_min && mn > 0.0 {
         mn = 0.0;
@@ -287,18 +580,27 @@ pub(crate) fn affine_search(
     };
 
     // Start from the plain min/max quantizer.
-    let mut best_is = top / range;
+    // Candidate 0 is the min/max quantizer, then the grid.
+    let mut cis = [0f32; MAX_CANDS];
+    let nc = (grid.nstep + 2).min(MAX_CANDS);
+    cis[0] = top / range;
+    for (k, is) in cis[1..nc].iter_mut().enumerate() {
+        *is = (top + grid.rmin + grid.rdelta * k as f32) / range;
+    }
+    let cis = &cis[..nc];
+    let mut st = [[0f32; MAX_CANDS]; 3];
+    batch(&AffineStatsK { off: mn, top }, x, w, [cis; 3], &mut st);
+    let mut best_is = cis[0];
     let mut best_off = mn;
     let (mut bs, mut bm, mut bgain) = {
         let s = range / top;
-        let (sl, sll, sxl) = affine_stats(x, w, best_is, mn, top);
+        let (sl, sll, sxl) = (st[0][0], st[1][0], st[2][0]);
         // gain = Σwx² − E for y = s·l + mn.
         let gain = 2.0 * (s * sxl + mn * sx) - (s * s * sll + 2.0 * s * mn * sl + mn * mn * sw);
         (s, mn, gain)
     };
-    for k in 0..=grid.nstep {
-        let is = (top + grid.rmin + grid.rdelta * k as f32) / range;
-        let (sl, sll, sxl) = affine_stats(x, w, is, mn, top);
+    for (c, &is) in cis.iter().enumerate().skip(1) {
+        let (sl, sll, sxl) = (st[0][c], st[1][c], st[2][c]);
         if let Some((s, m, gain)) = fit(sl, sll, sxl) {
             if gain > bgain {
                 (bs, bm, bgain) = (s, m, gain);
@@ -323,19 +625,4 @@ pub(crate) fn affine_search(
         *c = round_clamp(best_is * (x - best_off), 0.0, top) as u8;
     }
     (bs, bm)
-}
-
-/// The weighted squared error of `dl·q − ml` with the codes nearest to
-/// `(x + ml)/dl` in [0, top], computed as a decoder does; `idl` = 1/dl (or 0).
-#[inline]
-pub(crate) fn affine_error(x: &[f32], w: &[f32], dl: f32, idl: f32, ml: f32, top: f32) -> f32 {
-    let (vd, vid, vm) = (F4::splat(dl), F4::splat(idl), F4::splat(ml));
-    let (vlo, vhi) = (F4::zero(), F4::splat(top));
-    let mut err = F4::zero();
-    for_lanes(x, w, |x, w| {
-        let l = ((x + vm) * vid).round_clamp(vlo, vhi);
-        let e = vd * l - vm - x;
-        err = err + w * e * e;
-    });
-    err.hsum()
 }
