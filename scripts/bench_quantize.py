@@ -24,11 +24,14 @@ MODEL_DIR = CACHE / "models" / "smollm2-135m-f32"
 
 def measure(cmd):
     """Wall seconds and peak RSS (MiB) of one run of `cmd`."""
-    start = time.perf_counter()
-    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    err = proc.stderr.read().decode("utf-8", "replace")
+    # stderr goes to a file: a pipe nobody reads until exit would fill and block the tool.
+    with tempfile.TemporaryFile() as log:
+        start = time.perf_counter()
+        proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.DEVNULL, stderr=log)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        log.seek(0)
+        err = log.read().decode("utf-8", "replace")
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"{' '.join(map(str, cmd))} failed:\n{err[-3000:]}")
     return wall, usage.ru_maxrss / 1024

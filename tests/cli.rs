@@ -76,7 +76,7 @@ fn rms(a: &[f32]) -> f32 {
 
 #[test]
 fn f32_round_trip_is_exact() {
-    for model in ["tiny-llama", "tiny-bert", "tiny-llama-sp"] {
+    for model in ["tiny-llama", "tiny-bert", "tiny-llama-sp", "tiny-qwen2"] {
         let d = tempfile::tempdir().unwrap();
         let g = d.path().join("m.gguf");
         let back = d.path().join("back");
@@ -388,4 +388,51 @@ fn usage_errors_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     let out = run(&["frobnicate"]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// A sharded copy of tiny-llama (`model.safetensors.index.json` and two
+/// shards) gives the same GGUF as the single file.
+#[test]
+fn sharded_safetensors_read_like_one_file() {
+    use edgec_formats::safetensors::{write_file, LazyTensor};
+    let d = tempfile::tempdir().unwrap();
+    let sharded = d.path().join("tiny-llama");
+    std::fs::create_dir(&sharded).unwrap();
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(fixture("tiny-llama").join(f), sharded.join(f)).unwrap();
+    }
+    let model = hf::read(&fixture("tiny-llama")).unwrap();
+    let (first, second) = model.tensors.split_at(model.tensors.len() / 2);
+    let mut weight_map = serde_json::Map::new();
+    for (i, part) in [first, second].into_iter().enumerate() {
+        let file = format!("model-{:05}-of-00002.safetensors", i + 1);
+        let lazy: Vec<LazyTensor> = part
+            .iter()
+            .map(|t| LazyTensor {
+                name: t.name.clone(),
+                shape: t.shape.clone(),
+                dtype: t.dtype,
+                produce: Box::new(move || t.bytes().to_vec()),
+            })
+            .collect();
+        write_file(&sharded.join(&file), &lazy).unwrap();
+        for t in part {
+            weight_map.insert(t.name.clone(), serde_json::json!(file));
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(sharded.join("model.safetensors.index.json"), index.to_string()).unwrap();
+
+    let a = d.path().join("single.gguf");
+    let b = d.path().join("sharded.gguf");
+    ok(&["quantize", "--type", "Q8_0", s(&fixture("tiny-llama")), s(&a)]);
+    ok(&["quantize", "--type", "Q8_0", s(&sharded), s(&b)]);
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+
+    // An index that points at a shard without the tensor is an error naming the shard.
+    let mut broken = index.clone();
+    broken["weight_map"]["model.norm.weight"] = serde_json::json!("model-00001-of-00002.safetensors");
+    assert!(!first.iter().any(|t| t.name == "model.norm.weight"));
+    std::fs::write(sharded.join("model.safetensors.index.json"), broken.to_string()).unwrap();
+    fails(&["quantize", s(&sharded), s(&b)], &["model-00001-of-00002.safetensors", "model.norm.weight"]);
 }

@@ -46,7 +46,7 @@ def generate(llama_bin: Path, model: Path, prompt: str, n: int) -> str:
 
 
 @pytest.mark.parametrize("ty", TYPES)
-@pytest.mark.parametrize("model", ["tiny-llama", "tiny-llama-sp"])
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-llama-sp", "tiny-qwen2"])
 def test_tiny_llama_loads_and_runs(edgec_bin, llama_bin, tmp_root, model, ty):
     out = quantized(edgec_bin, tmp_root, REPO / "fixtures" / model, ty)
     text = generate(llama_bin, out, "Hello", 4)
