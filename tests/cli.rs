@@ -423,18 +423,36 @@ fn sharded_safetensors_read_like_one_file() {
         }
     }
     let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
-    std::fs::write(sharded.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    std::fs::write(
+        sharded.join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
 
     let a = d.path().join("single.gguf");
     let b = d.path().join("sharded.gguf");
-    ok(&["quantize", "--type", "Q8_0", s(&fixture("tiny-llama")), s(&a)]);
+    ok(&[
+        "quantize",
+        "--type",
+        "Q8_0",
+        s(&fixture("tiny-llama")),
+        s(&a),
+    ]);
     ok(&["quantize", "--type", "Q8_0", s(&sharded), s(&b)]);
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
 
     // An index that points at a shard without the tensor is an error naming the shard.
     let mut broken = index.clone();
-    broken["weight_map"]["model.norm.weight"] = serde_json::json!("model-00001-of-00002.safetensors");
+    broken["weight_map"]["model.norm.weight"] =
+        serde_json::json!("model-00001-of-00002.safetensors");
     assert!(!first.iter().any(|t| t.name == "model.norm.weight"));
-    std::fs::write(sharded.join("model.safetensors.index.json"), broken.to_string()).unwrap();
-    fails(&["quantize", s(&sharded), s(&b)], &["model-00001-of-00002.safetensors", "model.norm.weight"]);
+    std::fs::write(
+        sharded.join("model.safetensors.index.json"),
+        broken.to_string(),
+    )
+    .unwrap();
+    fails(
+        &["quantize", s(&sharded), s(&b)],
+        &["model-00001-of-00002.safetensors", "model.norm.weight"],
+    );
 }

@@ -73,10 +73,11 @@ fn searches_beat_llama_reference() {
 /// the wrapper in `llama_ref_harness.c` (see its header for how to build it),
 /// named by `EDGEC_LLAMA_REF`.
 #[test]
-#[ignore = "needs EDGEC_LLAMA_REF: a build of tests/llama_ref_harness.c against llama.cpp"]
 fn reference_port_matches_llama_cpp() {
-    let bin = std::env::var_os("EDGEC_LLAMA_REF")
-        .expect("set EDGEC_LLAMA_REF to a build of passes/tests/llama_ref_harness.c");
+    let bin = std::env::var_os("EDGEC_LLAMA_REF").expect(
+        "EDGEC_LLAMA_REF (llama.cpp's reference quantizers, built by scripts/setup-env.sh) is not set: \
+         run scripts/setup-env.sh and `source ~/.cache/edgec/env.sh`",
+    );
     let dir = scratch_dir("llama-ref");
     let mut rng = Rng::new(77);
     let mut x = Vec::new();
