@@ -30,6 +30,8 @@ enum Command {
     Convert(cmd::convert::Args),
     /// Show a model's architecture, metadata and tensors.
     Inspect(cmd::inspect::Args),
+    /// Measure a model's accuracy, or a candidate's against a reference, on real data.
+    Eval(cmd::eval::Args),
 }
 
 /// Exit codes: 0 ok, 1 error, 2 usage (clap), 3 an accuracy gate failed.
@@ -49,6 +51,11 @@ fn main() -> ExitCode {
         Command::Quantize(args) => cmd::quantize::run(args),
         Command::Convert(args) => cmd::convert::run(args),
         Command::Inspect(args) => cmd::inspect::run(args),
+        Command::Eval(args) => match cmd::eval::run(args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(3),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,6 +5,7 @@
 pub mod error;
 pub mod ggml;
 pub mod model;
+pub mod runtime;
 pub mod tensor;
 pub mod vocab;
 

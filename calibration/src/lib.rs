@@ -1,0 +1,26 @@
+//! Calibration and evaluation data (text, sentences), tokenization with the
+//! model's own tokenizer, and the metrics `edgec eval` reports.
+//!
+//! - [`tokenize`]: [`TextTokenizer`], text → ids as llama.cpp tokenizes;
+//! - [`data`]: text and JSONL files, llama-perplexity's chunks, calibration
+//!   windows;
+//! - [`metrics`]: perplexity as llama-perplexity computes it, KL-divergence
+//!   and top-1 agreement against reference logits, cosine similarity, top-1
+//!   accuracy;
+//! - [`llama_logits`]: llama-perplexity's saved reference logits, and KL
+//!   against them computed as llama.cpp does.
+
+pub mod data;
+pub mod error;
+pub mod llama_logits;
+pub mod metrics;
+pub mod tokenize;
+
+pub use data::{calibration_sequences, read_jsonl_sentences, read_text, token_chunks};
+pub use error::{CalibrationError, Result};
+pub use llama_logits::{LlamaKl, LlamaLogitsFile};
+pub use metrics::{
+    argmax, cosine, first_scored, scored_per_chunk, token_nll, top1_accuracy, KlAccumulator,
+    PerplexityAccumulator, Stats,
+};
+pub use tokenize::TextTokenizer;

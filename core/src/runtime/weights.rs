@@ -1,0 +1,417 @@
+//! IR tensors to candle tensors: dense f32 weights (trainable `Var`s when
+//! training), and linear layers that run either on dense f32 weights or on
+//! candle's quantized matmul over the ggml blocks as stored.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::{Device, Module, Tensor, Var};
+
+use super::hook::Tap;
+use super::{QmmPolicy, RuntimeError};
+use crate::{DType, Family, GgmlType, Model};
+
+/// How weights become candle tensors.
+pub(crate) enum Mode {
+    /// Plain tensors; quantized linear weights through `QMatMul` where
+    /// `qmm`'s policy says so, dequantized otherwise.
+    Inference { qmm: Option<QmmPolicy> },
+    /// Every weight a `Var` (dequantized to f32), collected by name.
+    Trainable,
+}
+
+pub(crate) struct Loader<'a> {
+    model: &'a Model,
+    mode: Mode,
+    device: Device,
+    shapes: HashMap<String, Vec<usize>>,
+    /// Loaded dense tensors by name, so a tied weight is one tensor (one Var).
+    cache: HashMap<String, Tensor>,
+    pub(crate) vars: Vec<(String, Var)>,
+}
+
+impl<'a> Loader<'a> {
+    pub(crate) fn new(model: &'a Model, family: &Family, mode: Mode) -> Self {
+        Loader {
+            model,
+            mode,
+            device: Device::Cpu,
+            shapes: family.expected_tensors().into_iter().collect(),
+            cache: HashMap::new(),
+            vars: Vec::new(),
+        }
+    }
+
+    /// The IR tensor `name`, checked against the shape its family implies.
+    fn ir(&self, name: &str) -> Result<&'a crate::Tensor, RuntimeError> {
+        let t = self
+            .model
+            .tensor(name)
+            .ok_or_else(|| RuntimeError::Model(format!("missing tensor {name}")))?;
+        if let Some(want) = self.shapes.get(name) {
+            if &t.shape != want {
+                return Err(RuntimeError::Model(format!(
+                    "tensor {name} has shape {:?}, the config implies {want:?}",
+                    t.shape
+                )));
+            }
+        }
+        Ok(t)
+    }
+
+    /// A dense f32 tensor (a Var's tensor when training).
+    pub(crate) fn dense(&mut self, name: &str) -> Result<Tensor, RuntimeError> {
+        if let Some(t) = self.cache.get(name) {
+            return Ok(t.clone());
+        }
+        let ir = self.ir(name)?;
+        let values = ir.to_f32()?;
+        let t = Tensor::from_vec(values, ir.shape.as_slice(), &self.device)?;
+        let t = match self.mode {
+            Mode::Inference { .. } => t,
+            Mode::Trainable => {
+                let var = Var::from_tensor(&t)?;
+                let t = var.as_tensor().clone();
+                self.vars.push((name.to_string(), var));
+                t
+            }
+        };
+        self.cache.insert(name.to_string(), t.clone());
+        Ok(t)
+    }
+
+    /// The linear layer `{prefix}.weight` (`[out, in]`), with `{prefix}.bias`
+    /// when `bias`.
+    pub(crate) fn linear(&mut self, prefix: &str, bias: bool) -> Result<Linear, RuntimeError> {
+        let wname = format!("{prefix}.weight");
+        let b = if bias {
+            Some(self.dense(&format!("{prefix}.bias"))?)
+        } else {
+            None
+        };
+        self.linear_from(&wname, prefix, b)
+    }
+
+    /// A linear layer over the weight `wname`, reported to hooks as `hook_name`.
+    pub(crate) fn linear_from(
+        &mut self,
+        wname: &str,
+        hook_name: &str,
+        bias: Option<Tensor>,
+    ) -> Result<Linear, RuntimeError> {
+        let ir = self.ir(wname)?;
+        if ir.shape.len() != 2 {
+            return Err(RuntimeError::Model(format!(
+                "tensor {wname}: a linear weight must be 2-D, got {:?}",
+                ir.shape
+            )));
+        }
+        let names = LinearNames::new(hook_name);
+        if let (Mode::Inference { qmm: Some(policy) }, DType::Ggml(t)) = (&self.mode, ir.dtype) {
+            if let Some(gt) = qmm_type(t, ir.shape[0], ir.shape[1], *policy) {
+                let qt = qtensor(ir, gt)?;
+                return Ok(Linear {
+                    kind: Kind::Quant(QMatMul::from_arc(Arc::new(qt))?),
+                    bias,
+                    parts: vec![(names, ir.shape[0])],
+                });
+            }
+        }
+        let w = self.dense(wname)?;
+        let kind = match self.mode {
+            // Transposed once here into a contiguous [in, out], so every
+            // forward is a plain row-major matmul.
+            Mode::Inference { .. } => Kind::Dense(w.t()?.contiguous()?),
+            // Training keeps the Var in its HF layout; the transpose is a view.
+            Mode::Trainable => Kind::Dense(w.t()?),
+        };
+        Ok(Linear {
+            kind,
+            bias,
+            parts: vec![(names, ir.shape[0])],
+        })
+    }
+
+    /// Linear layers that read the same input (q, k, v; gate, up). For
+    /// inference they are fused into one matmul over the concatenated weights
+    /// when all are dense, or all run quantized with the same block type.
+    pub(crate) fn group(&mut self, prefixes: &[String], bias: bool) -> Result<Group, RuntimeError> {
+        let parts = prefixes
+            .iter()
+            .map(|p| self.linear(p, bias))
+            .collect::<Result<Vec<_>, _>>()?;
+        if matches!(self.mode, Mode::Trainable) || parts.len() < 2 {
+            return Ok(Group::Separate(parts));
+        }
+        let bias = if bias {
+            let b: Vec<&Tensor> = parts.iter().filter_map(|l| l.bias.as_ref()).collect();
+            Some(Tensor::cat(&b, 0)?)
+        } else {
+            None
+        };
+        let kind = if parts.iter().all(|l| matches!(l.kind, Kind::Dense(_))) {
+            let wts: Vec<&Tensor> = parts
+                .iter()
+                .map(|l| match &l.kind {
+                    Kind::Dense(wt) => wt,
+                    Kind::Quant(_) => unreachable!(),
+                })
+                .collect();
+            Kind::Dense(Tensor::cat(&wts, 1)?)
+        } else {
+            let types: Vec<Option<GgmlDType>> = parts.iter().map(Linear::qtype).collect();
+            let Some(gt) = types[0].filter(|_| types.iter().all(|t| *t == types[0])) else {
+                return Ok(Group::Separate(parts));
+            };
+            // Blocks are stored row by row, so the fused weight is the parts'
+            // bytes one after another.
+            let mut bytes = Vec::new();
+            let mut rows = 0;
+            let mut cols = 0;
+            for p in prefixes {
+                let ir = self.ir(&format!("{p}.weight"))?;
+                bytes.extend_from_slice(ir.bytes());
+                rows += ir.shape[0];
+                cols = ir.shape[1];
+            }
+            let fused = crate::Tensor::new(
+                "fused",
+                vec![rows, cols],
+                self.ir(&format!("{}.weight", prefixes[0]))?.dtype,
+                crate::TensorData::Owned(Arc::new(bytes)),
+            )?;
+            Kind::Quant(QMatMul::from_arc(Arc::new(qtensor(&fused, gt)?))?)
+        };
+        Ok(Group::Fused(Linear {
+            kind,
+            bias,
+            parts: parts.into_iter().flat_map(|l| l.parts).collect(),
+        }))
+    }
+}
+
+/// The outputs of a [`Group`] as an array of its known size.
+pub(crate) fn parts<const N: usize>(v: Vec<Tensor>) -> candle_core::Result<[Tensor; N]> {
+    let n = v.len();
+    v.try_into()
+        .map_err(|_| candle_core::Error::Msg(format!("a group of {N} layers gave {n} outputs")))
+}
+
+/// Linear layers over one input, fused or not.
+pub(crate) enum Group {
+    Fused(Linear),
+    Separate(Vec<Linear>),
+}
+
+impl Group {
+    /// Each layer's output, in the order they were named.
+    pub(crate) fn forward(&self, x: &Tensor, tap: Tap) -> candle_core::Result<Vec<Tensor>> {
+        match self {
+            Group::Fused(l) => l.forward_parts(x, tap),
+            Group::Separate(ls) => ls.iter().map(|l| l.forward(x, tap)).collect(),
+        }
+    }
+
+    /// How many of its layers run on candle's quantized matmul.
+    pub(crate) fn quantized(&self) -> usize {
+        match self {
+            Group::Fused(l) => l.quantized(),
+            Group::Separate(ls) => ls.iter().map(Linear::quantized).sum(),
+        }
+    }
+}
+
+/// candle's block type for a ggml type, when candle's quantized matmul has it.
+pub(crate) fn candle_type(t: GgmlType) -> Option<GgmlDType> {
+    Some(match t {
+        GgmlType::Q4_0 => GgmlDType::Q4_0,
+        GgmlType::Q4_1 => GgmlDType::Q4_1,
+        GgmlType::Q5_0 => GgmlDType::Q5_0,
+        GgmlType::Q5_1 => GgmlDType::Q5_1,
+        GgmlType::Q8_0 => GgmlDType::Q8_0,
+        GgmlType::Q2K => GgmlDType::Q2K,
+        GgmlType::Q3K => GgmlDType::Q3K,
+        GgmlType::Q4K => GgmlDType::Q4K,
+        GgmlType::Q5K => GgmlDType::Q5K,
+        GgmlType::Q6K => GgmlDType::Q6K,
+        GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 | GgmlType::Iq4Nl => return None,
+    })
+}
+
+/// The candle type to run a `[n, k]` weight of type `t` through `QMatMul`
+/// with, or `None` to dequantize it.
+///
+/// `WhereFaster` follows measurements of candle 0.11 on x86-64 (512 rows,
+/// 2 threads; f32 matmul ≈ 110 GFLOP/s): its repacked int8 kernels (Q4_K,
+/// Q6_K, and Q8_0 with VNNI, when k is a multiple of 256 and n of 16) run at
+/// 150–300 GFLOP/s and the other k-quants' AVX2 kernels about as fast as f32
+/// (at a quarter of its memory), while Q4_0 and Q8_0 off the repacked path run
+/// at ~20 GFLOP/s and Q4_1/Q5_0/Q5_1 have only scalar kernels (~3 GFLOP/s).
+pub(crate) fn qmm_type(t: GgmlType, n: usize, k: usize, policy: QmmPolicy) -> Option<GgmlDType> {
+    let gt = candle_type(t)?;
+    if policy == QmmPolicy::Always {
+        return Some(gt);
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        let vnni = (is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni"))
+            || is_x86_feature_detected!("avxvnni");
+        let repacked = avx2 && k.is_multiple_of(256) && n.is_multiple_of(16);
+        let fast = match t {
+            GgmlType::Q4K | GgmlType::Q6K | GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q5K => avx2,
+            GgmlType::Q8_0 => repacked && vnni,
+            _ => false,
+        };
+        fast.then_some(gt)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (n, k);
+        // candle has SIMD kernels for these elsewhere (NEON, simd128);
+        // Q4_1 and Q5_x are scalar everywhere.
+        matches!(
+            t,
+            GgmlType::Q4_0
+                | GgmlType::Q8_0
+                | GgmlType::Q2K
+                | GgmlType::Q3K
+                | GgmlType::Q4K
+                | GgmlType::Q5K
+                | GgmlType::Q6K
+        )
+        .then_some(gt)
+    }
+}
+
+/// A `QTensor` over a copy of the tensor's ggml blocks (the IR and candle
+/// share the block layout byte for byte).
+fn qtensor(ir: &crate::Tensor, gt: GgmlDType) -> Result<QTensor, RuntimeError> {
+    let bytes = ir.bytes();
+    let rows = ir.shape[0];
+    let cols = ir.shape[1];
+    if !cols.is_multiple_of(gt.block_size())
+        || bytes.len() != rows * cols / gt.block_size() * gt.type_size()
+    {
+        return Err(RuntimeError::Model(format!(
+            "tensor {}: {} bytes do not hold {rows}x{cols} {:?} blocks",
+            ir.name,
+            bytes.len(),
+            gt
+        )));
+    }
+    // candle reads the blocks in place before copying them and needs them
+    // aligned for their f16 fields; a mapped tensor may start anywhere.
+    let storage = if (bytes.as_ptr() as usize).is_multiple_of(8) {
+        QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, gt)?
+    } else {
+        let mut aligned = vec![0u64; bytes.len().div_ceil(8)];
+        let view: &mut [u8] = bytemuck::cast_slice_mut(&mut aligned);
+        view[..bytes.len()].copy_from_slice(bytes);
+        QStorage::from_data(Cow::Borrowed(&view[..bytes.len()]), &Device::Cpu, gt)?
+    };
+    Ok(QTensor::new(storage, (rows, cols))?)
+}
+
+/// The hook names of one linear layer, formatted once at load.
+pub(crate) struct LinearNames {
+    pub(crate) input: String,
+    pub(crate) output: String,
+}
+
+impl LinearNames {
+    fn new(prefix: &str) -> Self {
+        LinearNames {
+            input: format!("{prefix}:input"),
+            output: format!("{prefix}:output"),
+        }
+    }
+}
+
+enum Kind {
+    /// The weight transposed, `[in, out]`.
+    Dense(Tensor),
+    Quant(QMatMul),
+}
+
+/// `y = x·Wᵀ + b` on `x` of shape `[rows, in]`; the columns of `y` may be
+/// the outputs of several layers (`parts`: hook names and widths).
+pub(crate) struct Linear {
+    kind: Kind,
+    bias: Option<Tensor>,
+    parts: Vec<(LinearNames, usize)>,
+}
+
+impl Linear {
+    /// The output of a single layer.
+    pub(crate) fn forward(&self, x: &Tensor, tap: Tap) -> candle_core::Result<Tensor> {
+        let mut out = self.forward_parts(x, tap)?;
+        debug_assert_eq!(out.len(), 1);
+        Ok(out.swap_remove(0))
+    }
+
+    fn forward_parts(&self, x: &Tensor, tap: Tap) -> candle_core::Result<Vec<Tensor>> {
+        for (names, _) in &self.parts {
+            tap.emit(&names.input, x);
+        }
+        let y = match &self.kind {
+            Kind::Dense(wt) => x.matmul(wt)?,
+            Kind::Quant(q) => qmm_rows(q, &x.contiguous()?)?,
+        };
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        if self.parts.len() == 1 {
+            tap.emit(&self.parts[0].0.output, &y);
+            return Ok(vec![y]);
+        }
+        let mut start = 0;
+        let mut outs = Vec::with_capacity(self.parts.len());
+        for (names, width) in &self.parts {
+            let part = y.narrow(1, start, *width)?;
+            tap.emit(&names.output, &part);
+            outs.push(part);
+            start += width;
+        }
+        Ok(outs)
+    }
+
+    fn qtype(&self) -> Option<GgmlDType> {
+        match &self.kind {
+            Kind::Quant(QMatMul::QTensor(q)) => Some(q.dtype()),
+            _ => None,
+        }
+    }
+
+    /// How many layers run on candle's quantized matmul.
+    pub(crate) fn quantized(&self) -> usize {
+        match self.kind {
+            Kind::Quant(_) => self.parts.len(),
+            Kind::Dense(_) => 0,
+        }
+    }
+}
+
+/// `QMatMul` over row blocks of `x` in parallel on the current rayon pool.
+/// candle's own worker pool is kept to the calling thread (see
+/// `configure_threads`), so each block runs inline on one rayon worker.
+fn qmm_rows(q: &QMatMul, x: &Tensor) -> candle_core::Result<Tensor> {
+    use rayon::prelude::*;
+    let rows = x.dim(0)?;
+    let threads = rayon::current_num_threads();
+    // Blocks of whole 16-row tiles, at least 32 rows each.
+    let block = rows.div_ceil(threads).next_multiple_of(16).max(32);
+    if threads == 1 || rows <= block {
+        return q.forward(x);
+    }
+    let parts = (0..rows)
+        .step_by(block)
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|start| q.forward(&x.narrow(0, start, block.min(rows - start))?))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Tensor::cat(&parts, 0)
+}

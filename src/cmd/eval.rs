@@ -1,0 +1,679 @@
+//! `edgec eval`: accuracy of one model, or of a candidate against a
+//! reference, on real data, with gates for CI (exit code 3 when one fails).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use edgec_calibration::{
+    cosine, read_jsonl_sentences, read_text, token_chunks, KlAccumulator, LlamaKl, LlamaLogitsFile,
+    PerplexityAccumulator, TextTokenizer,
+};
+use edgec_core::runtime::{Runtime, RuntimeOptions};
+use edgec_core::{Family, Model};
+use serde::Serialize;
+
+use super::UsageError;
+use crate::progress;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The model to evaluate (alone).
+    pub model: Option<PathBuf>,
+    /// Reference model, compared with --candidate.
+    #[arg(long, requires = "candidate", conflicts_with = "model")]
+    pub reference: Option<PathBuf>,
+    /// Candidate model, judged against --reference.
+    #[arg(long, requires = "reference")]
+    pub candidate: Option<PathBuf>,
+    /// Evaluation data: a text file for language models; for encoders a
+    /// JSONL file of sentences ({"text": ...} or a JSON string per line) or
+    /// a text file with one sentence per line.
+    #[arg(long, required_unless_present = "llama_logits")]
+    pub data: Option<PathBuf>,
+    /// Judge MODEL against llama.cpp's own run: the logits file written by
+    /// `llama-perplexity --kl-divergence-base FILE` (its tokens and context are used).
+    #[arg(long, conflicts_with_all = ["reference", "candidate", "data", "ctx"])]
+    pub llama_logits: Option<PathBuf>,
+    /// Metrics to report: ppl, kld, top1 (language models), cosine (encoders).
+    #[arg(long, value_delimiter = ',')]
+    pub metric: Vec<Metric>,
+    /// Context length of each chunk (language models).
+    #[arg(long, default_value_t = 512)]
+    pub ctx: usize,
+    /// At most this many chunks (default: all the data holds).
+    #[arg(long)]
+    pub chunks: Option<usize>,
+    /// Gate: the candidate's perplexity may exceed the reference's by at
+    /// most this much, relative (0.05 or 5%).
+    #[arg(long, value_parser = parse_fraction)]
+    pub max_ppl_increase: Option<f64>,
+    /// Gate: mean KL-divergence of the candidate from the reference.
+    #[arg(long)]
+    pub max_kld: Option<f64>,
+    /// Gate: mean cosine similarity of pooled embeddings (encoders).
+    #[arg(long)]
+    pub min_cosine: Option<f64>,
+    /// Print the results as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the gates as a JUnit XML report to this file.
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    Ppl,
+    Kld,
+    Top1,
+    Cosine,
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    let (num, scale) = match s.strip_suffix('%') {
+        Some(n) => (n, 0.01),
+        None => (s, 1.0),
+    };
+    num.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .map(|v| v * scale)
+        .ok_or_else(|| format!("{s:?} is not a non-negative number or percentage"))
+}
+
+/// What one model scored.
+#[derive(Serialize, Default, Clone)]
+pub struct Scores {
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ppl: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_per_second: Option<f64>,
+}
+
+#[derive(Serialize, Clone)]
+pub struct Delta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ppl_increase: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kld: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top1_agreement: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cosine_mean: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cosine_min: Option<f64>,
+}
+
+#[derive(Serialize, Clone)]
+pub struct Gate {
+    pub name: String,
+    pub threshold: f64,
+    pub value: f64,
+    pub passed: bool,
+}
+
+/// The JSON document `--json` prints (documented in the README).
+#[derive(Serialize)]
+pub struct Report {
+    pub data: String,
+    pub kind: &'static str,
+    pub ctx: Option<usize>,
+    pub chunks: Option<usize>,
+    pub scored_tokens: Option<usize>,
+    pub sentences: Option<usize>,
+    pub reference: Scores,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<Scores>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta: Option<Delta>,
+    pub gates: Vec<Gate>,
+    pub passed: bool,
+}
+
+/// Result of running `eval`: Ok(true) when every gate passed.
+pub fn run(args: Args) -> Result<bool> {
+    let (reference_path, candidate_path) = match (&args.model, &args.reference, &args.candidate) {
+        (Some(m), None, None) => (m.clone(), None),
+        (None, Some(r), Some(c)) => (r.clone(), Some(c.clone())),
+        _ => return Err(UsageError("give a MODEL, or --reference and --candidate".into()).into()),
+    };
+    if candidate_path.is_none()
+        && args.llama_logits.is_none()
+        && (args.max_kld.is_some() || args.min_cosine.is_some())
+    {
+        return Err(UsageError(
+            "gates compare two models: give --reference and --candidate (or --llama-logits)".into(),
+        )
+        .into());
+    }
+    let opts = RuntimeOptions::default();
+    if let Some(logits) = &args.llama_logits {
+        let model = edgec_formats::read_model(&reference_path)?;
+        let report = eval_against_llama(&args, logits, &reference_path, &model, &opts)?;
+        return finish(&args, report);
+    }
+    if candidate_path.is_none() && args.max_ppl_increase.is_some() {
+        return Err(UsageError(
+            "--max-ppl-increase compares two models: give --reference and --candidate".into(),
+        )
+        .into());
+    }
+    let reference = edgec_formats::read_model(&reference_path)?;
+    let candidate = candidate_path
+        .as_deref()
+        .map(edgec_formats::read_model)
+        .transpose()?;
+    let report = match reference.meta.family {
+        Some(Family::Llama(_)) => eval_lm(
+            &args,
+            &reference_path,
+            &reference,
+            candidate_path.as_deref(),
+            candidate.as_ref(),
+            &opts,
+        )?,
+        Some(Family::Bert(_)) => eval_encoder(
+            &args,
+            &reference_path,
+            &reference,
+            candidate_path.as_deref(),
+            candidate.as_ref(),
+            &opts,
+        )?,
+        None => bail!(
+            "{}: the model has no architecture to run",
+            reference_path.display()
+        ),
+    };
+    finish(&args, report)
+}
+
+/// Writes the JUnit file and prints the report; Ok(true) when every gate passed.
+fn finish(args: &Args, report: Report) -> Result<bool> {
+    if let Some(junit) = &args.junit {
+        edgec_formats::output::write_file_atomically(junit, |w| {
+            use std::io::Write;
+            w.write_all(junit_xml(&report).as_bytes())
+                .map_err(|e| edgec_formats::FormatError::io(junit, e))
+        })?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", text_report(&report));
+    }
+    Ok(report.passed)
+}
+
+fn check_same_family(a: &Model, b: &Model, b_path: &Path) -> Result<()> {
+    let same = match (&a.meta.family, &b.meta.family) {
+        (Some(Family::Llama(x)), Some(Family::Llama(y))) => {
+            x.vocab_size == y.vocab_size && x.hidden_size == y.hidden_size
+        }
+        (Some(Family::Bert(x)), Some(Family::Bert(y))) => {
+            x.vocab_size == y.vocab_size && x.hidden_size == y.hidden_size
+        }
+        _ => false,
+    };
+    if !same {
+        bail!(
+            "{}: the candidate is not the same architecture and vocabulary as the reference",
+            b_path.display()
+        );
+    }
+    Ok(())
+}
+
+fn tokenizer_of(model: &Model, path: &Path) -> Result<TextTokenizer> {
+    let vocab = model.meta.vocab.as_ref().with_context(|| {
+        format!(
+            "{}: the model has no tokenizer to read the data with",
+            path.display()
+        )
+    })?;
+    Ok(TextTokenizer::from_vocab(vocab)
+        .with_context(|| format!("{}: tokenizer", path.display()))?)
+}
+
+fn eval_lm(
+    args: &Args,
+    ref_path: &Path,
+    reference: &Model,
+    cand_path: Option<&Path>,
+    candidate: Option<&Model>,
+    opts: &RuntimeOptions,
+) -> Result<Report> {
+    let metrics: Vec<Metric> = if args.metric.is_empty() {
+        if candidate.is_some() {
+            vec![Metric::Ppl, Metric::Kld, Metric::Top1]
+        } else {
+            vec![Metric::Ppl]
+        }
+    } else {
+        args.metric.clone()
+    };
+    if metrics.contains(&Metric::Cosine) {
+        return Err(UsageError(
+            "--metric cosine is for encoders; language models have ppl, kld, top1".into(),
+        )
+        .into());
+    }
+    if let (Some(c), Some(p)) = (candidate, cand_path) {
+        check_same_family(reference, c, p)?;
+    }
+    if args.ctx < 4 {
+        return Err(UsageError(format!("--ctx {} is too short (at least 4)", args.ctx)).into());
+    }
+    let data = args.data.as_deref().expect("clap requires --data here");
+    let text = read_text(data)?;
+    let tok = tokenizer_of(reference, ref_path)?;
+    let tokens = tok
+        .encode(&text, tok.add_bos())
+        .with_context(|| format!("{}: tokenizing", data.display()))?;
+    let chunks =
+        token_chunks(&tokens, args.ctx, args.chunks).with_context(|| data.display().to_string())?;
+    let ref_rt = Runtime::new(reference, opts)?;
+    let cand_rt = candidate.map(|c| Runtime::new(c, opts)).transpose()?;
+    let mut ref_ppl = PerplexityAccumulator::new();
+    let mut cand_ppl = PerplexityAccumulator::new();
+    let mut kl = KlAccumulator::new();
+    let (mut ref_secs, mut cand_secs) = (0f64, 0f64);
+    let bar = progress::token_bar((chunks.len() * args.ctx) as u64, "eval");
+    let first = args.ctx / 2;
+    for chunk in &chunks {
+        let mut chunk = chunk.clone();
+        if tok.add_bos() {
+            if let Some(bos) = tok.bos() {
+                chunk[0] = bos;
+            }
+        }
+        let t = Instant::now();
+        let ref_logits = ref_rt.logits(&chunk)?;
+        ref_secs += t.elapsed().as_secs_f64();
+        let vocab = ref_logits.len() / chunk.len();
+        ref_ppl.add_chunk(&ref_logits, vocab, &chunk);
+        if let Some(rt) = &cand_rt {
+            let t = Instant::now();
+            let cand_logits = rt.logits(&chunk)?;
+            cand_secs += t.elapsed().as_secs_f64();
+            cand_ppl.add_chunk(&cand_logits, vocab, &chunk);
+            kl.add_chunk(&ref_logits, &cand_logits, vocab, first);
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let n_tokens = (chunks.len() * args.ctx) as f64;
+    let want = |m: Metric| metrics.contains(&m);
+    let reference_scores = Scores {
+        path: ref_path.display().to_string(),
+        ppl: want(Metric::Ppl).then(|| ref_ppl.ppl()),
+        tokens_per_second: Some(n_tokens / ref_secs.max(1e-9)),
+    };
+    let candidate_scores = cand_path.map(|p| Scores {
+        path: p.display().to_string(),
+        ppl: want(Metric::Ppl).then(|| cand_ppl.ppl()),
+        tokens_per_second: Some(n_tokens / cand_secs.max(1e-9)),
+    });
+    let delta = candidate.map(|_| Delta {
+        ppl_increase: want(Metric::Ppl).then(|| cand_ppl.ppl() / ref_ppl.ppl() - 1.0),
+        kld: want(Metric::Kld).then(|| kl.mean_kld()),
+        top1_agreement: want(Metric::Top1).then(|| kl.top1_agreement()),
+        cosine_mean: None,
+        cosine_min: None,
+    });
+    let mut gates = vec![];
+    if let Some(max) = args.max_ppl_increase {
+        let v = cand_ppl.ppl() / ref_ppl.ppl() - 1.0;
+        gates.push(Gate {
+            name: "max-ppl-increase".into(),
+            threshold: max,
+            value: v,
+            passed: v <= max,
+        });
+    }
+    if let Some(max) = args.max_kld {
+        let v = kl.mean_kld();
+        gates.push(Gate {
+            name: "max-kld".into(),
+            threshold: max,
+            value: v,
+            passed: v <= max,
+        });
+    }
+    if args.min_cosine.is_some() {
+        return Err(UsageError(
+            "--min-cosine gates encoders; use --max-kld or --max-ppl-increase".into(),
+        )
+        .into());
+    }
+    let passed = gates.iter().all(|g| g.passed);
+    Ok(Report {
+        data: data.display().to_string(),
+        kind: "language-model",
+        ctx: Some(args.ctx),
+        chunks: Some(chunks.len()),
+        scored_tokens: Some(ref_ppl.count()),
+        sentences: None,
+        reference: reference_scores,
+        candidate: candidate_scores,
+        delta,
+        gates,
+        passed,
+    })
+}
+
+fn read_sentences(path: &Path) -> Result<Vec<String>> {
+    let is_jsonl = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("jsonl") || e.eq_ignore_ascii_case("json"));
+    let sentences = if is_jsonl {
+        read_jsonl_sentences(path)?
+    } else {
+        read_text(path)?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    if sentences.is_empty() {
+        bail!("{}: no sentences", path.display());
+    }
+    Ok(sentences)
+}
+
+fn eval_encoder(
+    args: &Args,
+    ref_path: &Path,
+    reference: &Model,
+    cand_path: Option<&Path>,
+    candidate: Option<&Model>,
+    opts: &RuntimeOptions,
+) -> Result<Report> {
+    if args.metric.iter().any(|m| *m != Metric::Cosine) {
+        return Err(UsageError("encoders report --metric cosine only".into()).into());
+    }
+    if args.max_kld.is_some() || args.max_ppl_increase.is_some() {
+        return Err(UsageError(
+            "--max-kld and --max-ppl-increase gate language models; use --min-cosine".into(),
+        )
+        .into());
+    }
+    if let (Some(c), Some(p)) = (candidate, cand_path) {
+        check_same_family(reference, c, p)?;
+    }
+    let data = args.data.as_deref().expect("clap requires --data here");
+    let sentences = read_sentences(data)?;
+    let tok = tokenizer_of(reference, ref_path)?;
+    let ref_rt = Runtime::new(reference, opts)?;
+    let cand_rt = candidate.map(|c| Runtime::new(c, opts)).transpose()?;
+    let max_pos = match &reference.meta.family {
+        Some(Family::Bert(p)) => p.max_position_embeddings,
+        _ => usize::MAX,
+    };
+    let (mut cos, mut n_tokens, mut ref_secs, mut cand_secs) = (Vec::new(), 0usize, 0f64, 0f64);
+    let bar = progress::token_bar(sentences.len() as u64, "eval");
+    for (i, s) in sentences.iter().enumerate() {
+        let ids = tok
+            .encode(s, true)
+            .with_context(|| format!("{}: sentence {}", data.display(), i + 1))?;
+        if ids.len() > max_pos {
+            bail!(
+                "{}: sentence {} has {} tokens, more than the model's {max_pos} positions",
+                data.display(),
+                i + 1,
+                ids.len()
+            );
+        }
+        n_tokens += ids.len();
+        let t = Instant::now();
+        let a = ref_rt.embed(&ids)?;
+        ref_secs += t.elapsed().as_secs_f64();
+        if let Some(rt) = &cand_rt {
+            let t = Instant::now();
+            let b = rt.embed(&ids)?;
+            cand_secs += t.elapsed().as_secs_f64();
+            cos.push(cosine(&a, &b));
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let mean = cos.iter().sum::<f64>() / cos.len().max(1) as f64;
+    let min = cos.iter().copied().fold(f64::INFINITY, f64::min);
+    let mut gates = vec![];
+    if let Some(threshold) = args.min_cosine {
+        gates.push(Gate {
+            name: "min-cosine".into(),
+            threshold,
+            value: mean,
+            passed: mean >= threshold,
+        });
+    }
+    let passed = gates.iter().all(|g| g.passed);
+    Ok(Report {
+        data: data.display().to_string(),
+        kind: "encoder",
+        ctx: None,
+        chunks: None,
+        scored_tokens: None,
+        sentences: Some(sentences.len()),
+        reference: Scores {
+            path: ref_path.display().to_string(),
+            ppl: None,
+            tokens_per_second: Some(n_tokens as f64 / ref_secs.max(1e-9)),
+        },
+        candidate: cand_path.map(|p| Scores {
+            path: p.display().to_string(),
+            ppl: None,
+            tokens_per_second: Some(n_tokens as f64 / cand_secs.max(1e-9)),
+        }),
+        delta: candidate.map(|_| Delta {
+            ppl_increase: None,
+            kld: None,
+            top1_agreement: None,
+            cosine_mean: Some(mean),
+            cosine_min: Some(min),
+        }),
+        gates,
+        passed,
+    })
+}
+
+/// MODEL against llama.cpp's saved f32 logits, on llama.cpp's tokens, with
+/// llama.cpp's KL formula: the reference is llama.cpp itself.
+fn eval_against_llama(
+    args: &Args,
+    logits: &Path,
+    path: &Path,
+    model: &Model,
+    opts: &RuntimeOptions,
+) -> Result<Report> {
+    let file = LlamaLogitsFile::open(logits)?;
+    match &model.meta.family {
+        Some(Family::Llama(p)) if p.vocab_size == file.n_vocab => {}
+        _ => bail!(
+            "{}: the model does not have the {}-token vocabulary of {}",
+            path.display(),
+            file.n_vocab,
+            logits.display()
+        ),
+    }
+    if args.min_cosine.is_some() {
+        return Err(UsageError("--min-cosine gates encoders".into()).into());
+    }
+    let tok = model
+        .meta
+        .vocab
+        .as_ref()
+        .map(TextTokenizer::from_vocab)
+        .transpose()?;
+    let bos = tok.as_ref().filter(|t| t.add_bos()).and_then(|t| t.bos());
+    let rt = Runtime::new(model, opts)?;
+    let n_chunks = args.chunks.map_or(file.n_chunk, |c| c.min(file.n_chunk));
+    let mut kl = LlamaKl::default();
+    let bar = progress::token_bar((n_chunks * file.n_ctx) as u64, "eval");
+    let start = Instant::now();
+    for c in 0..n_chunks {
+        let mut chunk = file.chunk_tokens(c).to_vec();
+        if let Some(bos) = bos {
+            chunk[0] = bos;
+        }
+        let model_logits = rt.logits(&chunk)?;
+        let rows = file.chunk_rows(c)?;
+        kl.add_chunk(&file, &model_logits, &rows, &chunk);
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let secs = start.elapsed().as_secs_f64();
+    let mut gates = vec![];
+    let increase = kl.ppl() / kl.ppl_base() - 1.0;
+    if let Some(max) = args.max_ppl_increase {
+        gates.push(Gate {
+            name: "max-ppl-increase".into(),
+            threshold: max,
+            value: increase,
+            passed: increase <= max,
+        });
+    }
+    if let Some(max) = args.max_kld {
+        let v = kl.mean_kld();
+        gates.push(Gate {
+            name: "max-kld".into(),
+            threshold: max,
+            value: v,
+            passed: v <= max,
+        });
+    }
+    let passed = gates.iter().all(|g| g.passed);
+    Ok(Report {
+        data: logits.display().to_string(),
+        kind: "language-model",
+        ctx: Some(file.n_ctx),
+        chunks: Some(n_chunks),
+        scored_tokens: Some(kl.count),
+        sentences: None,
+        reference: Scores {
+            path: format!("llama.cpp ({})", logits.display()),
+            ppl: Some(kl.ppl_base()),
+            tokens_per_second: None,
+        },
+        candidate: Some(Scores {
+            path: path.display().to_string(),
+            ppl: Some(kl.ppl()),
+            tokens_per_second: Some((n_chunks * file.n_ctx) as f64 / secs.max(1e-9)),
+        }),
+        delta: Some(Delta {
+            ppl_increase: Some(increase),
+            kld: Some(kl.mean_kld()),
+            top1_agreement: Some(kl.same_top()),
+            cosine_mean: None,
+            cosine_min: None,
+        }),
+        gates,
+        passed,
+    })
+}
+
+fn text_report(r: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "data: {} ({})", r.data, r.kind);
+    if let (Some(ctx), Some(chunks)) = (r.ctx, r.chunks) {
+        let _ = writeln!(
+            s,
+            "chunks: {chunks} x {ctx} tokens, {} scored",
+            r.scored_tokens.unwrap_or(0)
+        );
+    }
+    if let Some(n) = r.sentences {
+        let _ = writeln!(s, "sentences: {n}");
+    }
+    for (label, sc) in [
+        ("reference", Some(&r.reference)),
+        ("candidate", r.candidate.as_ref()),
+    ] {
+        if let Some(sc) = sc {
+            let ppl = sc.ppl.map(|p| format!(" PPL {p:.4}")).unwrap_or_default();
+            let speed = sc
+                .tokens_per_second
+                .map(|t| format!(", {t:.1} tokens/s"))
+                .unwrap_or_default();
+            let _ = writeln!(s, "{label}: {} —{ppl}{speed}", sc.path);
+        }
+    }
+    if let Some(d) = &r.delta {
+        if let Some(v) = d.ppl_increase {
+            let _ = writeln!(s, "delta: PPL {:+.3}%", v * 100.0);
+        }
+        if let Some(v) = d.kld {
+            let _ = writeln!(s, "delta: mean KL-divergence {v:.6}");
+        }
+        if let Some(v) = d.top1_agreement {
+            let _ = writeln!(s, "delta: top-1 agreement {:.2}%", v * 100.0);
+        }
+        if let (Some(m), Some(n)) = (d.cosine_mean, d.cosine_min) {
+            let _ = writeln!(s, "delta: cosine mean {m:.6}, min {n:.6}");
+        }
+    }
+    for g in &r.gates {
+        let _ = writeln!(
+            s,
+            "gate {}: {:.6} vs {:.6} — {}",
+            g.name,
+            g.value,
+            g.threshold,
+            if g.passed { "pass" } else { "FAIL" }
+        );
+    }
+    s
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// One test case per gate (and one that always records the metrics when no
+/// gate is set), so CI systems show each gate as a test.
+pub fn junit_xml(r: &Report) -> String {
+    let failures = r.gates.iter().filter(|g| !g.passed).count();
+    let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let cases = r.gates.len().max(1);
+    let _ = writeln!(
+        x,
+        "<testsuite name=\"edgec eval\" tests=\"{cases}\" failures=\"{failures}\" errors=\"0\">"
+    );
+    if r.gates.is_empty() {
+        let _ = writeln!(
+            x,
+            "  <testcase classname=\"edgec.eval\" name=\"{}\"/>",
+            xml_escape(&r.data)
+        );
+    }
+    for g in &r.gates {
+        let _ = write!(
+            x,
+            "  <testcase classname=\"edgec.eval\" name=\"{}\"",
+            xml_escape(&g.name)
+        );
+        if g.passed {
+            let _ = writeln!(x, "/>");
+        } else {
+            let _ = writeln!(
+                x,
+                ">\n    <failure message=\"{} = {} fails the gate {}\"/>\n  </testcase>",
+                xml_escape(&g.name),
+                g.value,
+                g.threshold
+            );
+        }
+    }
+    x.push_str("</testsuite>\n");
+    x
+}
