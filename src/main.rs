@@ -32,6 +32,8 @@ enum Command {
     Inspect(cmd::inspect::Args),
     /// Measure a model's accuracy, or a candidate's against a reference, on real data.
     Eval(cmd::eval::Args),
+    /// Print mean-pooled sentence embeddings of an encoder as JSON.
+    Embed(cmd::embed::Args),
 }
 
 /// Exit codes: 0 ok, 1 error, 2 usage (clap), 3 an accuracy gate failed.
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         Command::Quantize(args) => cmd::quantize::run(args),
         Command::Convert(args) => cmd::convert::run(args),
         Command::Inspect(args) => cmd::inspect::run(args),
+        Command::Embed(args) => cmd::embed::run(args),
         Command::Eval(args) => match cmd::eval::run(args) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(3),

@@ -454,7 +454,8 @@ fn bad_inputs_are_errors() {
 fn hook_sees_linear_inputs_and_residuals() {
     let m = fixture("tiny-llama");
     let mut r = rt(&m);
-    let seen: Arc<Mutex<Vec<(String, Vec<usize>)>>> = Arc::default();
+    type Seen = Vec<(String, Vec<usize>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let s2 = seen.clone();
     r.set_hook(Some(Arc::new(move |name: &str, t: &Tensor| {
         s2.lock()

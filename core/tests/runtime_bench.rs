@@ -233,7 +233,12 @@ fn qmatmul_kernel_speed() {
     use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
     use candle_core::{Device, Module, Tensor};
     let m = 512;
-    for (k, n) in [(576usize, 1536usize), (1536, 576), (768, 1536)] {
+    for (k, n) in [
+        (576usize, 1536usize),
+        (1536, 576),
+        (768, 1536),
+        (576, 49152),
+    ] {
         let w = Tensor::randn(0f32, 0.05, (n, k), &Device::Cpu).unwrap();
         let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
         let flops = 2.0 * (m * n * k) as f64;
@@ -249,6 +254,12 @@ fn qmatmul_kernel_speed() {
         let wt = w.t().unwrap().contiguous().unwrap();
         let s = time(&|| x.matmul(&wt).unwrap());
         println!("k={k} n={n}: f32 {:.1} GFLOP/s", flops / s / 1e9);
+        let wv = w.t().unwrap();
+        let s = time(&|| x.matmul(&wv).unwrap());
+        println!(
+            "k={k} n={n}: f32, weight as a transposed view {:.1} GFLOP/s",
+            flops / s / 1e9
+        );
         for q in [
             GgmlDType::Q4_0,
             GgmlDType::Q4_1,

@@ -367,7 +367,7 @@ fn eval_lm(
     })
 }
 
-fn read_sentences(path: &Path) -> Result<Vec<String>> {
+pub fn read_sentences(path: &Path) -> Result<Vec<String>> {
     let is_jsonl = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("jsonl") || e.eq_ignore_ascii_case("json"));

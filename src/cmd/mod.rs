@@ -1,4 +1,5 @@
 pub mod convert;
+pub mod embed;
 pub mod eval;
 pub mod inspect;
 pub mod quantize;

@@ -50,7 +50,7 @@ pub(crate) struct Bert {
 
 impl Bert {
     pub(crate) fn load(p: &BertParams, w: &mut Loader) -> std::result::Result<Self, RuntimeError> {
-        if p.num_heads == 0 || p.hidden_size % p.num_heads != 0 {
+        if p.num_heads == 0 || !p.hidden_size.is_multiple_of(p.num_heads) {
             return Err(RuntimeError::Model(format!(
                 "hidden size {} does not split into {} heads",
                 p.hidden_size, p.num_heads

@@ -38,13 +38,13 @@ pub(crate) struct Llama {
 
 impl Llama {
     pub(crate) fn load(p: &LlamaParams, w: &mut Loader) -> std::result::Result<Self, RuntimeError> {
-        if p.head_dim == 0 || p.head_dim % 2 != 0 {
+        if p.head_dim == 0 || !p.head_dim.is_multiple_of(2) {
             return Err(RuntimeError::Model(format!(
                 "head_dim {} must be even and non-zero",
                 p.head_dim
             )));
         }
-        if p.num_kv_heads == 0 || p.num_heads % p.num_kv_heads != 0 {
+        if p.num_kv_heads == 0 || !p.num_heads.is_multiple_of(p.num_kv_heads) {
             return Err(RuntimeError::Model(format!(
                 "{} attention heads cannot share {} key/value heads",
                 p.num_heads, p.num_kv_heads

@@ -21,8 +21,6 @@ mod llama;
 mod ops;
 mod weights;
 
-use std::sync::Arc;
-
 use candle_core::{DType, Device, Tensor, Var};
 
 pub use hook::Hook;
@@ -163,7 +161,7 @@ impl Runtime {
         }
     }
 
-    pub fn set_hook(&mut self, hook: Option<Arc<dyn Fn(&str, &Tensor) + Send + Sync>>) {
+    pub fn set_hook(&mut self, hook: Option<Hook>) {
         self.hook = hook;
     }
 
@@ -296,10 +294,10 @@ pub fn init_process() {
     }
 }
 
-fn build(
-    model: &Model,
-    mode: weights::Mode,
-) -> Result<(Family, Net, Vec<(String, Var)>), RuntimeError> {
+/// A built network with its family and, when trainable, its Vars.
+type Built = (Family, Net, Vec<(String, Var)>);
+
+fn build(model: &Model, mode: weights::Mode) -> Result<Built, RuntimeError> {
     let family = model.meta.family.clone().ok_or(RuntimeError::NoFamily)?;
     let mut loader = weights::Loader::new(model, &family, mode);
     let net = match &family {
