@@ -281,3 +281,25 @@ fn qmatmul_kernel_speed() {
         }
     }
 }
+
+/// all-MiniLM-L6-v2 (`EDGEC_MINILM_DIR`) loads and embeds; prints speed.
+#[test]
+#[ignore = "needs the MiniLM package; run by hand"]
+fn minilm_embeds() {
+    let Some(dir) = env_path("EDGEC_MINILM_DIR") else {
+        println!("skipped: EDGEC_MINILM_DIR is not set");
+        return;
+    };
+    let m = edgec_formats::read_model(&dir).unwrap();
+    let rt = Runtime::new(&m, &RuntimeOptions::default()).unwrap();
+    // "[CLS] hello world [SEP]" in BERT's uncased vocabulary
+    let e = rt.embed(&[101, 7592, 2088, 102]).unwrap();
+    let norm = e.iter().map(|v| v * v).sum::<f32>().sqrt();
+    println!("dim {}, norm {norm:.4}, first {:?}", e.len(), &e[..4]);
+    let toks: Vec<u32> = (0..128u32).map(|i| 1000 + i * 7).collect();
+    let t = Instant::now();
+    for _ in 0..10 {
+        rt.embed(&toks).unwrap();
+    }
+    println!("{:.1} tokens/s", 1280.0 / t.elapsed().as_secs_f64());
+}

@@ -1,19 +1,22 @@
 //! The reference runtime: an interpreter of the two model families on
 //! candle-core tensors (CPU, f32 compute).
 //!
-//! - Llama family (Llama, Mistral, Qwen2): causal LM logits.
+//! - Llama family (Llama, Mistral, Qwen2): causal LM logits, as HF
+//!   transformers and llama.cpp compute them (RMSNorm, rotate-half RoPE,
+//!   grouped-query causal attention, SwiGLU; no rope scaling, no sliding window).
 //! - BERT: last hidden state, mean-pooled for [`Runtime::embed`].
 //!
 //! Quantized weights (`DType::Ggml`) run through candle's quantized matmul
-//! ([`RuntimeOptions::quantized_matmul`]) for the block types candle has
-//! (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K … Q6_K), which quantizes the
-//! activations to 8 bits as llama.cpp does; everything else is dequantized
-//! to f32 once at load.
+//! when [`RuntimeOptions::quantized_matmul`] is on and [`QmmPolicy`] picks
+//! them (by default only where candle's kernel beats f32 on this CPU); like
+//! llama.cpp it quantizes the activations to 8 bits. Everything else is
+//! dequantized to f32 once at load.
 //!
-//! The whole forward pass is built from candle ops that have backward
-//! passes, so [`Runtime::trainable`] gives a differentiable model whose
-//! weights are `Var`s. A [`Hook`] observes intermediate values (see
-//! [`hook`] for the names).
+//! Linear layers that share an input (q/k/v, gate/up) run as one matmul in
+//! inference. The whole forward pass is built from candle ops that have
+//! backward passes, so [`Runtime::trainable`] gives a differentiable model
+//! whose weights are `Var`s. A [`Hook`] observes intermediate values (see
+//! [`hook`] for the names). For speed, call [`init_process`] at program start.
 
 mod bert;
 pub mod hook;
@@ -51,9 +54,11 @@ pub enum RuntimeError {
 
 #[derive(Debug, Clone)]
 pub struct RuntimeOptions {
-    /// Worker threads for candle's matmuls and element-wise kernels. `None`
-    /// leaves candle's defaults (`RAYON_NUM_THREADS` / `CANDLE_NUM_THREADS`,
-    /// else the physical cores, and the current rayon pool).
+    /// Worker threads for the matmuls. `None` uses the current rayon pool
+    /// (e.g. the global one the CLI set up) and `RAYON_NUM_THREADS` or the
+    /// physical cores for gemm's split; `Some(n)` sets `RAYON_NUM_THREADS`
+    /// and runs on a pool of `n` threads. Element-wise ops run on the calling
+    /// thread (see `configure_threads`).
     pub threads: Option<usize>,
     /// Run ggml-quantized linear weights through candle's quantized matmul
     /// (activations quantized to Q8 on the fly) instead of dequantizing them.

@@ -61,14 +61,22 @@ impl<'a> Loader<'a> {
         Ok(t)
     }
 
-    /// A dense f32 tensor (a Var's tensor when training).
+    /// The IR tensor `name` as an f32 candle tensor, uncached. Mapped pages
+    /// of the source are released after the copy.
+    fn load_f32(&self, name: &str) -> Result<Tensor, RuntimeError> {
+        let ir = self.ir(name)?;
+        let values = ir.to_f32()?;
+        ir.release_pages();
+        Ok(Tensor::from_vec(values, ir.shape.as_slice(), &self.device)?)
+    }
+
+    /// A dense f32 tensor (a Var's tensor when training), cached so that a
+    /// tensor used twice (a tied embedding) is loaded once.
     pub(crate) fn dense(&mut self, name: &str) -> Result<Tensor, RuntimeError> {
         if let Some(t) = self.cache.get(name) {
             return Ok(t.clone());
         }
-        let ir = self.ir(name)?;
-        let values = ir.to_f32()?;
-        let t = Tensor::from_vec(values, ir.shape.as_slice(), &self.device)?;
+        let t = self.load_f32(name)?;
         let t = match self.mode {
             Mode::Inference { .. } => t,
             Mode::Trainable => {
@@ -112,6 +120,7 @@ impl<'a> Loader<'a> {
         if let (Mode::Inference { qmm: Some(policy) }, DType::Ggml(t)) = (&self.mode, ir.dtype) {
             if let Some(gt) = qmm_type(t, ir.shape[0], ir.shape[1], *policy) {
                 let qt = qtensor(ir, gt)?;
+                ir.release_pages();
                 return Ok(Linear {
                     kind: Kind::Quant(QMatMul::from_arc(Arc::new(qt))?),
                     bias,
@@ -119,16 +128,17 @@ impl<'a> Loader<'a> {
                 });
             }
         }
-        let w = self.dense(wname)?;
-        let kind = match self.mode {
-            // Transposed once here into a contiguous [in, out], so every
-            // forward is a plain row-major matmul.
-            Mode::Inference { .. } => Kind::Dense(w.t()?.contiguous()?),
-            // Training keeps the Var in its HF layout; the transpose is a view.
-            Mode::Trainable => Kind::Dense(w.t()?),
+        // Kept in HF's [out, in] layout: the matmul reads it through a
+        // transposed view (gemm packs its operands whatever their strides;
+        // a contiguous [in, out] copy measured no faster). Only a weight that
+        // is used elsewhere too (a tied embedding) or trained is cached.
+        let w = if self.cache.contains_key(wname) || matches!(self.mode, Mode::Trainable) {
+            self.dense(wname)?
+        } else {
+            self.load_f32(wname)?
         };
         Ok(Linear {
-            kind,
+            kind: Kind::Dense(w),
             bias,
             parts: vec![(names, ir.shape[0])],
         })
@@ -151,15 +161,15 @@ impl<'a> Loader<'a> {
         } else {
             None
         };
-        let kind = if parts.iter().all(|l| matches!(l.kind, Kind::Dense(_))) {
-            let wts: Vec<&Tensor> = parts
-                .iter()
-                .map(|l| match &l.kind {
-                    Kind::Dense(wt) => wt,
-                    Kind::Quant(_) => unreachable!(),
-                })
-                .collect();
-            Kind::Dense(Tensor::cat(&wts, 1)?)
+        let dense: Vec<&Tensor> = parts
+            .iter()
+            .filter_map(|l| match &l.kind {
+                Kind::Dense(w) => Some(w),
+                Kind::Quant(_) => None,
+            })
+            .collect();
+        let kind = if dense.len() == parts.len() {
+            Kind::Dense(Tensor::cat(&dense, 0)?)
         } else {
             let types: Vec<Option<GgmlDType>> = parts.iter().map(Linear::qtype).collect();
             let Some(gt) = types[0].filter(|_| types.iter().all(|t| *t == types[0])) else {
@@ -182,6 +192,9 @@ impl<'a> Loader<'a> {
                 self.ir(&format!("{}.weight", prefixes[0]))?.dtype,
                 crate::TensorData::Owned(Arc::new(bytes)),
             )?;
+            for p in prefixes {
+                self.ir(&format!("{p}.weight"))?.release_pages();
+            }
             Kind::Quant(QMatMul::from_arc(Arc::new(qtensor(&fused, gt)?))?)
         };
         Ok(Group::Fused(Linear {
@@ -331,7 +344,7 @@ impl LinearNames {
 }
 
 enum Kind {
-    /// The weight transposed, `[in, out]`.
+    /// The weight, `[out, in]`.
     Dense(Tensor),
     Quant(QMatMul),
 }
@@ -357,7 +370,7 @@ impl Linear {
             tap.emit(&names.input, x);
         }
         let y = match &self.kind {
-            Kind::Dense(wt) => x.matmul(wt)?,
+            Kind::Dense(w) => x.matmul(&w.t()?)?,
             Kind::Quant(q) => qmm_rows(q, &x.contiguous()?)?,
         };
         let y = match &self.bias {

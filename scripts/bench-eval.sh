@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Benchmark: edgec eval vs llama-perplexity tokens/s and peak RSS (see bench_eval.py).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup-env.sh >/dev/null
+# shellcheck disable=SC1091
+source "${EDGEC_CACHE:-$HOME/.cache/edgec}/env.sh"
+cargo build --release --bin edgec
+EDGEC_BIN="$PWD/target/release/edgec" bash fixtures/fetch-real.sh >/dev/null
+exec "$EDGEC_PY" scripts/bench_eval.py --edgec "$PWD/target/release/edgec" "$@"
