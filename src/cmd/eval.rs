@@ -236,8 +236,7 @@ fn tokenizer_of(model: &Model, path: &Path) -> Result<TextTokenizer> {
             path.display()
         )
     })?;
-    Ok(TextTokenizer::from_vocab(vocab)
-        .with_context(|| format!("{}: tokenizer", path.display()))?)
+    TextTokenizer::from_vocab(vocab).with_context(|| format!("{}: tokenizer", path.display()))
 }
 
 fn eval_lm(
