@@ -331,7 +331,8 @@ fn llama_logits_shape_and_finite() {
 fn llama_logits_match_reference_loops() {
     for name in LLAMAS {
         let m = fixture(name);
-        let toks = tokens(24, vocab(&m), 2);
+        // more positions than one attention tile (128)
+        let toks = tokens(150, vocab(&m), 2);
         let got = rt(&m).logits(&toks).unwrap();
         let want = ref_llama(&m, &toks);
         let scale = want.iter().fold(1f32, |a, b| a.max(b.abs()));
@@ -346,16 +347,21 @@ fn llama_is_causal() {
         let m = fixture(name);
         let v = vocab(&m);
         let r = rt(&m);
-        let a = tokens(20, v, 3);
-        let mut b = a.clone();
-        for (i, t) in b.iter_mut().enumerate().skip(12) {
-            *t = (*t + 1 + i as u32) % v as u32;
+        for (n, from) in [(20, 12), (200, 140)] {
+            let a = tokens(n, v, 3);
+            let mut b = a.clone();
+            for (i, t) in b.iter_mut().enumerate().skip(from) {
+                *t = (*t + 1 + i as u32) % v as u32;
+            }
+            let la = r.logits(&a).unwrap();
+            let lb = r.logits(&b).unwrap();
+            let err = max_abs_diff(&la[..from * v], &lb[..from * v]);
+            assert!(err <= 1e-5, "{name}: earlier positions moved by {err}");
+            assert!(
+                max_abs_diff(&la[from * v..], &lb[from * v..]) > 1e-3,
+                "{name}"
+            );
         }
-        let la = r.logits(&a).unwrap();
-        let lb = r.logits(&b).unwrap();
-        let err = max_abs_diff(&la[..12 * v], &lb[..12 * v]);
-        assert!(err <= 1e-5, "{name}: earlier positions moved by {err}");
-        assert!(max_abs_diff(&la[12 * v..], &lb[12 * v..]) > 1e-3, "{name}");
     }
 }
 
@@ -364,18 +370,20 @@ fn batched_forward_matches_single_sequences() {
     let m = fixture("tiny-qwen2");
     let v = vocab(&m);
     let r = rt(&m);
-    let (a, b) = (tokens(10, v, 4), tokens(10, v, 5));
+    // more positions than one attention tile (128)
+    let n = 140;
+    let (a, b) = (tokens(n, v, 4), tokens(n, v, 5));
     let ids: Vec<u32> = a.iter().chain(&b).copied().collect();
-    let ids = Tensor::from_vec(ids, (2, 10), &Device::Cpu).unwrap();
+    let ids = Tensor::from_vec(ids, (2, n), &Device::Cpu).unwrap();
     let out = r.forward(&ids).unwrap();
-    assert_eq!(out.dims(), &[2, 10, v]);
+    assert_eq!(out.dims(), &[2, n, v]);
     let out: Vec<f32> = out.flatten_all().unwrap().to_vec1().unwrap();
-    assert!(max_abs_diff(&out[..10 * v], &r.logits(&a).unwrap()) < 1e-5);
-    assert!(max_abs_diff(&out[10 * v..], &r.logits(&b).unwrap()) < 1e-5);
+    assert!(max_abs_diff(&out[..n * v], &r.logits(&a).unwrap()) < 1e-5);
+    assert!(max_abs_diff(&out[n * v..], &r.logits(&b).unwrap()) < 1e-5);
     // i64 ids are accepted too
     let ids64 = Tensor::from_vec(
         a.iter().map(|&t| t as i64).collect::<Vec<_>>(),
-        (1, 10),
+        (1, n),
         &Device::Cpu,
     )
     .unwrap();
@@ -526,7 +534,9 @@ fn gradient_reaches_first_layer() {
         let (r, vars) = Runtime::trainable(&m).unwrap();
         // every tensor is a Var, once (a tied embedding is one Var)
         assert_eq!(vars.len(), m.tensors.len(), "{name}");
-        let ids = Tensor::from_vec(tokens(16, vocab(&m), 11), (2, 8), &Device::Cpu).unwrap();
+        // llama: more positions than one attention tile (128)
+        let seq = if name == "tiny-bert" { 8 } else { 136 };
+        let ids = Tensor::from_vec(tokens(2 * seq, vocab(&m), 11), (2, seq), &Device::Cpu).unwrap();
         let out = r.forward(&ids).unwrap();
         // the trainable graph computes what the inference one does
         let inf = rt(&m).forward(&ids).unwrap();

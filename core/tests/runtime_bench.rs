@@ -14,6 +14,7 @@
 //!   512, the second half of each scored). Without it, fixed pseudo-random ids.
 //! - `EDGEC_BENCH_CHUNKS` (default 4), `EDGEC_BENCH_THREADS` (default: candle's),
 //!   `EDGEC_BENCH_NO_TUNE` (set: skip `runtime::init_process`),
+//!   `EDGEC_BENCH_HOOK` (set: with a no-op hook),
 //!   `EDGEC_BENCH_QMM_ALWAYS` (set: also run every quantized type through
 //!   candle's quantized matmul, `QmmPolicy::Always`).
 
@@ -80,7 +81,12 @@ fn run_with(
     label: &str,
 ) -> Run {
     let t0 = Instant::now();
-    let rt = Runtime::with_qmm_policy(model, opts, policy).unwrap();
+    let mut rt = Runtime::with_qmm_policy(model, opts, policy).unwrap();
+    if std::env::var_os("EDGEC_BENCH_HOOK").is_some() {
+        rt.set_hook(Some(std::sync::Arc::new(
+            |_: &str, _: &candle_core::Tensor| {},
+        )));
+    }
     let load = t0.elapsed().as_secs_f64();
     // one untimed pass: page-in, candle's pools and quantized repacking
     rt.logits(&toks[..CTX]).unwrap();
@@ -302,4 +308,63 @@ fn minilm_embeds() {
         rt.embed(&toks).unwrap();
     }
     println!("{:.1} tokens/s", 1280.0 / t.elapsed().as_secs_f64());
+}
+
+/// Where a 512-token forward pass spends its time, from the hook's
+/// timestamps: the time before each observation point, summed over layers.
+#[test]
+#[ignore = "benchmark on a real model; run by hand in release"]
+fn smollm2_time_breakdown() {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+    edgec_core::runtime::init_process();
+    let path = env_path("EDGEC_BENCH_F32").unwrap_or_else(default_f32);
+    if !path.exists() {
+        println!("skipped: no {}", path.display());
+        return;
+    }
+    let m = edgec_formats::read_model(&path).unwrap();
+    let mut rt = Runtime::new(&m, &RuntimeOptions::default()).unwrap();
+    let (toks, _) = load_tokens(49152, 1);
+    rt.logits(&toks).unwrap();
+    type Stamps = Vec<(String, Instant)>;
+    let stamps: Arc<Mutex<Stamps>> = Arc::default();
+    let s2 = stamps.clone();
+    rt.set_hook(Some(Arc::new(
+        move |name: &str, _: &candle_core::Tensor| {
+            s2.lock().unwrap().push((name.to_string(), Instant::now()))
+        },
+    )));
+    // the fastest of 3 runs, per segment
+    let mut by: BTreeMap<String, f64> = BTreeMap::new();
+    let mut total = f64::MAX;
+    for _ in 0..3 {
+        stamps.lock().unwrap().clear();
+        let t0 = Instant::now();
+        rt.logits(&toks).unwrap();
+        total = total.min(t0.elapsed().as_secs_f64());
+        let stamps = stamps.lock().unwrap();
+        let mut run: BTreeMap<String, f64> = BTreeMap::new();
+        let mut prev = t0;
+        for (name, t) in stamps.iter() {
+            // model.layers.7.mlp.down_proj:input -> mlp.down_proj:input
+            let key = match name.strip_prefix("model.layers.") {
+                Some(rest) => rest.split_once('.').map_or("layer:output", |x| x.1),
+                None => name,
+            };
+            *run.entry(key.to_string()).or_default() += (*t - prev).as_secs_f64();
+            prev = *t;
+        }
+        *run.entry("(after the last hook)".into()).or_default() += prev.elapsed().as_secs_f64();
+        for (k, t) in run {
+            let e = by.entry(k).or_insert(f64::MAX);
+            *e = e.min(t);
+        }
+    }
+    let mut v: Vec<_> = by.into_iter().collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    println!("fastest total {total:.3}s for {} tokens", toks.len());
+    for (k, t) in v {
+        println!("{:>7.1} ms {:>5.1}%  up to {k}", t * 1e3, 100.0 * t / total);
+    }
 }

@@ -36,4 +36,8 @@ impl Tap<'_> {
             h(name, value);
         }
     }
+
+    pub(crate) fn active(&self) -> bool {
+        self.0.is_some()
+    }
 }

@@ -2,9 +2,11 @@
 //! and llama.cpp compute it, in f32.
 
 use candle_core::{Result, Tensor};
+use rayon::prelude::*;
 
+use super::fused::{causal_softmax, swiglu};
 use super::hook::Tap;
-use super::ops::{causal_mask, rms_norm, rope, rope_tables, softmax};
+use super::ops::{rms_norm, rope, rope_tables};
 use super::weights::{parts, Group, Linear, Loader};
 use super::RuntimeError;
 use crate::{LlamaParams, LlamaVariant};
@@ -94,20 +96,44 @@ impl Llama {
     /// `ids` `[batch, seq]` u32 → logits `[batch, seq, vocab]`.
     pub(crate) fn forward(&self, ids: &Tensor, tap: Tap) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
+        let x = self.hidden(ids, tap)?;
+        self.lm_head
+            .forward(&x, tap)?
+            .reshape((b, s, self.p.vocab_size))
+    }
+
+    /// `ids` `[batch, seq]` u32 → logits, row-major `[batch·seq, vocab]`.
+    pub(crate) fn logits(&self, ids: &Tensor, tap: Tap) -> Result<Vec<f32>> {
+        let x = self.hidden(ids, tap)?;
+        self.lm_head.forward_vec(&x, tap)
+    }
+
+    /// The final norm's output, `[batch·seq, hidden]`.
+    fn hidden(&self, ids: &Tensor, tap: Tap) -> Result<Tensor> {
+        let (b, s) = ids.dims2()?;
         let dev = ids.device();
         let p = &self.p;
         let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?;
         tap.emit("model.embed_tokens:output", &x);
-        let (cos, sin) = rope_tables(s, p.head_dim, p.rope_theta as f64, dev)?;
-        let mask = causal_mask(s, dev)?;
+        let hd = p.head_dim;
+        let theta = p.rope_theta as f64;
+        // q's tables carry the softmax scale 1/√hd.
+        let rope_q = rope_tables(s, hd, p.num_heads, theta, 1.0 / (hd as f64).sqrt(), dev)?;
+        let rope_k = rope_tables(s, hd, p.num_kv_heads, theta, 1.0, dev)?;
         let eps = p.rms_norm_eps as f64;
+        let ctx = Ctx {
+            b,
+            s,
+            rope_q,
+            rope_k,
+            eps,
+        };
         for layer in &self.layers {
-            x = layer.forward(p, &x, b, s, &cos, &sin, &mask, eps, tap)?;
+            x = layer.forward(p, &x, &ctx, tap)?;
         }
         let x = rms_norm(&x, &self.norm, eps)?;
         tap.emit("model.norm:output", &x);
-        let logits = self.lm_head.forward(&x, tap)?;
-        logits.reshape((b, s, p.vocab_size))
+        Ok(x)
     }
 
     pub(crate) fn quantized_layers(&self) -> usize {
@@ -121,60 +147,93 @@ impl Llama {
     }
 }
 
-impl Layer {
-    #[allow(clippy::too_many_arguments)]
-    fn forward(
-        &self,
-        p: &LlamaParams,
-        x: &Tensor,
-        b: usize,
-        s: usize,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &Tensor,
-        eps: f64,
-        tap: Tap,
-    ) -> Result<Tensor> {
-        let (nh, nkv, hd) = (p.num_heads, p.num_kv_heads, p.head_dim);
-        let rep = nh / nkv;
+/// What every layer of one forward pass shares.
+struct Ctx {
+    b: usize,
+    s: usize,
+    rope_q: (Tensor, Tensor),
+    rope_k: (Tensor, Tensor),
+    eps: f64,
+}
 
-        let h = rms_norm(x, &self.input_norm, eps)?;
+impl Layer {
+    fn forward(&self, p: &LlamaParams, x: &Tensor, c: &Ctx, tap: Tap) -> Result<Tensor> {
+        let h = rms_norm(x, &self.input_norm, c.eps)?;
         tap.emit(&self.names.input_norm, &h);
         let [q, k, v]: [Tensor; 3] = parts(self.qkv.forward(&h, tap)?)?;
-
-        // [b·s, heads·hd] → [b, heads, s, hd]
-        let q = q.reshape((b, s, nh, hd))?.transpose(1, 2)?;
-        let k = k.reshape((b, s, nkv, hd))?.transpose(1, 2)?;
-        let v = v.reshape((b, s, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-        let q = (rope(&q, cos, sin)? * (1.0 / (hd as f64).sqrt()))?;
-        let k = rope(&k, cos, sin)?;
-
-        // Grouped-query attention without repeating k and v: the `rep` query
-        // heads of one kv head are adjacent, so they stack into the rows of
-        // one matmul per kv head: [b, nkv, rep·s, hd] × [b, nkv, hd, s].
-        let q = q.reshape((b, nkv, rep * s, hd))?;
-        let scores = q.matmul(&k.t()?)?;
-        let scores = scores
-            .reshape((b, nkv, rep, s, s))?
-            .broadcast_add(mask)?
-            .reshape((b, nkv, rep * s, s))?;
-        let probs = softmax(&scores)?;
-        let ctx = probs.matmul(&v)?; // [b, nkv, rep·s, hd]
-        let ctx = ctx
-            .reshape((b, nh, s, hd))?
-            .transpose(1, 2)?
-            .reshape((b * s, nh * hd))?;
+        // Everything stays in the token-major [b·s, heads·hd] layout of the
+        // projections: no transposes.
+        let q = rope(&q, c.b, c.s, p.num_heads, &c.rope_q)?;
+        let k = rope(&k, c.b, c.s, p.num_kv_heads, &c.rope_k)?;
+        let ctx = causal_attention(&q, &k, &v, p, c)?;
         let attn = self.o.forward(&ctx, tap)?;
         let x = (x + attn)?;
         tap.emit(&self.names.attn, &x);
 
-        let h = rms_norm(&x, &self.post_norm, eps)?;
+        let h = rms_norm(&x, &self.post_norm, c.eps)?;
         tap.emit(&self.names.post_norm, &h);
         let [g, u]: [Tensor; 2] = parts(self.gate_up.forward(&h, tap)?)?;
-        let a = (g.silu()? * u)?;
+        let a = swiglu(&g, &u)?;
         let mlp = self.down.forward(&a, tap)?;
         let x = (x + mlp)?;
         tap.emit(&self.names.out, &x);
         Ok(x)
     }
+}
+
+/// Query positions per attention tile.
+const TILE: usize = 128;
+
+/// Grouped-query causal attention on `q` `[b·s, nh·hd]` (rotated and
+/// scaled), `k` and `v` `[b·s, nkv·hd]` (any strides), giving `[b·s, nh·hd]`.
+///
+/// The work is cut into tiles of one batch row, one kv head and up to
+/// [`TILE`] query positions, run in parallel on the rayon pool. A tile reads
+/// only the keys its queries may see (causality halves the work), and k and
+/// v are never repeated: the `rep` query heads that share a kv head stack
+/// into the rows of one matmul, `[tile·rep, hd] × [hd, keys]`.
+fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    p: &LlamaParams,
+    c: &Ctx,
+) -> Result<Tensor> {
+    let (nh, nkv, hd) = (p.num_heads, p.num_kv_heads, p.head_dim);
+    let rep = nh / nkv;
+    let (b, s) = (c.b, c.s);
+    let tiles: Vec<(usize, usize, usize)> = (0..b)
+        .flat_map(|bi| {
+            (0..s)
+                .step_by(TILE)
+                .flat_map(move |a| (0..nkv).map(move |g| (bi, a, g)))
+        })
+        .collect();
+    let out = tiles
+        .par_iter()
+        .map(|&(bi, a, g)| {
+            let len = TILE.min(s - a);
+            let keys = a + len;
+            // rows (position, head) of this kv head's query heads
+            let qt = q
+                .narrow(0, bi * s + a, len)?
+                .reshape((len, nh, hd))?
+                .narrow(1, g * rep, rep)?
+                .reshape((len * rep, hd))?;
+            let kt = k.narrow(0, bi * s, keys)?.narrow(1, g * hd, hd)?;
+            let vt = v.narrow(0, bi * s, keys)?.narrow(1, g * hd, hd)?;
+            let scores = qt.matmul(&kt.t()?)?.reshape((len, rep, keys))?;
+            causal_softmax(&scores, a)?
+                .reshape((len * rep, keys))?
+                .matmul(&vt)?
+                .reshape((len, rep, hd))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // Reassemble: kv heads side by side, then tiles and batch rows one
+    // under the other, which is the token-major layout again.
+    let rows = out
+        .chunks(nkv)
+        .map(|heads| Tensor::cat(heads, 1))
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&rows, 0)?.reshape((b * s, nh * hd))
 }

@@ -19,6 +19,7 @@
 //! [`hook`] for the names). For speed, call [`init_process`] at program start.
 
 mod bert;
+mod fused;
 pub mod hook;
 mod llama;
 mod ops;
@@ -190,9 +191,11 @@ impl Runtime {
         if !matches!(self.family, Family::Llama(_)) {
             return Err(self.wrong("logits", "llama-family"));
         }
-        let ids = self.ids(tokens)?;
-        let out = self.forward(&ids)?;
-        Ok(out.flatten_all()?.to_vec1::<f32>()?)
+        let ids = self.check_ids(&self.ids(tokens)?)?;
+        let Net::Llama(m) = &self.net else {
+            return Err(self.wrong("logits", "llama-family"));
+        };
+        self.run(|| Ok(m.logits(&ids, hook::Tap(self.hook.as_ref()))?))
     }
 
     /// Encoder: the mean-pooled last hidden state (attention mask all ones,

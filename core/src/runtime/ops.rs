@@ -29,63 +29,66 @@ pub(crate) fn softmax(x: &Tensor) -> Result<Tensor> {
     candle_nn::ops::softmax(x, D::Minus1)
 }
 
-/// The rotary tables for positions `0..seq`, Hugging Face's layout: `cos` is
-/// `cos(p·f)` repeated over both halves of the head, `sin_signed` is `sin(p·f)`
-/// with the first half negated, so that `rope(x) = x·cos + swap_halves(x)·sin_signed`
-/// equals HF's `x·cos + rotate_half(x)·sin`. Both are `[seq, head_dim]`.
+/// The rotary tables for positions `0..seq` and `heads` heads of `head_dim`,
+/// in the token-major layout `[seq, heads·head_dim]`, both multiplied by
+/// `scale`: `cos` is `cos(p·f)` over both halves of each head, `sin` is
+/// `sin(p·f)` with the first half negated, so that
+/// `rope(x) = x·cos + swap_halves(x)·sin` is Hugging Face's
+/// `x·cos + rotate_half(x)·sin` (inv_freq `1/θ^(2i/d)` in f32, as HF has it).
 pub(crate) fn rope_tables(
     seq: usize,
     head_dim: usize,
+    heads: usize,
     theta: f64,
+    scale: f64,
     device: &Device,
 ) -> Result<(Tensor, Tensor)> {
     let half = head_dim / 2;
-    let mut cos = Vec::with_capacity(seq * head_dim);
-    let mut sin = Vec::with_capacity(seq * head_dim);
-    // HF computes inv_freq in f32; the angle itself is formed in f64 here,
-    // which is at least as close to the exact value at every position.
     let inv_freq: Vec<f64> = (0..half)
-        .map(|i| {
-            let f = 1.0f32 / (theta as f32).powf((2 * i) as f32 / head_dim as f32);
-            f as f64
-        })
+        .map(|i| (1.0f32 / (theta as f32).powf((2 * i) as f32 / head_dim as f32)) as f64)
         .collect();
+    let width = heads * head_dim;
+    let mut cos = Vec::with_capacity(seq * width);
+    let mut sin = Vec::with_capacity(seq * width);
+    let mut c_head = vec![0f32; head_dim];
+    let mut s_head = vec![0f32; head_dim];
     for p in 0..seq {
-        let (c, s): (Vec<f32>, Vec<f32>) = inv_freq
-            .iter()
-            .map(|f| {
-                let a = p as f64 * f;
-                (a.cos() as f32, a.sin() as f32)
-            })
-            .unzip();
-        cos.extend_from_slice(&c);
-        cos.extend_from_slice(&c);
-        sin.extend(s.iter().map(|v| -v));
-        sin.extend_from_slice(&s);
+        for (i, f) in inv_freq.iter().enumerate() {
+            // the angle in f64: at least as close to exact as HF's f32
+            let (s, c) = (p as f64 * f).sin_cos();
+            c_head[i] = (c * scale) as f32;
+            c_head[i + half] = (c * scale) as f32;
+            s_head[i] = (-s * scale) as f32;
+            s_head[i + half] = (s * scale) as f32;
+        }
+        for _ in 0..heads {
+            cos.extend_from_slice(&c_head);
+            sin.extend_from_slice(&s_head);
+        }
     }
     Ok((
-        Tensor::from_vec(cos, (seq, head_dim), device)?,
-        Tensor::from_vec(sin, (seq, head_dim), device)?,
+        Tensor::from_vec(cos, (seq, width), device)?,
+        Tensor::from_vec(sin, (seq, width), device)?,
     ))
 }
 
-/// Applies rotary embeddings to `x` of shape `[batch, heads, seq, head_dim]`
-/// with tables from [`rope_tables`]: `x·cos + [x2, x1]·sin_signed`, which is
-/// HF's `x·cos + rotate_half(x)·sin` with `rotate_half(x) = [-x2, x1]`.
-pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin_signed: &Tensor) -> Result<Tensor> {
-    let hd = x.dim(D::Minus1)?;
-    let half = hd / 2;
-    let x1 = x.narrow(D::Minus1, 0, half)?;
-    let x2 = x.narrow(D::Minus1, half, hd - half)?;
-    let swapped = Tensor::cat(&[&x2, &x1], D::Minus1)?;
-    x.broadcast_mul(cos)?
-        .add(&swapped.broadcast_mul(sin_signed)?)
-}
-
-/// The additive causal mask `[seq, seq]`: 0 where key ≤ query, −∞ above the diagonal.
-pub(crate) fn causal_mask(seq: usize, device: &Device) -> Result<Tensor> {
-    let mask: Vec<f32> = (0..seq)
-        .flat_map(|i| (0..seq).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY }))
-        .collect();
-    Tensor::from_vec(mask, (seq, seq), device)
+/// Rotary embeddings on `x` `[b·seq, heads·head_dim]` (token-major, any
+/// strides) with tables from [`rope_tables`]; returns a contiguous tensor of
+/// the same shape.
+pub(crate) fn rope(
+    x: &Tensor,
+    b: usize,
+    seq: usize,
+    heads: usize,
+    (cos, sin): &(Tensor, Tensor),
+) -> Result<Tensor> {
+    let width = x.dim(D::Minus1)?;
+    let half = width / heads / 2;
+    let x4 = x.reshape((b * seq, heads, 2, half))?;
+    let swapped = Tensor::cat(&[x4.narrow(2, 1, 1)?, x4.narrow(2, 0, 1)?], 2)?;
+    let x3 = x4.reshape((b, seq, width))?;
+    let swapped = swapped.reshape((b, seq, width))?;
+    x3.broadcast_mul(cos)?
+        .add(&swapped.broadcast_mul(sin)?)?
+        .reshape((b * seq, width))
 }
