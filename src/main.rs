@@ -49,6 +49,10 @@ fn main() -> ExitCode {
             .build_global()
             .expect("the global thread pool is built once, before any use");
     }
+    if matches!(cli.command, Command::Eval(_) | Command::Embed(_)) {
+        // The runtime's process settings (allocator, candle's worker pool).
+        edgec_core::runtime::init_process();
+    }
     let result = match cli.command {
         Command::Quantize(args) => cmd::quantize::run(args),
         Command::Convert(args) => cmd::convert::run(args),

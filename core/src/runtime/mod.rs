@@ -188,13 +188,10 @@ impl Runtime {
 
     /// Causal LM: logits for every position, row-major `[tokens.len(), vocab]`.
     pub fn logits(&self, tokens: &[u32]) -> Result<Vec<f32>, RuntimeError> {
-        if !matches!(self.family, Family::Llama(_)) {
-            return Err(self.wrong("logits", "llama-family"));
-        }
-        let ids = self.check_ids(&self.ids(tokens)?)?;
         let Net::Llama(m) = &self.net else {
             return Err(self.wrong("logits", "llama-family"));
         };
+        let ids = self.check_ids(&self.ids(tokens)?)?;
         self.run(|| Ok(m.logits(&ids, hook::Tap(self.hook.as_ref()))?))
     }
 
@@ -322,7 +319,7 @@ fn build(model: &Model, mode: weights::Mode) -> Result<Built, RuntimeError> {
 /// of physical cores). candle also has a pool of its own for element-wise ops
 /// and quantized matmuls, sized from `CANDLE_NUM_THREADS` when first used,
 /// whose workers spin between jobs and so take cores from gemm's workers: on
-/// 2 cores keeping it to the calling thread made SmolLM2 1.6× faster. So
+/// 2 cores keeping it to the calling thread made SmolLM2 1.6–2.2× faster. So
 /// `CANDLE_NUM_THREADS` is set to 1 unless the user set it, and the runtime
 /// runs quantized matmuls over row blocks on the rayon pool itself.
 ///

@@ -256,12 +256,12 @@ pub(crate) fn candle_type(t: GgmlType) -> Option<GgmlDType> {
 /// The candle type to run a `[n, k]` weight of type `t` through `QMatMul`
 /// with, or `None` to dequantize it.
 ///
-/// `WhereFaster` follows measurements of candle 0.11 on x86-64 (512 rows,
-/// 2 threads; f32 matmul ≈ 110 GFLOP/s): its repacked int8 kernels (Q4_K,
-/// Q6_K, and Q8_0 with VNNI, when k is a multiple of 256 and n of 16) run at
-/// 150–300 GFLOP/s and the other k-quants' AVX2 kernels about as fast as f32
-/// (at a quarter of its memory), while Q4_0 and Q8_0 off the repacked path run
-/// at ~20 GFLOP/s and Q4_1/Q5_0/Q5_1 have only scalar kernels (~3 GFLOP/s).
+/// `WhereFaster` follows measurements of candle 0.11 on x86-64 (AVX-512,
+/// 512 rows, per thread): candle's repacked int8 kernels, Q4_K, Q6_K and (with
+/// VNNI) Q8_0 when k is a multiple of 256 and n of 16, run at 160–310
+/// GFLOP/s, against 150–200 for the f32 matmul (gemm's AVX-512 kernels); the
+/// other k-quants' AVX2 kernels at 50–70, Q4_0 and Q8_0 off the repacked path
+/// at ~20, and Q4_1/Q5_0/Q5_1 have only scalar kernels (~3).
 pub(crate) fn qmm_type(t: GgmlType, n: usize, k: usize, policy: QmmPolicy) -> Option<GgmlDType> {
     let gt = candle_type(t)?;
     if policy == QmmPolicy::Always {
@@ -274,7 +274,7 @@ pub(crate) fn qmm_type(t: GgmlType, n: usize, k: usize, policy: QmmPolicy) -> Op
             || is_x86_feature_detected!("avxvnni");
         let repacked = avx2 && k.is_multiple_of(256) && n.is_multiple_of(16);
         let fast = match t {
-            GgmlType::Q4K | GgmlType::Q6K | GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q5K => avx2,
+            GgmlType::Q4K | GgmlType::Q6K => repacked,
             GgmlType::Q8_0 => repacked && vnni,
             _ => false,
         };
