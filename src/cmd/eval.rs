@@ -325,25 +325,7 @@ fn eval_lm(
         cosine_mean: None,
         cosine_min: None,
     });
-    let mut gates = vec![];
-    if let Some(max) = args.max_ppl_increase {
-        let v = cand_ppl.ppl() / ref_ppl.ppl() - 1.0;
-        gates.push(Gate {
-            name: "max-ppl-increase".into(),
-            threshold: max,
-            value: v,
-            passed: v <= max,
-        });
-    }
-    if let Some(max) = args.max_kld {
-        let v = kl.mean_kld();
-        gates.push(Gate {
-            name: "max-kld".into(),
-            threshold: max,
-            value: v,
-            passed: v <= max,
-        });
-    }
+    let gates = lm_gates(args, cand_ppl.ppl() / ref_ppl.ppl() - 1.0, kl.mean_kld());
     if args.min_cosine.is_some() {
         return Err(UsageError(
             "--min-cosine gates encoders; use --max-kld or --max-ppl-increase".into(),
@@ -529,25 +511,8 @@ fn eval_against_llama(
     }
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
-    let mut gates = vec![];
     let increase = kl.ppl() / kl.ppl_base() - 1.0;
-    if let Some(max) = args.max_ppl_increase {
-        gates.push(Gate {
-            name: "max-ppl-increase".into(),
-            threshold: max,
-            value: increase,
-            passed: increase <= max,
-        });
-    }
-    if let Some(max) = args.max_kld {
-        let v = kl.mean_kld();
-        gates.push(Gate {
-            name: "max-kld".into(),
-            threshold: max,
-            value: v,
-            passed: v <= max,
-        });
-    }
+    let gates = lm_gates(args, increase, kl.mean_kld());
     let passed = gates.iter().all(|g| g.passed);
     Ok(Report {
         data: logits.display().to_string(),
@@ -576,6 +541,24 @@ fn eval_against_llama(
         gates,
         passed,
     })
+}
+
+/// The language-model gates the flags ask for: each an upper bound.
+fn lm_gates(args: &Args, ppl_increase: f64, kld: f64) -> Vec<Gate> {
+    [
+        ("max-ppl-increase", args.max_ppl_increase, ppl_increase),
+        ("max-kld", args.max_kld, kld),
+    ]
+    .into_iter()
+    .filter_map(|(name, threshold, value)| {
+        threshold.map(|t| Gate {
+            name: name.into(),
+            threshold: t,
+            value,
+            passed: value <= t,
+        })
+    })
+    .collect()
 }
 
 fn text_report(r: &Report) -> String {
