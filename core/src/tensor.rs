@@ -183,9 +183,39 @@ impl Tensor {
     /// All elements as f32, dequantizing block types.
     pub fn to_f32(&self) -> Result<Vec<f32>> {
         let mut out = vec![0f32; self.numel()];
-        decode_into(self.dtype, self.bytes(), &mut out)
-            .map_err(|e| Error::Data(format!("tensor {}: {e}", self.name)))?;
+        advise_huge_pages(&mut out);
+        self.decode_all(&mut out)?;
         Ok(out)
+    }
+
+    /// Decodes the whole tensor into `out` (`numel()` values). Large tensors
+    /// are decoded in row blocks on the rayon pool: loading a model is mostly
+    /// page faults and copies, and every core helps.
+    pub fn decode_all(&self, out: &mut [f32]) -> Result<()> {
+        use rayon::prelude::*;
+        /// Elements per parallel block (1 MiB of f32).
+        const BLOCK: usize = 1 << 18;
+        let rows = self.row_count();
+        let bytes = self.bytes();
+        let err = |e| Error::Data(format!("tensor {}: {e}", self.name));
+        if out.len() != self.numel() {
+            return Err(Error::Shape(format!(
+                "tensor {}: {} values do not fit {} elements",
+                self.name,
+                out.len(),
+                self.numel()
+            )));
+        }
+        if out.len() < 2 * BLOCK || rows < 2 || !bytes.len().is_multiple_of(rows) {
+            return decode_into(self.dtype, bytes, out).map_err(err);
+        }
+        let row_len = out.len() / rows;
+        let rows_per_block = (BLOCK / row_len.max(1)).max(1);
+        let row_bytes = bytes.len() / rows;
+        out.par_chunks_mut(rows_per_block * row_len)
+            .zip(bytes.par_chunks(rows_per_block * row_bytes))
+            .try_for_each(|(o, b)| decode_into(self.dtype, b, o))
+            .map_err(err)
     }
 
     /// Rows are the innermost dimension; a 1-D tensor is one row.
@@ -263,6 +293,27 @@ pub fn decode_into(dtype: DType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
         DType::Ggml(_) => unreachable!("handled above"),
     }
     Ok(())
+}
+
+/// Asks the kernel to back `buf` with transparent huge pages (where it is
+/// set to "madvise"), so that filling a large buffer takes one fault per
+/// 2 MiB instead of one per 4 KiB. Advice only: failure changes nothing.
+pub fn advise_huge_pages(buf: &mut [f32]) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let start = (buf.as_mut_ptr() as usize).next_multiple_of(HUGE);
+        let end = (buf.as_mut_ptr() as usize + std::mem::size_of_val(buf)) / HUGE * HUGE;
+        if end > start {
+            // SAFETY: [start, end) lies inside `buf`, which we borrow
+            // mutably; MADV_HUGEPAGE does not change the memory's contents.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = buf;
 }
 
 pub fn checked_numel(shape: &[usize]) -> Option<usize> {

@@ -398,6 +398,42 @@ fn batched_forward_matches_single_sequences() {
 }
 
 #[test]
+fn tail_and_batched_logits_are_slices_of_the_full_logits() {
+    let m = fixture("tiny-llama");
+    let v = vocab(&m);
+    let r = rt(&m);
+    let n = 140;
+    let (a, b) = (tokens(n, v, 6), tokens(n, v, 7));
+    let (la, lb) = (r.logits(&a).unwrap(), r.logits(&b).unwrap());
+    let first = 70;
+    let tail = r.logits_from(&a, first).unwrap();
+    assert!(max_abs_diff(&tail, &la[first * v..]) < 1e-5);
+    let both = r.logits_batch(&[&a, &b], first).unwrap();
+    assert_eq!(both.len(), 2);
+    assert!(max_abs_diff(&both[0], &la[first * v..]) < 1e-5);
+    assert!(max_abs_diff(&both[1], &lb[first * v..]) < 1e-5);
+    assert!(r.logits_from(&a, n).is_err());
+    assert!(r.logits_batch(&[&a, &b[..n - 1]], 0).is_err());
+}
+
+#[test]
+fn inference_and_trainable_runtimes_agree() {
+    // The inference runtime reads f32 weights in place and runs attention
+    // on gemm directly; the trainable one runs candle ops with backward
+    // passes. Same model, same logits.
+    for name in LLAMAS {
+        let m = fixture(name);
+        let toks = tokens(150, vocab(&m), 8);
+        let fast = rt(&m).logits(&toks).unwrap();
+        let (slow, _vars) = Runtime::trainable(&m).unwrap();
+        let slow = slow.logits(&toks).unwrap();
+        let scale = slow.iter().fold(1f32, |a, b| a.max(b.abs()));
+        let err = max_abs_diff(&fast, &slow);
+        assert!(err <= 1e-5 * scale, "{name}: max |Δ| {err} (scale {scale})");
+    }
+}
+
+#[test]
 fn bert_embedding_matches_reference_loops() {
     let m = fixture("tiny-bert");
     let r = rt(&m);

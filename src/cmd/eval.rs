@@ -269,14 +269,25 @@ fn eval_lm(
         return Err(UsageError(format!("--ctx {} is too short (at least 4)", args.ctx)).into());
     }
     let data = args.data.as_deref().expect("clap requires --data here");
-    let text = read_text(data)?;
-    let tok = tokenizer_of(reference, ref_path)?;
-    let tokens = tok
-        .encode(&text, tok.add_bos())
-        .with_context(|| format!("{}: tokenizing", data.display()))?;
-    let chunks =
-        token_chunks(&tokens, args.ctx, args.chunks).with_context(|| data.display().to_string())?;
-    let ref_rt = Runtime::new(reference, opts)?;
+    // Tokenizing (mostly building the tokenizer) runs beside loading the
+    // weights: the two take similar time and need nothing from each other.
+    let (tokenized, ref_rt) = std::thread::scope(|s| {
+        let tokenized = s.spawn(|| -> Result<(TextTokenizer, Vec<Vec<u32>>)> {
+            let text = read_text(data)?;
+            let tok = tokenizer_of(reference, ref_path)?;
+            let tokens = tok
+                .encode(&text, tok.add_bos())
+                .with_context(|| format!("{}: tokenizing", data.display()))?;
+            let chunks = token_chunks(&tokens, args.ctx, args.chunks)
+                .with_context(|| data.display().to_string())?;
+            Ok((tok, chunks))
+        });
+        let rt = Runtime::new(reference, opts);
+        (tokenized.join(), rt)
+    });
+    let (tok, chunks) =
+        tokenized.map_err(|_| anyhow::anyhow!("the tokenizer thread panicked"))??;
+    let ref_rt = ref_rt?;
     let cand_rt = candidate.map(|c| Runtime::new(c, opts)).transpose()?;
     let mut ref_ppl = PerplexityAccumulator::new();
     let mut cand_ppl = PerplexityAccumulator::new();
@@ -284,26 +295,43 @@ fn eval_lm(
     let (mut ref_secs, mut cand_secs) = (0f64, 0f64);
     let bar = progress::token_bar((chunks.len() * args.ctx) as u64, "eval");
     let first = args.ctx / 2;
-    for chunk in &chunks {
-        let mut chunk = chunk.clone();
-        if tok.add_bos() {
-            if let Some(bos) = tok.bos() {
-                chunk[0] = bos;
-            }
-        }
+    // Chunks run in batches of up to 2048 tokens, as llama-perplexity's
+    // default batch does: every weight is then read once per batch.
+    let per_batch = (2048 / args.ctx).max(1);
+    for batch in chunks.chunks(per_batch) {
+        let batch: Vec<Vec<u32>> = batch
+            .iter()
+            .map(|chunk| {
+                let mut chunk = chunk.clone();
+                if let Some(bos) = tok.bos().filter(|_| tok.add_bos()) {
+                    chunk[0] = bos;
+                }
+                chunk
+            })
+            .collect();
+        let seqs: Vec<&[u32]> = batch.iter().map(Vec::as_slice).collect();
+        // Only the scored half's logits: rows for positions `first..`.
         let t = Instant::now();
-        let ref_logits = ref_rt.logits(&chunk)?;
+        let ref_logits = ref_rt.logits_batch(&seqs, first)?;
         ref_secs += t.elapsed().as_secs_f64();
-        let vocab = ref_logits.len() / chunk.len();
-        ref_ppl.add_chunk(&ref_logits, vocab, &chunk);
-        if let Some(rt) = &cand_rt {
-            let t = Instant::now();
-            let cand_logits = rt.logits(&chunk)?;
-            cand_secs += t.elapsed().as_secs_f64();
-            cand_ppl.add_chunk(&cand_logits, vocab, &chunk);
-            kl.add_chunk(&ref_logits, &cand_logits, vocab, first);
+        let cand_logits = match &cand_rt {
+            Some(rt) => {
+                let t = Instant::now();
+                let l = rt.logits_batch(&seqs, first)?;
+                cand_secs += t.elapsed().as_secs_f64();
+                Some(l)
+            }
+            None => None,
+        };
+        for (i, chunk) in seqs.iter().enumerate() {
+            let vocab = ref_logits[i].len() / (chunk.len() - first);
+            ref_ppl.add_chunk_tail(&ref_logits[i], vocab, chunk);
+            if let Some(cand) = &cand_logits {
+                cand_ppl.add_chunk_tail(&cand[i], vocab, chunk);
+                kl.add_chunk(&ref_logits[i], &cand[i], vocab, 0);
+            }
+            bar.inc(chunk.len() as u64);
         }
-        bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
     let n_tokens = (chunks.len() * args.ctx) as f64;

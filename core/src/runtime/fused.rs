@@ -172,7 +172,7 @@ macro_rules! dispatch {
     }};
 }
 
-fn softmax_row(src: &[f32], dst: &mut [f32]) {
+pub(crate) fn softmax_row(src: &[f32], dst: &mut [f32]) {
     dispatch!(softmax_row_generic(src, &[], dst))
 }
 

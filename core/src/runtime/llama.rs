@@ -4,10 +4,11 @@
 use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
+use super::attention;
 use super::fused::{causal_softmax, swiglu};
 use super::hook::Tap;
 use super::ops::{rms_norm, rope, rope_tables};
-use super::weights::{parts, Group, Linear, Loader};
+use super::weights::{parts, Embedding, Group, Linear, Loader};
 use super::RuntimeError;
 use crate::{LlamaParams, LlamaVariant};
 
@@ -32,7 +33,7 @@ struct LayerNames {
 
 pub(crate) struct Llama {
     p: LlamaParams,
-    embed: Tensor,
+    embed: Embedding,
     layers: Vec<Layer>,
     norm: Tensor,
     lm_head: Linear,
@@ -53,7 +54,7 @@ impl Llama {
             )));
         }
         let bias = p.variant == LlamaVariant::Qwen2;
-        let embed = w.dense("model.embed_tokens.weight")?;
+        let embed = w.embedding("model.embed_tokens.weight")?;
         let mut layers = Vec::with_capacity(p.num_layers);
         for i in 0..p.num_layers {
             let l = format!("model.layers.{i}");
@@ -102,9 +103,20 @@ impl Llama {
             .reshape((b, s, self.p.vocab_size))
     }
 
-    /// `ids` `[batch, seq]` u32 → logits, row-major `[batch·seq, vocab]`.
-    pub(crate) fn logits(&self, ids: &Tensor, tap: Tap) -> Result<Vec<f32>> {
+    /// `ids` `[batch, seq]` u32 → the logits of positions `first..seq` of
+    /// each sequence, row-major `[batch·(seq - first), vocab]`. The output
+    /// projection, a fifth of the model's multiply-adds for a small model,
+    /// runs only on those rows.
+    pub(crate) fn logits(&self, ids: &Tensor, first: usize, tap: Tap) -> Result<Vec<f32>> {
+        let (b, s) = ids.dims2()?;
         let x = self.hidden(ids, tap)?;
+        let x = if first == 0 {
+            x
+        } else {
+            x.reshape((b, s, ()))?
+                .narrow(1, first, s - first)?
+                .reshape((b * (s - first), ()))?
+        };
         self.lm_head.forward_vec(&x, tap)
     }
 
@@ -113,7 +125,7 @@ impl Llama {
         let (b, s) = ids.dims2()?;
         let dev = ids.device();
         let p = &self.p;
-        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?;
+        let mut x = self.embed.lookup(ids)?;
         tap.emit("model.embed_tokens:output", &x);
         let hd = p.head_dim;
         let theta = p.rope_theta as f64;
@@ -165,7 +177,22 @@ impl Layer {
         // projections: no transposes.
         let q = rope(&q, c.b, c.s, p.num_heads, &c.rope_q)?;
         let k = rope(&k, c.b, c.s, p.num_kv_heads, &c.rope_k)?;
-        let ctx = causal_attention(&q, &k, &v, p, c)?;
+        let ctx = if q.track_op() || k.track_op() || v.track_op() {
+            causal_attention(&q, &k, &v, p, c)?
+        } else {
+            attention::causal_attention(
+                &q,
+                &k,
+                &v,
+                &attention::Dims {
+                    batch: c.b,
+                    seq: c.s,
+                    heads: p.num_heads,
+                    kv_heads: p.num_kv_heads,
+                    head_dim: p.head_dim,
+                },
+            )?
+        };
         let attn = self.o.forward(&ctx, tap)?;
         let x = (x + attn)?;
         tap.emit(&self.names.attn, &x);

@@ -18,6 +18,7 @@
 //! whose weights are `Var`s. A [`Hook`] observes intermediate values (see
 //! [`hook`] for the names). For speed, call [`init_process`] at program start.
 
+mod attention;
 mod bert;
 mod fused;
 pub mod hook;
@@ -188,11 +189,45 @@ impl Runtime {
 
     /// Causal LM: logits for every position, row-major `[tokens.len(), vocab]`.
     pub fn logits(&self, tokens: &[u32]) -> Result<Vec<f32>, RuntimeError> {
+        self.logits_from(tokens, 0)
+    }
+
+    /// Causal LM: the logits of positions `first..tokens.len()` only,
+    /// row-major `[tokens.len() - first, vocab]` (perplexity scores the
+    /// second half of a chunk, so it needs no more; the rest of the model
+    /// still sees every token).
+    pub fn logits_from(&self, tokens: &[u32], first: usize) -> Result<Vec<f32>, RuntimeError> {
+        Ok(self.logits_batch(&[tokens], first)?.swap_remove(0))
+    }
+
+    /// [`Self::logits_from`] for several sequences of one length, run as one
+    /// batch: every weight is read once for all of them, which is faster
+    /// than one sequence at a time. One logits vector per sequence.
+    pub fn logits_batch(
+        &self,
+        seqs: &[&[u32]],
+        first: usize,
+    ) -> Result<Vec<Vec<f32>>, RuntimeError> {
         let Net::Llama(m) = &self.net else {
             return Err(self.wrong("logits", "llama-family"));
         };
-        let ids = self.check_ids(&self.ids(tokens)?)?;
-        self.run(|| Ok(m.logits(&ids, hook::Tap(self.hook.as_ref()))?))
+        let len = seqs.first().map_or(0, |s| s.len());
+        if seqs.iter().any(|s| s.len() != len) {
+            return Err(RuntimeError::Input(
+                "a batch needs sequences of one length".into(),
+            ));
+        }
+        let flat: Vec<u32> = seqs.concat();
+        let ids = Tensor::from_vec(flat, (seqs.len(), len), &Device::Cpu)?;
+        let ids = self.check_ids(&ids)?;
+        if first >= len {
+            return Err(RuntimeError::Input(format!(
+                "logits from position {first} of {len} tokens"
+            )));
+        }
+        let all = self.run(|| Ok(m.logits(&ids, first, hook::Tap(self.hook.as_ref()))?))?;
+        let per_seq = all.len() / seqs.len();
+        Ok(all.chunks(per_seq).map(<[f32]>::to_vec).collect())
     }
 
     /// Encoder: the mean-pooled last hidden state (attention mask all ones,

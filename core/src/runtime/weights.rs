@@ -128,6 +128,13 @@ impl<'a> Loader<'a> {
                 });
             }
         }
+        if let (Mode::Inference { .. }, Some(m)) = (&self.mode, MappedF32::new(ir)) {
+            return Ok(Linear {
+                kind: Kind::Mapped(vec![m]),
+                bias,
+                parts: vec![(names, ir.shape[0])],
+            });
+        }
         // Kept in HF's [out, in] layout: the matmul reads it through a
         // transposed view (gemm packs its operands whatever their strides;
         // a contiguous [in, out] copy measured no faster). Only a weight that
@@ -148,6 +155,9 @@ impl<'a> Loader<'a> {
     /// inference they are fused into one matmul over the concatenated weights
     /// when all are dense, or all run quantized with the same block type.
     pub(crate) fn group(&mut self, prefixes: &[String], bias: bool) -> Result<Group, RuntimeError> {
+        if let Some(fused) = self.dense_group(prefixes, bias)? {
+            return Ok(Group::Fused(fused));
+        }
         let parts = prefixes
             .iter()
             .map(|p| self.linear(p, bias))
@@ -165,7 +175,7 @@ impl<'a> Loader<'a> {
             .iter()
             .filter_map(|l| match &l.kind {
                 Kind::Dense(w) => Some(w),
-                Kind::Quant(_) => None,
+                Kind::Mapped(_) | Kind::Quant(_) => None,
             })
             .collect();
         let kind = if dense.len() == parts.len() {
@@ -202,6 +212,104 @@ impl<'a> Loader<'a> {
             bias,
             parts: parts.into_iter().flat_map(|l| l.parts).collect(),
         }))
+    }
+}
+
+impl Loader<'_> {
+    /// For inference, a group none of whose weights runs quantized, decoded
+    /// straight into one `[Σ out, in]` buffer (no per-layer copies to
+    /// concatenate afterwards: loading is mostly memory traffic).
+    fn dense_group(
+        &mut self,
+        prefixes: &[String],
+        bias: bool,
+    ) -> Result<Option<Linear>, RuntimeError> {
+        let Mode::Inference { qmm } = self.mode else {
+            return Ok(None);
+        };
+        let irs = prefixes
+            .iter()
+            .map(|p| self.ir(&format!("{p}.weight")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let cols = irs.first().and_then(|ir| ir.shape.get(1)).copied();
+        let dense = |ir: &&crate::Tensor| {
+            ir.shape.len() == 2
+                && Some(ir.shape[1]) == cols
+                && !matches!((qmm, ir.dtype), (Some(policy), DType::Ggml(t))
+                    if qmm_type(t, ir.shape[0], ir.shape[1], policy).is_some())
+        };
+        if irs.len() < 2
+            || !irs.iter().all(dense)
+            || prefixes
+                .iter()
+                .any(|p| self.cache.contains_key(&format!("{p}.weight")))
+        {
+            return Ok(None);
+        }
+        let mapped: Vec<MappedF32> = irs.iter().filter_map(|ir| MappedF32::new(ir)).collect();
+        let kind = if mapped.len() == irs.len() {
+            Kind::Mapped(mapped)
+        } else {
+            let cols = cols.unwrap_or(0);
+            let rows: usize = irs.iter().map(|ir| ir.shape[0]).sum();
+            let mut values = vec![0f32; rows * cols];
+            crate::tensor::advise_huge_pages(&mut values);
+            let mut rest = values.as_mut_slice();
+            for ir in &irs {
+                let (part, tail) = rest.split_at_mut(ir.numel());
+                ir.decode_all(part)?;
+                ir.release_pages();
+                rest = tail;
+            }
+            Kind::Dense(Tensor::from_vec(values, (rows, cols), &self.device)?)
+        };
+        let bias = if bias {
+            let b = prefixes
+                .iter()
+                .map(|p| self.dense(&format!("{p}.bias")))
+                .collect::<Result<Vec<_>, _>>()?;
+            Some(Tensor::cat(&b, 0)?)
+        } else {
+            None
+        };
+        Ok(Some(Linear {
+            kind,
+            bias,
+            parts: prefixes
+                .iter()
+                .zip(&irs)
+                .map(|(p, ir)| (LinearNames::new(p), ir.shape[0]))
+                .collect(),
+        }))
+    }
+}
+
+/// A token embedding table: in place in the model file where it can be
+/// (a tied LM head then reads the same pages), a dense tensor otherwise.
+pub(crate) enum Embedding {
+    Dense(Tensor),
+    Mapped(MappedF32),
+}
+
+impl Embedding {
+    /// `ids` (any shape, u32) → `[ids.len(), hidden]`.
+    pub(crate) fn lookup(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let ids = ids.flatten_all()?;
+        match self {
+            Embedding::Dense(t) => t.index_select(&ids, 0),
+            Embedding::Mapped(m) => m.gather(&ids.to_vec1::<u32>()?),
+        }
+    }
+}
+
+impl Loader<'_> {
+    pub(crate) fn embedding(&mut self, name: &str) -> Result<Embedding, RuntimeError> {
+        if let Mode::Inference { .. } = self.mode {
+            if let Some(m) = MappedF32::new(self.ir(name)?) {
+                return Ok(Embedding::Mapped(m));
+            }
+        }
+        Ok(Embedding::Dense(self.dense(name)?))
     }
 }
 
@@ -346,7 +454,107 @@ impl LinearNames {
 enum Kind {
     /// The weight, `[out, in]`.
     Dense(Tensor),
+    /// f32 weights read in place from the model file, `[out_i, in]` each,
+    /// whose outputs sit side by side.
+    Mapped(Vec<MappedF32>),
     Quant(QMatMul),
+}
+
+/// A 2-D tensor stored as aligned little-endian f32, read in place: an f32
+/// model is neither copied nor faulted into fresh memory at load (copying
+/// and zero-filling half a gigabyte took longer than a chunk of inference).
+/// Inference only; training needs owned `Var`s.
+pub(crate) struct MappedF32(crate::Tensor);
+
+impl MappedF32 {
+    pub(crate) fn new(ir: &crate::Tensor) -> Option<Self> {
+        let ok = cfg!(target_endian = "little")
+            && ir.dtype == DType::F32
+            && ir.shape.len() == 2
+            && bytemuck::try_cast_slice::<u8, f32>(ir.bytes())
+                .is_ok_and(|v| v.len() == ir.shape[0] * ir.shape[1]);
+        ok.then(|| MappedF32(ir.clone()))
+    }
+
+    pub(crate) fn rows(&self) -> usize {
+        self.0.shape[0]
+    }
+
+    pub(crate) fn cols(&self) -> usize {
+        self.0.shape[1]
+    }
+
+    pub(crate) fn values(&self) -> &[f32] {
+        // checked aligned and sized in `new`
+        bytemuck::cast_slice(self.0.bytes())
+    }
+
+    /// Rows `ids` of the table, `[ids.len(), cols]` (an embedding lookup).
+    pub(crate) fn gather(&self, ids: &[u32]) -> candle_core::Result<Tensor> {
+        let cols = self.cols();
+        let table = self.values();
+        let mut out = Vec::with_capacity(ids.len() * cols);
+        for &id in ids {
+            let row = table
+                .get(id as usize * cols..(id as usize + 1) * cols)
+                .ok_or_else(|| candle_core::Error::Msg(format!("id {id} outside the table")))?;
+            out.extend_from_slice(row);
+        }
+        Tensor::from_vec(out, (ids.len(), cols), &Device::Cpu)
+    }
+}
+
+/// `x · [w_1; w_2; …]ᵀ` for `x` `[m, k]` and weights `[n_i, k]`, all
+/// row-major, as one row-major `[m, Σ n_i]` vector: gemm writes each part's
+/// columns in place, reading the weights through transposed strides.
+fn xwt(x: &[f32], m: usize, k: usize, weights: &[(&[f32], usize)]) -> Vec<f32> {
+    let n: usize = weights.iter().map(|(_, rows)| rows).sum();
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
+    let threads = rayon::current_num_threads();
+    let mut col = 0;
+    for &(w, rows) in weights {
+        assert!(
+            x.len() >= m * k && w.len() >= rows * k,
+            "xwt: operands too short"
+        );
+        // SAFETY: `out` has room for m·n floats; this call writes columns
+        // col..col+rows of every row (row stride n, read_dst false so the
+        // uninitialised memory is never read), and the parts together write
+        // every element before the length is set. x is [m, k] and w
+        // [rows, k], contiguous, in bounds as asserted.
+        unsafe {
+            gemm::gemm(
+                m,
+                rows,
+                k,
+                out.as_mut_ptr().add(col),
+                1,
+                n as isize,
+                false,
+                x.as_ptr(),
+                1,
+                k as isize,
+                // rhs = wᵀ, [k, rows]: element (r, c) is w[c, r]
+                w.as_ptr(),
+                k as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                if threads > 1 {
+                    gemm::Parallelism::Rayon(threads)
+                } else {
+                    gemm::Parallelism::None
+                },
+            );
+        }
+        col += rows;
+    }
+    // SAFETY: every element was written above.
+    unsafe { out.set_len(m * n) };
+    out
 }
 
 /// `y = x·Wᵀ + b` on `x` of shape `[rows, in]`; the columns of `y` may be
@@ -370,60 +578,55 @@ impl Linear {
     /// which saves allocating, faulting in and copying one more output: for an LM head that output
     /// is `tokens × vocab` floats (100 MB for 512 tokens of SmolLM2).
     pub(crate) fn forward_vec(&self, x: &Tensor, tap: Tap) -> candle_core::Result<Vec<f32>> {
-        let (Kind::Dense(w), None, [_], false) =
-            (&self.kind, &self.bias, self.parts.as_slice(), tap.active())
-        else {
+        if self.bias.is_some() || tap.active() {
             return self.forward(x, tap)?.flatten_all()?.to_vec1();
-        };
-        let x = x.contiguous()?;
-        let w = w.contiguous()?;
-        let (m, k) = x.dims2()?;
-        let (n, k2) = w.dims2()?;
-        if k != k2 {
-            candle_core::bail!("linear: input has {k} features, the weight {k2}")
         }
+        match self.plain_xwt(x)? {
+            Some(v) => Ok(v),
+            None => self.forward(x, tap)?.flatten_all()?.to_vec1(),
+        }
+    }
+
+    /// `x · Wᵀ` (no bias) through [`xwt`] for dense and mapped weights;
+    /// `None` for quantized ones.
+    fn plain_xwt(&self, x: &Tensor) -> candle_core::Result<Option<Vec<f32>>> {
+        let x = x.contiguous()?;
+        let (m, k) = x.dims2()?;
         let (xs, xl) = x.storage_and_layout();
-        let (ws, wl) = w.storage_and_layout();
-        let (candle_core::Storage::Cpu(xc), candle_core::Storage::Cpu(wc)) = (&*xs, &*ws) else {
+        let candle_core::Storage::Cpu(xc) = &*xs else {
             candle_core::bail!("linear: CPU tensors only")
         };
         let xv = &xc.as_slice::<f32>()?[xl.start_offset()..][..m * k];
-        let wv = &wc.as_slice::<f32>()?[wl.start_offset()..][..n * k];
-        let mut out: Vec<f32> = Vec::with_capacity(m * n);
-        let threads = rayon::current_num_threads();
-        // SAFETY: `out` has room for m·n floats, which gemm writes (read_dst
-        // false, alpha 0) at row stride n before the length is set; x is
-        // [m, k] and w [n, k], both contiguous and in bounds as sliced above.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                out.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                xv.as_ptr(),
-                1,
-                k as isize,
-                // rhs = wᵀ, [k, n]: element (r, c) is w[c, r]
-                wv.as_ptr(),
-                k as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                if threads > 1 {
-                    gemm::Parallelism::Rayon(threads)
-                } else {
-                    gemm::Parallelism::None
-                },
-            );
-            out.set_len(m * n);
+        let check = |cols: usize| {
+            if cols == k {
+                Ok(())
+            } else {
+                Err(candle_core::Error::Msg(format!(
+                    "linear: input has {k} features, the weight {cols}"
+                )))
+            }
+        };
+        match &self.kind {
+            Kind::Dense(w) => {
+                let w = w.contiguous()?;
+                let (n, cols) = w.dims2()?;
+                check(cols)?;
+                let (ws, wl) = w.storage_and_layout();
+                let candle_core::Storage::Cpu(wc) = &*ws else {
+                    candle_core::bail!("linear: CPU tensors only")
+                };
+                let wv = &wc.as_slice::<f32>()?[wl.start_offset()..][..n * k];
+                Ok(Some(xwt(xv, m, k, &[(wv, n)])))
+            }
+            Kind::Mapped(parts) => {
+                let ws = parts
+                    .iter()
+                    .map(|p| check(p.cols()).map(|_| (p.values(), p.rows())))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Ok(Some(xwt(xv, m, k, &ws)))
+            }
+            Kind::Quant(_) => Ok(None),
         }
-        Ok(out)
     }
 
     fn forward_parts(&self, x: &Tensor, tap: Tap) -> candle_core::Result<Vec<Tensor>> {
@@ -432,6 +635,14 @@ impl Linear {
         }
         let y = match &self.kind {
             Kind::Dense(w) => x.matmul(&w.t()?)?,
+            Kind::Mapped(parts) => {
+                let n = parts.iter().map(MappedF32::rows).sum::<usize>();
+                let m = x.dim(0)?;
+                let y = self
+                    .plain_xwt(x)?
+                    .expect("mapped weights are never quantized");
+                Tensor::from_vec(y, (m, n), x.device())?
+            }
             Kind::Quant(q) => qmm_rows(q, &x.contiguous()?)?,
         };
         let y = match &self.bias {
@@ -464,7 +675,7 @@ impl Linear {
     pub(crate) fn quantized(&self) -> usize {
         match self.kind {
             Kind::Quant(_) => self.parts.len(),
-            Kind::Dense(_) => 0,
+            Kind::Dense(_) | Kind::Mapped(_) => 0,
         }
     }
 }
