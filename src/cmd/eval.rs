@@ -323,12 +323,14 @@ fn eval_lm(
             }
             None => None,
         };
+        let per_seq = ref_logits.len() / seqs.len();
+        let vocab = per_seq / (args.ctx - first);
         for (i, chunk) in seqs.iter().enumerate() {
-            let vocab = ref_logits[i].len() / (chunk.len() - first);
-            ref_ppl.add_chunk_tail(&ref_logits[i], vocab, chunk);
+            let rows = i * per_seq..(i + 1) * per_seq;
+            ref_ppl.add_chunk_tail(&ref_logits[rows.clone()], vocab, chunk);
             if let Some(cand) = &cand_logits {
-                cand_ppl.add_chunk_tail(&cand[i], vocab, chunk);
-                kl.add_chunk(&ref_logits[i], &cand[i], vocab, 0);
+                cand_ppl.add_chunk_tail(&cand[rows.clone()], vocab, chunk);
+                kl.add_chunk(&ref_logits[rows.clone()], &cand[rows], vocab, 0);
             }
             bar.inc(chunk.len() as u64);
         }

@@ -7,6 +7,8 @@
 //!
 //! - [`causal_softmax`]: attention probabilities of a causal tile.
 //! - [`swiglu`]: `silu(gate) · up`, in parallel over rows.
+//! - [`rms_norm`]: RMSNorm with its weight, in parallel over rows.
+//! - [`rope`]: rotary embeddings from precomputed tables, in parallel over rows.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
@@ -23,6 +25,30 @@ pub(crate) fn causal_softmax(scores: &Tensor, offset: usize) -> Result<Tensor> {
 /// are contiguous (column views of a fused projection are fine).
 pub(crate) fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     gate.apply_op2(up, SwiGlu)
+}
+
+/// RMSNorm over the last dimension, `w · x / sqrt(mean(x²) + eps)`, for `x`
+/// `[rows, cols]` (rows contiguous) and `w` `[cols]`; the mean of squares is
+/// summed in f64.
+pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    x.apply_op2(w, RmsNorm { eps })
+}
+
+/// Rotary embeddings `x·cos + swap_halves(x)·sin` on `x` `[b·seq, width]`
+/// (rows contiguous, `heads` heads per row) with the `[seq, width]` tables
+/// of `ops::rope_tables`; returns a contiguous tensor.
+pub(crate) fn rope(
+    x: &Tensor,
+    seq: usize,
+    heads: usize,
+    tables: &(Tensor, Tensor),
+) -> Result<Tensor> {
+    x.apply_op1(Rope {
+        seq,
+        heads,
+        cos: tables.0.clone(),
+        sin: tables.1.clone(),
+    })
 }
 
 fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
@@ -148,6 +174,158 @@ impl CustomOp2 for SwiGlu {
         let dg = (grad * u)?.mul(&dsilu)?;
         let du = (grad * silu)?;
         Ok((Some(dg), Some(du)))
+    }
+}
+
+struct RmsNorm {
+    eps: f64,
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, cols) = l1.shape().dims2()?;
+        let x = RowView::new(s1, l1)?;
+        let w = f32_slice(s2, l2, self.name())?;
+        if w.len() != cols {
+            candle_core::bail!("rms-norm: {} weights for rows of {cols}", w.len())
+        }
+        let mut out = vec![0f32; rows * cols];
+        if cols > 0 {
+            out.par_chunks_mut(cols)
+                .with_min_len(8)
+                .enumerate()
+                .for_each(|(r, o)| {
+                    let x = x.row(r, cols);
+                    let ms = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / cols as f64;
+                    let inv = (1.0 / (ms + self.eps).sqrt()) as f32;
+                    for ((o, &v), &w) in o.iter_mut().zip(x).zip(w) {
+                        *o = w * (v * inv);
+                    }
+                });
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    /// With `r = 1/sqrt(mean(x²) + eps)` and `gw = grad·w`:
+    /// `∂/∂x = r·gw − x·r³·mean(gw·x)`, `∂/∂w = Σ_rows grad·x·r`.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let r = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
+            .sqrt()?
+            .recip()?;
+        let gw = grad.broadcast_mul(w)?;
+        let dot = (&gw * x)?.mean_keepdim(D::Minus1)?;
+        let r3 = r.powf(3.0)?;
+        let dx = (gw.broadcast_mul(&r)? - x.broadcast_mul(&(r3 * dot)?)?)?;
+        let dw = (grad * x.broadcast_mul(&r)?)?.sum(0)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+struct Rope {
+    seq: usize,
+    heads: usize,
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    /// `swap_halves` of every head of `[rows, width]`.
+    fn swap_halves(&self, t: &Tensor) -> Result<Tensor> {
+        let (rows, width) = t.dims2()?;
+        let half = width / self.heads / 2;
+        let t4 = t.reshape((rows, self.heads, 2, half))?;
+        Tensor::cat(&[t4.narrow(2, 1, 1)?, t4.narrow(2, 0, 1)?], 2)?.reshape((rows, width))
+    }
+
+    /// The `[seq, width]` table repeated over the batch, `[rows, width]`.
+    fn tiled(&self, t: &Tensor, rows: usize) -> Result<Tensor> {
+        let width = t.dim(1)?;
+        t.unsqueeze(0)?
+            .broadcast_as((rows / self.seq, self.seq, width))?
+            .reshape((rows, width))
+    }
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        "rope"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (rows, width) = layout.shape().dims2()?;
+        let x = RowView::new(storage, layout)?;
+        if self.heads == 0
+            || !width.is_multiple_of(2 * self.heads)
+            || !rows.is_multiple_of(self.seq.max(1))
+        {
+            candle_core::bail!(
+                "rope: [{rows}, {width}] is not {} heads over positions of {}",
+                self.heads,
+                self.seq
+            )
+        }
+        let (cs, cl) = self.cos.storage_and_layout();
+        let (ss, sl) = self.sin.storage_and_layout();
+        let cos = f32_slice(cs_cpu(&cs)?, cl, "rope")?;
+        let sin = f32_slice(cs_cpu(&ss)?, sl, "rope")?;
+        if cos.len() != self.seq * width || sin.len() != cos.len() {
+            candle_core::bail!("rope: tables do not match [{}, {width}]", self.seq)
+        }
+        let half = width / self.heads / 2;
+        let mut out = vec![0f32; rows * width];
+        if width > 0 {
+            out.par_chunks_mut(width)
+                .with_min_len(8)
+                .enumerate()
+                .for_each(|(r, o)| {
+                    let p = r % self.seq;
+                    let x = x.row(r, width);
+                    let c = &cos[p * width..(p + 1) * width];
+                    let s = &sin[p * width..(p + 1) * width];
+                    for h in 0..self.heads {
+                        let at = h * 2 * half;
+                        for i in at..at + half {
+                            let j = i + half;
+                            o[i] = x[i] * c[i] + x[j] * s[i];
+                            o[j] = x[j] * c[j] + x[i] * s[j];
+                        }
+                    }
+                });
+        }
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    /// Linear in x: `∂/∂x = grad·cos + swap_halves(grad·sin)`.
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let rows = arg.dim(0)?;
+        let cos = self.tiled(&self.cos, rows)?;
+        let sin = self.tiled(&self.sin, rows)?;
+        let dx = ((grad * cos)? + self.swap_halves(&(grad * sin)?)?)?;
+        Ok(Some(dx))
+    }
+}
+
+/// The CPU storage of a tensor's storage.
+fn cs_cpu(s: &candle_core::Storage) -> Result<&CpuStorage> {
+    match s {
+        candle_core::Storage::Cpu(c) => Ok(c),
+        _ => candle_core::bail!("CPU tensors only"),
     }
 }
 
@@ -325,6 +503,88 @@ mod tests {
                 .unwrap()
                 > 0.0
         );
+    }
+
+    fn var(rows: usize, cols: usize, seed: usize) -> Var {
+        let v: Vec<f32> = (0..rows * cols)
+            .map(|i| (((i + seed) * 37 % 101) as f32 - 50.0) * 0.03)
+            .collect();
+        Var::from_vec(v, (rows, cols), &Device::Cpu).unwrap()
+    }
+
+    /// Gradients of `Σ out·weights` (a loss that weighs every output
+    /// differently) with respect to `vars`.
+    fn grads(out: &Tensor, vars: &[&Var]) -> Vec<Tensor> {
+        let (rows, cols) = out.dims2().unwrap();
+        let w = Tensor::arange(0f32, (rows * cols) as f32, &Device::Cpu)
+            .unwrap()
+            .reshape((rows, cols))
+            .unwrap()
+            .affine(1e-3, -0.5)
+            .unwrap();
+        let g = (out * w).unwrap().sum_all().unwrap().backward().unwrap();
+        vars.iter().map(|v| g.get(v).unwrap().clone()).collect()
+    }
+
+    #[test]
+    fn rms_norm_matches_candle_ops() {
+        let (x, w) = (var(300, 48, 1), var(1, 48, 2));
+        let w1 = w.as_tensor().reshape(48).unwrap();
+        let eps = 1e-5;
+        // Hugging Face's formula in candle ops
+        let ms = x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+        let inv = (ms + eps).unwrap().sqrt().unwrap().recip().unwrap();
+        let want = x.broadcast_mul(&inv).unwrap().broadcast_mul(&w1).unwrap();
+        let got = rms_norm(x.as_tensor(), &w1, eps).unwrap();
+        assert!(max_diff(&got, &want) < 1e-5, "{}", max_diff(&got, &want));
+        let (gw, gg) = (grads(&want, &[&x, &w]), grads(&got, &[&x, &w]));
+        for (a, b) in gg.iter().zip(&gw) {
+            let d = max_diff(&a.reshape(b.shape()).unwrap(), b);
+            assert!(d < 1e-3, "{d}");
+        }
+    }
+
+    #[test]
+    fn rope_matches_candle_ops() {
+        let (b, seq, heads, hd) = (2, 7, 3, 8);
+        let (cos, sin) =
+            crate::runtime::ops::rope_tables(seq, hd, heads, 10000.0, 0.5, &Device::Cpu).unwrap();
+        let x = var(b * seq, heads * hd, 3);
+        // x·cos + swap_halves(x)·sin, as candle ops
+        let half = hd / 2;
+        let x4 = x.reshape((b * seq, heads, 2, half)).unwrap();
+        let swapped = Tensor::cat(
+            &[x4.narrow(2, 1, 1).unwrap(), x4.narrow(2, 0, 1).unwrap()],
+            2,
+        )
+        .unwrap()
+        .reshape((b, seq, heads * hd))
+        .unwrap();
+        let x3 = x.reshape((b, seq, heads * hd)).unwrap();
+        let want = (x3.broadcast_mul(&cos).unwrap() + swapped.broadcast_mul(&sin).unwrap())
+            .unwrap()
+            .reshape((b * seq, heads * hd))
+            .unwrap();
+        let got = rope(x.as_tensor(), seq, heads, &(cos, sin)).unwrap();
+        assert!(max_diff(&got, &want) < 1e-6);
+        let (gw, gg) = (grads(&want, &[&x]), grads(&got, &[&x]));
+        assert!(max_diff(&gg[0], &gw[0]) < 1e-5);
+        // a column view of a wider tensor (as q is of the fused projection)
+        let wide = var(b * seq, 2 * heads * hd, 4);
+        let view = wide.narrow(1, heads * hd, heads * hd).unwrap();
+        let got = rope(&view, seq, heads, &(cos_sin(seq, hd, heads))).unwrap();
+        let want = rope(
+            &view.contiguous().unwrap(),
+            seq,
+            heads,
+            &cos_sin(seq, hd, heads),
+        )
+        .unwrap();
+        assert_eq!(max_diff(&got, &want), 0.0);
+    }
+
+    fn cos_sin(seq: usize, hd: usize, heads: usize) -> (Tensor, Tensor) {
+        crate::runtime::ops::rope_tables(seq, hd, heads, 10000.0, 1.0, &Device::Cpu).unwrap()
     }
 
     #[test]

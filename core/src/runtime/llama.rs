@@ -5,9 +5,9 @@ use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
 use super::attention;
-use super::fused::{causal_softmax, swiglu};
+use super::fused::{causal_softmax, rms_norm, rope, swiglu};
 use super::hook::Tap;
-use super::ops::{rms_norm, rope, rope_tables};
+use super::ops::rope_tables;
 use super::weights::{parts, Embedding, Group, Linear, Loader};
 use super::RuntimeError;
 use crate::{LlamaParams, LlamaVariant};
@@ -175,8 +175,8 @@ impl Layer {
         let [q, k, v]: [Tensor; 3] = parts(self.qkv.forward(&h, tap)?)?;
         // Everything stays in the token-major [b·s, heads·hd] layout of the
         // projections: no transposes.
-        let q = rope(&q, c.b, c.s, p.num_heads, &c.rope_q)?;
-        let k = rope(&k, c.b, c.s, p.num_kv_heads, &c.rope_k)?;
+        let q = rope(&q, c.s, p.num_heads, &c.rope_q)?;
+        let k = rope(&k, c.s, p.num_kv_heads, &c.rope_k)?;
         let ctx = if q.track_op() || k.track_op() || v.track_op() {
             causal_attention(&q, &k, &v, p, c)?
         } else {

@@ -197,17 +197,15 @@ impl Runtime {
     /// second half of a chunk, so it needs no more; the rest of the model
     /// still sees every token).
     pub fn logits_from(&self, tokens: &[u32], first: usize) -> Result<Vec<f32>, RuntimeError> {
-        Ok(self.logits_batch(&[tokens], first)?.swap_remove(0))
+        self.logits_batch(&[tokens], first)
     }
 
     /// [`Self::logits_from`] for several sequences of one length, run as one
     /// batch: every weight is read once for all of them, which is faster
-    /// than one sequence at a time. One logits vector per sequence.
-    pub fn logits_batch(
-        &self,
-        seqs: &[&[u32]],
-        first: usize,
-    ) -> Result<Vec<Vec<f32>>, RuntimeError> {
+    /// than one sequence at a time. The logits of every sequence one after
+    /// another, row-major `[seqs.len()·(len - first), vocab]` (split with
+    /// `chunks(len(logits) / seqs.len())`).
+    pub fn logits_batch(&self, seqs: &[&[u32]], first: usize) -> Result<Vec<f32>, RuntimeError> {
         let Net::Llama(m) = &self.net else {
             return Err(self.wrong("logits", "llama-family"));
         };
@@ -225,9 +223,7 @@ impl Runtime {
                 "logits from position {first} of {len} tokens"
             )));
         }
-        let all = self.run(|| Ok(m.logits(&ids, first, hook::Tap(self.hook.as_ref()))?))?;
-        let per_seq = all.len() / seqs.len();
-        Ok(all.chunks(per_seq).map(<[f32]>::to_vec).collect())
+        self.run(|| Ok(m.logits(&ids, first, hook::Tap(self.hook.as_ref()))?))
     }
 
     /// Encoder: the mean-pooled last hidden state (attention mask all ones,

@@ -1,16 +1,9 @@
 //! The shared building blocks of both families, written only with candle ops
 //! that have backward passes (no `softmax_last_dim`, `ops::rms_norm`,
 //! `ops::layer_norm` nor the rotary kernels), so gradients flow through them.
+//! RMSNorm and the rotary step are fused ops in `fused.rs`.
 
 use candle_core::{Device, Result, Tensor, D};
-
-/// RMSNorm as Hugging Face computes it: `w * x / sqrt(mean(x²) + eps)` over
-/// the last dimension.
-pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    let inv = (ms + eps)?.sqrt()?.recip()?;
-    x.broadcast_mul(&inv)?.broadcast_mul(weight)
-}
 
 /// LayerNorm over the last dimension with the biased variance (PyTorch's).
 pub(crate) fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
@@ -70,25 +63,4 @@ pub(crate) fn rope_tables(
         Tensor::from_vec(cos, (seq, width), device)?,
         Tensor::from_vec(sin, (seq, width), device)?,
     ))
-}
-
-/// Rotary embeddings on `x` `[b·seq, heads·head_dim]` (token-major, any
-/// strides) with tables from [`rope_tables`]; returns a contiguous tensor of
-/// the same shape.
-pub(crate) fn rope(
-    x: &Tensor,
-    b: usize,
-    seq: usize,
-    heads: usize,
-    (cos, sin): &(Tensor, Tensor),
-) -> Result<Tensor> {
-    let width = x.dim(D::Minus1)?;
-    let half = width / heads / 2;
-    let x4 = x.reshape((b * seq, heads, 2, half))?;
-    let swapped = Tensor::cat(&[x4.narrow(2, 1, 1)?, x4.narrow(2, 0, 1)?], 2)?;
-    let x3 = x4.reshape((b, seq, width))?;
-    let swapped = swapped.reshape((b, seq, width))?;
-    x3.broadcast_mul(cos)?
-        .add(&swapped.broadcast_mul(sin)?)?
-        .reshape((b * seq, width))
 }
