@@ -192,26 +192,42 @@ impl Tensor {
     /// are decoded in row blocks on the rayon pool: loading a model is mostly
     /// page faults and copies, and every core helps.
     pub fn decode_all(&self, out: &mut [f32]) -> Result<()> {
+        self.decode_rows(0..self.row_count(), out)
+    }
+
+    /// Decodes rows `rows` into `out` (`rows.len() · row_len()` values), in
+    /// parallel row blocks when there are many.
+    pub fn decode_rows(&self, rows: std::ops::Range<usize>, out: &mut [f32]) -> Result<()> {
         use rayon::prelude::*;
         /// Elements per parallel block (1 MiB of f32).
         const BLOCK: usize = 1 << 18;
-        let rows = self.row_count();
+        let total = self.row_count();
+        let row_len = self.row_len();
         let bytes = self.bytes();
         let err = |e| Error::Data(format!("tensor {}: {e}", self.name));
-        if out.len() != self.numel() {
+        if rows.end > total || rows.start > rows.end || out.len() != rows.len() * row_len {
             return Err(Error::Shape(format!(
-                "tensor {}: {} values do not fit {} elements",
+                "tensor {}: rows {rows:?} of {total} do not fit {} values",
                 self.name,
-                out.len(),
-                self.numel()
+                out.len()
             )));
         }
-        if out.len() < 2 * BLOCK || rows < 2 || !bytes.len().is_multiple_of(rows) {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        if !bytes.len().is_multiple_of(total) {
+            return Err(Error::Data(format!(
+                "tensor {}: {} bytes are not {total} whole rows",
+                self.name,
+                bytes.len()
+            )));
+        }
+        let row_bytes = bytes.len() / total;
+        let bytes = &bytes[rows.start * row_bytes..rows.end * row_bytes];
+        if out.len() < 2 * BLOCK || rows.len() < 2 {
             return decode_into(self.dtype, bytes, out).map_err(err);
         }
-        let row_len = out.len() / rows;
         let rows_per_block = (BLOCK / row_len.max(1)).max(1);
-        let row_bytes = bytes.len() / rows;
         out.par_chunks_mut(rows_per_block * row_len)
             .zip(bytes.par_chunks(rows_per_block * row_bytes))
             .try_for_each(|(o, b)| decode_into(self.dtype, b, o))

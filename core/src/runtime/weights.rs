@@ -128,7 +128,7 @@ impl<'a> Loader<'a> {
                 });
             }
         }
-        if let (Mode::Inference { .. }, Some(m)) = (&self.mode, MappedF32::new(ir)) {
+        if let (Mode::Inference { .. }, Some(m)) = (&self.mode, InPlace::new(ir)) {
             return Ok(Linear {
                 kind: Kind::Mapped(vec![m]),
                 bias,
@@ -246,7 +246,7 @@ impl Loader<'_> {
         {
             return Ok(None);
         }
-        let mapped: Vec<MappedF32> = irs.iter().filter_map(|ir| MappedF32::new(ir)).collect();
+        let mapped: Vec<InPlace> = irs.iter().filter_map(|ir| InPlace::new(ir)).collect();
         let kind = if mapped.len() == irs.len() {
             Kind::Mapped(mapped)
         } else {
@@ -288,7 +288,7 @@ impl Loader<'_> {
 /// (a tied LM head then reads the same pages), a dense tensor otherwise.
 pub(crate) enum Embedding {
     Dense(Tensor),
-    Mapped(MappedF32),
+    Mapped(InPlace),
 }
 
 impl Embedding {
@@ -305,7 +305,7 @@ impl Embedding {
 impl Loader<'_> {
     pub(crate) fn embedding(&mut self, name: &str) -> Result<Embedding, RuntimeError> {
         if let Mode::Inference { .. } = self.mode {
-            if let Some(m) = MappedF32::new(self.ir(name)?) {
+            if let Some(m) = InPlace::new(self.ir(name)?) {
                 return Ok(Embedding::Mapped(m));
             }
         }
@@ -454,26 +454,41 @@ impl LinearNames {
 enum Kind {
     /// The weight, `[out, in]`.
     Dense(Tensor),
-    /// f32 weights read in place from the model file, `[out_i, in]` each,
+    /// Weights read in place from the model file, `[out_i, in]` each,
     /// whose outputs sit side by side.
-    Mapped(Vec<MappedF32>),
+    Mapped(Vec<InPlace>),
     Quant(QMatMul),
 }
 
-/// A 2-D tensor stored as aligned little-endian f32, read in place: an f32
-/// model is neither copied nor faulted into fresh memory at load (copying
-/// and zero-filling half a gigabyte took longer than a chunk of inference).
+/// A 2-D weight read in place from the model file. Aligned little-endian
+/// f32 is used as it lies: an f32 model is neither copied nor faulted into
+/// fresh memory at load (copying and zero-filling half a gigabyte took
+/// longer than a chunk of inference). ggml blocks that candle's quantized
+/// matmul does not run fast are dequantized for each use, into memory freed
+/// right after, so a quantized model stays about the size of its file (the
+/// dequantization costs a few percent of a 2048-token batch's matmul).
 /// Inference only; training needs owned `Var`s.
-pub(crate) struct MappedF32(crate::Tensor);
+pub(crate) struct InPlace(crate::Tensor);
 
-impl MappedF32 {
+impl InPlace {
     pub(crate) fn new(ir: &crate::Tensor) -> Option<Self> {
-        let ok = cfg!(target_endian = "little")
-            && ir.dtype == DType::F32
-            && ir.shape.len() == 2
-            && bytemuck::try_cast_slice::<u8, f32>(ir.bytes())
-                .is_ok_and(|v| v.len() == ir.shape[0] * ir.shape[1]);
-        ok.then(|| MappedF32(ir.clone()))
+        if ir.shape.len() != 2 {
+            return None;
+        }
+        let numel = ir.shape[0] * ir.shape[1];
+        let ok = match ir.dtype {
+            DType::F32 => {
+                cfg!(target_endian = "little")
+                    && bytemuck::try_cast_slice::<u8, f32>(ir.bytes())
+                        .is_ok_and(|v| v.len() == numel)
+            }
+            DType::Ggml(t) => {
+                ir.shape[1].is_multiple_of(t.block_size())
+                    && ir.bytes().len() == numel / t.block_size() * t.type_size()
+            }
+            _ => false,
+        };
+        ok.then(|| InPlace(ir.clone()))
     }
 
     pub(crate) fn rows(&self) -> usize {
@@ -484,77 +499,136 @@ impl MappedF32 {
         self.0.shape[1]
     }
 
-    pub(crate) fn values(&self) -> &[f32] {
-        // checked aligned and sized in `new`
-        bytemuck::cast_slice(self.0.bytes())
+    fn source(&self) -> Source<'_> {
+        if self.0.dtype == DType::F32 {
+            // checked aligned and sized in `new`
+            Source::F32(bytemuck::cast_slice(self.0.bytes()), self.rows())
+        } else {
+            Source::Blocks(&self.0)
+        }
     }
 
     /// Rows `ids` of the table, `[ids.len(), cols]` (an embedding lookup).
     pub(crate) fn gather(&self, ids: &[u32]) -> candle_core::Result<Tensor> {
         let cols = self.cols();
-        let table = self.values();
-        let mut out = Vec::with_capacity(ids.len() * cols);
-        for &id in ids {
-            let row = table
-                .get(id as usize * cols..(id as usize + 1) * cols)
-                .ok_or_else(|| candle_core::Error::Msg(format!("id {id} outside the table")))?;
-            out.extend_from_slice(row);
+        let mut out = vec![0f32; ids.len() * cols];
+        for (&id, row) in ids.iter().zip(out.chunks_mut(cols.max(1))) {
+            if id as usize >= self.rows() {
+                candle_core::bail!("id {id} outside the table of {}", self.rows())
+            }
+            self.0
+                .row_to_f32(id as usize, row)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         }
         Tensor::from_vec(out, (ids.len(), cols), &Device::Cpu)
     }
 }
 
+/// One weight operand of [`xwt`], `[rows, k]`.
+enum Source<'a> {
+    /// f32 values, and the row count.
+    F32(&'a [f32], usize),
+    /// ggml blocks, dequantized a block of rows at a time.
+    Blocks(&'a crate::Tensor),
+}
+
+impl Source<'_> {
+    fn rows(&self) -> usize {
+        match self {
+            Source::F32(_, rows) => *rows,
+            Source::Blocks(t) => t.shape[0],
+        }
+    }
+}
+
+/// f32 values per dequantized block of weight rows (8 MiB).
+const DEQUANT_BLOCK: usize = 2 << 20;
+
 /// `x · [w_1; w_2; …]ᵀ` for `x` `[m, k]` and weights `[n_i, k]`, all
 /// row-major, as one row-major `[m, Σ n_i]` vector: gemm writes each part's
 /// columns in place, reading the weights through transposed strides.
-fn xwt(x: &[f32], m: usize, k: usize, weights: &[(&[f32], usize)]) -> Vec<f32> {
-    let n: usize = weights.iter().map(|(_, rows)| rows).sum();
-    let mut out: Vec<f32> = Vec::with_capacity(m * n);
-    let threads = rayon::current_num_threads();
-    let mut col = 0;
-    for &(w, rows) in weights {
-        assert!(
-            x.len() >= m * k && w.len() >= rows * k,
-            "xwt: operands too short"
-        );
-        // SAFETY: `out` has room for m·n floats; this call writes columns
-        // col..col+rows of every row (row stride n, read_dst false so the
-        // uninitialised memory is never read), and the parts together write
-        // every element before the length is set. x is [m, k] and w
-        // [rows, k], contiguous, in bounds as asserted.
-        unsafe {
-            gemm::gemm(
-                m,
-                rows,
-                k,
-                out.as_mut_ptr().add(col),
-                1,
-                n as isize,
-                false,
-                x.as_ptr(),
-                1,
-                k as isize,
-                // rhs = wᵀ, [k, rows]: element (r, c) is w[c, r]
-                w.as_ptr(),
-                k as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                if threads > 1 {
-                    gemm::Parallelism::Rayon(threads)
-                } else {
-                    gemm::Parallelism::None
-                },
-            );
-        }
-        col += rows;
+fn xwt(x: &[f32], m: usize, k: usize, weights: &[Source]) -> candle_core::Result<Vec<f32>> {
+    let n: usize = weights.iter().map(Source::rows).sum();
+    if x.len() < m * k {
+        candle_core::bail!("linear: input too short")
     }
-    // SAFETY: every element was written above.
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
+    let mut col = 0;
+    let mut scratch = Vec::new();
+    for w in weights {
+        match w {
+            Source::F32(w, rows) => {
+                if w.len() < rows * k {
+                    candle_core::bail!("linear: weight too short")
+                }
+                // SAFETY: `out` has room for m·n floats; columns col..col+rows
+                // are within n, x is [m, k] and w [rows, k] as checked.
+                unsafe { gemm_xwt(x, m, k, w, *rows, out.as_mut_ptr().add(col), n) };
+                col += rows;
+            }
+            Source::Blocks(t) => {
+                let rows = t.shape[0];
+                let block = (DEQUANT_BLOCK / k.max(1)).clamp(1, rows.max(1));
+                for r0 in (0..rows).step_by(block) {
+                    let r1 = (r0 + block).min(rows);
+                    scratch.resize((r1 - r0) * k, 0f32);
+                    t.decode_rows(r0..r1, &mut scratch)
+                        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                    // SAFETY: as above, for the r1 − r0 rows just decoded.
+                    unsafe { gemm_xwt(x, m, k, &scratch, r1 - r0, out.as_mut_ptr().add(col), n) };
+                    col += r1 - r0;
+                }
+            }
+        }
+    }
+    // SAFETY: the calls above wrote columns 0..n of every row (each its own
+    // column range), so all m·n elements are initialised.
     unsafe { out.set_len(m * n) };
-    out
+    Ok(out)
+}
+
+/// `dst[i, j] = Σ_c x[i, c]·w[j, c]` for `i < m`, `j < rows`, with `dst`'s
+/// rows `ld` apart; gemm never reads `dst` (read_dst false).
+///
+/// # Safety
+/// `x` holds `[m, k]`, `w` `[rows, k]`, and `dst` is valid for writes of
+/// `m` rows of `rows` floats at stride `ld`.
+unsafe fn gemm_xwt(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    rows: usize,
+    dst: *mut f32,
+    ld: usize,
+) {
+    let threads = rayon::current_num_threads();
+    gemm::gemm(
+        m,
+        rows,
+        k,
+        dst,
+        1,
+        ld as isize,
+        false,
+        x.as_ptr(),
+        1,
+        k as isize,
+        // rhs = wᵀ, [k, rows]: element (r, c) is w[c, r]
+        w.as_ptr(),
+        k as isize,
+        1,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        if threads > 1 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        },
+    );
 }
 
 /// `y = x·Wᵀ + b` on `x` of shape `[rows, in]`; the columns of `y` may be
@@ -616,14 +690,14 @@ impl Linear {
                     candle_core::bail!("linear: CPU tensors only")
                 };
                 let wv = &wc.as_slice::<f32>()?[wl.start_offset()..][..n * k];
-                Ok(Some(xwt(xv, m, k, &[(wv, n)])))
+                Ok(Some(xwt(xv, m, k, &[Source::F32(wv, n)])?))
             }
             Kind::Mapped(parts) => {
                 let ws = parts
                     .iter()
-                    .map(|p| check(p.cols()).map(|_| (p.values(), p.rows())))
+                    .map(|p| check(p.cols()).map(|_| p.source()))
                     .collect::<candle_core::Result<Vec<_>>>()?;
-                Ok(Some(xwt(xv, m, k, &ws)))
+                Ok(Some(xwt(xv, m, k, &ws)?))
             }
             Kind::Quant(_) => Ok(None),
         }
@@ -636,7 +710,7 @@ impl Linear {
         let y = match &self.kind {
             Kind::Dense(w) => x.matmul(&w.t()?)?,
             Kind::Mapped(parts) => {
-                let n = parts.iter().map(MappedF32::rows).sum::<usize>();
+                let n = parts.iter().map(InPlace::rows).sum::<usize>();
                 let m = x.dim(0)?;
                 let y = self
                     .plain_xwt(x)?
