@@ -774,3 +774,62 @@ fn qmm_rows(q: &QMatMul, x: &Tensor) -> candle_core::Result<Tensor> {
         .collect::<candle_core::Result<Vec<_>>>()?;
     Tensor::cat(&parts, 0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Q8_0 `[rows, k]` tensor with varied scales and values.
+    fn q8_tensor(rows: usize, k: usize) -> crate::Tensor {
+        let mut bytes = Vec::new();
+        let mut s = 1u32;
+        for b in 0..rows * k / 32 {
+            let scale = half::f16::from_f32(0.01 + (b % 7) as f32 * 0.003);
+            bytes.extend_from_slice(&scale.to_le_bytes());
+            for _ in 0..32 {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                bytes.push((s >> 24) as u8);
+            }
+        }
+        crate::Tensor::new(
+            "w",
+            vec![rows, k],
+            DType::Ggml(GgmlType::Q8_0),
+            crate::TensorData::Owned(Arc::new(bytes)),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn blocks_dequantized_in_row_blocks_match_a_dense_matmul() {
+        let k = 4096;
+        let rows = 2 * DEQUANT_BLOCK / k + 37; // three row blocks, the last partial
+        let w = q8_tensor(rows, k);
+        let dense = w.to_f32().unwrap();
+        let f32_part: Vec<f32> = (0..5 * k).map(|i| (i % 13) as f32 * 0.1 - 0.6).collect();
+        let m = 3;
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7) % 11) as f32 * 0.05 - 0.25)
+            .collect();
+        let sources = [Source::F32(&f32_part, 5), Source::Blocks(&w)];
+        let got = xwt(&x, m, k, &sources).unwrap();
+        let n = 5 + rows;
+        assert_eq!(got.len(), m * n);
+        for i in 0..m {
+            let xi = &x[i * k..(i + 1) * k];
+            for j in 0..n {
+                let wj = if j < 5 {
+                    &f32_part[j * k..(j + 1) * k]
+                } else {
+                    &dense[(j - 5) * k..(j - 4) * k]
+                };
+                let want: f64 = xi.iter().zip(wj).map(|(a, b)| *a as f64 * *b as f64).sum();
+                let g = got[i * n + j] as f64;
+                assert!(
+                    (g - want).abs() <= 1e-3 * want.abs().max(1.0),
+                    "({i}, {j}): {g} vs {want}"
+                );
+            }
+        }
+    }
+}
