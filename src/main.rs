@@ -1,5 +1,6 @@
 //! edgec: model compression and conversion for on-device ML.
 
+mod calib;
 mod cmd;
 mod pipeline;
 mod progress;

@@ -1,6 +1,7 @@
 //! Recipes that join readers, passes and writers: a model in the IR to a
 //! GGUF file under a preset.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -21,6 +22,9 @@ pub struct GgufOptions<'a> {
     pub input: &'a Path,
     /// Keep NaN or infinite weights instead of failing.
     pub allow_nonfinite: bool,
+    /// Per-column importance of weights (by IR name), for the quantizers'
+    /// weighted scale searches (from calibration or an imatrix file).
+    pub importance: Option<&'a HashMap<String, Vec<f32>>>,
 }
 
 #[derive(Serialize)]
@@ -104,13 +108,25 @@ pub fn plan(model: &Model, preset: &Preset) -> Result<Vec<TensorPlan>> {
 /// output row `r` from source row `source_row(r)` (the rotary reorder), so
 /// that only one row per thread is ever held as f32. Rows are independent,
 /// so the bytes do not depend on the thread count. Fails on a non-finite
-/// weight unless `allow_nonfinite`.
+/// weight unless `allow_nonfinite`. `importance` weighs the columns of
+/// every row.
 pub fn encode_tensor(
     t: &Tensor,
     ty: GgmlType,
     source_row: &(dyn Fn(usize) -> usize + Sync),
     allow_nonfinite: bool,
+    importance: Option<&[f32]>,
 ) -> Result<Vec<u8>, String> {
+    if let Some(imp) = importance {
+        if imp.len() != t.row_len() {
+            return Err(format!(
+                "tensor {}: importance has {} values for rows of {}",
+                t.name,
+                imp.len(),
+                t.row_len()
+            ));
+        }
+    }
     const ROWS_PER_TASK: usize = 16;
     let row_len = t.row_len();
     let out_row = ty.row_bytes(row_len).map_err(|e| e.to_string())?;
@@ -134,7 +150,7 @@ pub fn encode_tensor(
                     }
                 }
                 encoded.clear();
-                quantize_row(ty, &row, None, &mut encoded)
+                quantize_row(ty, &row, importance, &mut encoded)
                     .map_err(|e| format!("tensor {}: {e}", t.name))?;
                 dst_row.copy_from_slice(&encoded);
             }
@@ -175,7 +191,11 @@ pub fn write_gguf(
                 Some(n_head) => gguf::rotary_source_row(r, rows, n_head, true),
                 None => r,
             };
-            let bytes = encode_tensor(t, plan.ty, &source_row, opts.allow_nonfinite)
+            let importance = opts
+                .importance
+                .and_then(|m| m.get(&t.name))
+                .map(Vec::as_slice);
+            let bytes = encode_tensor(t, plan.ty, &source_row, opts.allow_nonfinite, importance)
                 .map_err(|msg| FormatError::invalid(opts.input, msg))?;
             t.release_pages();
             bar.inc(1);

@@ -8,12 +8,15 @@
 //!   and top-1 agreement against reference logits, cosine similarity, top-1
 //!   accuracy;
 //! - [`llama_logits`]: llama-perplexity's saved reference logits, and KL
-//!   against them computed as llama.cpp does.
+//!   against them computed as llama.cpp does;
+//! - [`stats`]: per-channel statistics of every linear layer's input, from
+//!   the runtime's hook.
 
 pub mod data;
 pub mod error;
 pub mod llama_logits;
 pub mod metrics;
+pub mod stats;
 pub mod tokenize;
 
 pub use data::{calibration_sequences, read_jsonl_sentences, read_text, token_chunks};
@@ -23,4 +26,5 @@ pub use metrics::{
     argmax, cosine, first_scored, scored_per_chunk, token_nll, top1_accuracy, KlAccumulator,
     PerplexityAccumulator, Stats,
 };
+pub use stats::{collect_linear_inputs, ChannelStats, StatsOptions};
 pub use tokenize::TextTokenizer;

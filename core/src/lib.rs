@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod ggml;
+pub mod linalg;
 pub mod model;
 pub mod runtime;
 pub mod tensor;

@@ -4,6 +4,7 @@
 pub mod error;
 pub mod gguf;
 pub mod hf;
+pub mod imatrix;
 pub mod output;
 pub mod safetensors;
 pub mod tokenizer;

@@ -52,6 +52,7 @@ pub fn run(args: Args) -> Result<()> {
             &GgufOptions {
                 input: &args.input,
                 allow_nonfinite: args.allow_nonfinite,
+                importance: None,
             },
         )?;
         println!(

@@ -229,16 +229,6 @@ fn check_same_family(a: &Model, b: &Model, b_path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn tokenizer_of(model: &Model, path: &Path) -> Result<TextTokenizer> {
-    let vocab = model.meta.vocab.as_ref().with_context(|| {
-        format!(
-            "{}: the model has no tokenizer to read the data with",
-            path.display()
-        )
-    })?;
-    TextTokenizer::from_vocab(vocab).with_context(|| format!("{}: tokenizer", path.display()))
-}
-
 fn eval_lm(
     args: &Args,
     ref_path: &Path,
@@ -274,7 +264,7 @@ fn eval_lm(
     let (tokenized, ref_rt) = std::thread::scope(|s| {
         let tokenized = s.spawn(|| -> Result<(TextTokenizer, Vec<Vec<u32>>)> {
             let text = read_text(data)?;
-            let tok = tokenizer_of(reference, ref_path)?;
+            let tok = super::tokenizer_of(reference, ref_path)?;
             let tokens = tok
                 .encode(&text, tok.add_bos())
                 .with_context(|| format!("{}: tokenizing", data.display()))?;
@@ -420,7 +410,7 @@ fn eval_encoder(
     }
     let data = args.data.as_deref().expect("clap requires --data here");
     let sentences = read_sentences(data)?;
-    let tok = tokenizer_of(reference, ref_path)?;
+    let tok = super::tokenizer_of(reference, ref_path)?;
     let ref_rt = Runtime::new(reference, opts)?;
     let cand_rt = candidate.map(|c| Runtime::new(c, opts)).transpose()?;
     let max_pos = match &reference.meta.family {

@@ -6,7 +6,8 @@ pub mod quantize;
 
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use edgec_calibration::TextTokenizer;
 use edgec_core::Model;
 use edgec_formats::output::check_not_input;
 
@@ -35,4 +36,15 @@ pub fn read_input(input: &Path, output: &Path) -> Result<Model> {
         }
     }
     Ok(edgec_formats::read_model(input)?)
+}
+
+/// The model's own tokenizer, for reading text data.
+pub fn tokenizer_of(model: &Model, path: &Path) -> Result<TextTokenizer> {
+    let vocab = model.meta.vocab.as_ref().with_context(|| {
+        format!(
+            "{}: the model has no tokenizer to read the data with",
+            path.display()
+        )
+    })?;
+    TextTokenizer::from_vocab(vocab).with_context(|| format!("{}: tokenizer", path.display()))
 }

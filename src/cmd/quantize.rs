@@ -7,6 +7,7 @@ use edgec_formats::Format;
 use edgec_passes::presets::{Preset, PRESETS};
 
 use super::UsageError;
+use crate::calib::{self, Method};
 use crate::pipeline::{self, GgufOptions};
 
 #[derive(clap::Args)]
@@ -31,6 +32,19 @@ pub struct Args {
     /// Print a JSON report on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Calibration text: activation statistics from running the model on it
+    /// guide the quantization (see --method).
+    #[arg(long, value_name = "FILE")]
+    pub calib: Option<PathBuf>,
+    /// Calibration sequences, spread evenly over the text.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub calib_samples: usize,
+    /// Tokens per calibration sequence.
+    #[arg(long, default_value_t = 512, value_name = "L")]
+    pub calib_len: usize,
+    /// How calibration is used (default with --calib: awq+imatrix, the best measured).
+    #[arg(long, value_enum)]
+    pub method: Option<Method>,
 }
 
 pub fn preset_from_args(bits: Option<u32>, ty: Option<&str>, default: &str) -> Result<Preset> {
@@ -66,18 +80,68 @@ pub fn run(args: Args) -> Result<()> {
         ),
     }
     let model = super::read_input(&args.input, &args.output)?;
+    let method = match (&args.calib, args.method) {
+        (None, Some(m)) if m != Method::Rtn => {
+            return Err(UsageError(format!(
+                "--method {} needs calibration data: give --calib FILE",
+                m.name()
+            ))
+            .into())
+        }
+        (None, _) => Method::Rtn,
+        (Some(_), m) => m.unwrap_or(Method::AwqImatrix),
+    };
+    let calibrated = match &args.calib {
+        Some(data) if method != Method::Rtn => {
+            let plans = pipeline::plan(&model, &preset)?;
+            let types = model
+                .tensors
+                .iter()
+                .zip(&plans)
+                .map(|(t, p)| (t.name.clone(), p.ty))
+                .collect();
+            let seqs = calib::sequences(&model, data, args.calib_samples, args.calib_len)?;
+            Some(calib::calibrate(
+                &model,
+                types,
+                &seqs,
+                method,
+                &Default::default(),
+            )?)
+        }
+        _ => None,
+    };
     let report = pipeline::write_gguf(
-        &model,
+        calibrated.as_ref().map_or(&model, |c| &c.model),
         &args.output,
         &preset,
         &GgufOptions {
             input: &args.input,
             allow_nonfinite: args.allow_nonfinite,
+            importance: calibrated.as_ref().and_then(|c| c.importance.as_ref()),
         },
     )?;
+    let calib_report = calibrated.map(|c| c.report);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut json = serde_json::to_value(&report)?;
+        if let Some(c) = &calib_report {
+            json["calibration"] = serde_json::to_value(c)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
+        if let Some(c) = &calib_report {
+            println!(
+                "calibrated ({}) on {} tokens in {:.2}s{}",
+                c.method.name(),
+                c.tokens,
+                c.seconds,
+                match (c.awq_error_rtn, c.awq_error_final) {
+                    (Some(a), Some(b)) if a > 0.0 =>
+                        format!("; AWQ output error {:.3}x plain rounding's", b / a),
+                    _ => String::new(),
+                }
+            );
+        }
         println!(
             "wrote {} ({}): {} tensors, {:.2}M parameters, {:.2} bits/weight, {:.1} MiB, {:.2}s",
             report.output,

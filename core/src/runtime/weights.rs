@@ -563,7 +563,9 @@ fn xwt(x: &[f32], m: usize, k: usize, weights: &[Source]) -> candle_core::Result
                 }
                 // SAFETY: `out` has room for m·n floats; columns col..col+rows
                 // are within n, x is [m, k] and w [rows, k] as checked.
-                unsafe { gemm_xwt(x, m, k, w, *rows, out.as_mut_ptr().add(col), n) };
+                unsafe {
+                    crate::linalg::gemm_nt_into(x, m, k, w, *rows, out.as_mut_ptr().add(col), n)
+                };
                 col += rows;
             }
             Source::Blocks(t) => {
@@ -575,7 +577,17 @@ fn xwt(x: &[f32], m: usize, k: usize, weights: &[Source]) -> candle_core::Result
                     t.decode_rows(r0..r1, &mut scratch)
                         .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
                     // SAFETY: as above, for the r1 − r0 rows just decoded.
-                    unsafe { gemm_xwt(x, m, k, &scratch, r1 - r0, out.as_mut_ptr().add(col), n) };
+                    unsafe {
+                        crate::linalg::gemm_nt_into(
+                            x,
+                            m,
+                            k,
+                            &scratch,
+                            r1 - r0,
+                            out.as_mut_ptr().add(col),
+                            n,
+                        )
+                    };
                     col += r1 - r0;
                 }
             }
@@ -585,50 +597,6 @@ fn xwt(x: &[f32], m: usize, k: usize, weights: &[Source]) -> candle_core::Result
     // column range), so all m·n elements are initialised.
     unsafe { out.set_len(m * n) };
     Ok(out)
-}
-
-/// `dst[i, j] = Σ_c x[i, c]·w[j, c]` for `i < m`, `j < rows`, with `dst`'s
-/// rows `ld` apart; gemm never reads `dst` (read_dst false).
-///
-/// # Safety
-/// `x` holds `[m, k]`, `w` `[rows, k]`, and `dst` is valid for writes of
-/// `m` rows of `rows` floats at stride `ld`.
-unsafe fn gemm_xwt(
-    x: &[f32],
-    m: usize,
-    k: usize,
-    w: &[f32],
-    rows: usize,
-    dst: *mut f32,
-    ld: usize,
-) {
-    let threads = rayon::current_num_threads();
-    gemm::gemm(
-        m,
-        rows,
-        k,
-        dst,
-        1,
-        ld as isize,
-        false,
-        x.as_ptr(),
-        1,
-        k as isize,
-        // rhs = wᵀ, [k, rows]: element (r, c) is w[c, r]
-        w.as_ptr(),
-        k as isize,
-        1,
-        0.0,
-        1.0,
-        false,
-        false,
-        false,
-        if threads > 1 {
-            gemm::Parallelism::Rayon(threads)
-        } else {
-            gemm::Parallelism::None
-        },
-    );
 }
 
 /// `y = x·Wᵀ + b` on `x` of shape `[rows, in]`; the columns of `y` may be

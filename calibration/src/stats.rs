@@ -1,0 +1,213 @@
+//! Activation statistics of every linear layer's input, collected through
+//! the runtime's hook while it runs calibration sequences.
+//!
+//! Per input channel: the sum of |x| and of x² over every token (what AWQ's
+//! scales and llama.cpp's importance matrix are made of), and for chosen
+//! layers the Gram matrix Σ x·xᵀ over the first tokens (how a weight error
+//! turns into an output error). Memory grows with channels, not tokens.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use candle_core::Tensor;
+use edgec_core::runtime::{Runtime, RuntimeError};
+use rayon::prelude::*;
+
+/// The statistics of one linear layer's input.
+#[derive(Debug, Clone, Default)]
+pub struct ChannelStats {
+    /// Tokens seen.
+    pub count: u64,
+    pub sum_abs: Vec<f64>,
+    pub sum_sq: Vec<f64>,
+    /// Σ x·xᵀ, row-major `[in, in]`, over the first `gram_count` tokens.
+    pub gram: Option<Vec<f64>>,
+    pub gram_count: u64,
+}
+
+impl ChannelStats {
+    pub fn channels(&self) -> usize {
+        self.sum_sq.len()
+    }
+
+    /// Mean |x| per channel.
+    pub fn mean_abs(&self) -> Vec<f32> {
+        let n = self.count.max(1) as f64;
+        self.sum_abs.iter().map(|v| (v / n) as f32).collect()
+    }
+
+    /// Mean x² per channel (llama.cpp's importance).
+    pub fn mean_sq(&self) -> Vec<f32> {
+        let n = self.count.max(1) as f64;
+        self.sum_sq.iter().map(|v| (v / n) as f32).collect()
+    }
+
+    /// The mean of x·xᵀ, when collected.
+    pub fn gram_mean(&self) -> Option<Vec<f32>> {
+        let n = self.gram_count.max(1) as f64;
+        self.gram
+            .as_ref()
+            .map(|g| g.iter().map(|v| (v / n) as f32).collect())
+    }
+
+    fn add(&mut self, x: &[f32], cols: usize, gram_budget: Option<u64>) {
+        let rows = x.len() / cols;
+        if self.sum_sq.is_empty() {
+            self.sum_abs = vec![0.0; cols];
+            self.sum_sq = vec![0.0; cols];
+        }
+        // Column sums over row blocks in parallel, added in block order so
+        // the result does not depend on the thread count.
+        const BLOCK: usize = 64;
+        let partial: Vec<(Vec<f64>, Vec<f64>)> = x
+            .par_chunks(BLOCK * cols)
+            .map(|block| {
+                let mut a = vec![0f64; cols];
+                let mut s = vec![0f64; cols];
+                for row in block.chunks_exact(cols) {
+                    for ((a, s), &v) in a.iter_mut().zip(s.iter_mut()).zip(row) {
+                        *a += v.abs() as f64;
+                        *s += v as f64 * v as f64;
+                    }
+                }
+                (a, s)
+            })
+            .collect();
+        for (a, s) in partial {
+            for (t, v) in self.sum_abs.iter_mut().zip(a) {
+                *t += v;
+            }
+            for (t, v) in self.sum_sq.iter_mut().zip(s) {
+                *t += v;
+            }
+        }
+        self.count += rows as u64;
+        let Some(budget) = gram_budget else { return };
+        let take = (budget.saturating_sub(self.gram_count) as usize).min(rows);
+        if take == 0 {
+            return;
+        }
+        // xᵀ, [cols, take], so that xᵀ·(xᵀ)ᵀ = Σ x·xᵀ is one gemm call.
+        let mut xt = vec![0f32; cols * take];
+        for (r, row) in x.chunks_exact(cols).take(take).enumerate() {
+            for (c, &v) in row.iter().enumerate() {
+                xt[c * take + r] = v;
+            }
+        }
+        let g = edgec_core::linalg::matmul_nt(&xt, cols, take, &xt, cols);
+        let acc = self.gram.get_or_insert_with(|| vec![0.0; cols * cols]);
+        for (a, v) in acc.iter_mut().zip(g) {
+            *a += v as f64;
+        }
+        self.gram_count += take as u64;
+    }
+}
+
+/// What to collect.
+#[derive(Debug, Clone)]
+pub struct StatsOptions {
+    /// Linear layers (module paths, e.g. `model.layers.0.self_attn.q_proj`)
+    /// whose input Gram matrix is wanted.
+    pub gram_for: Vec<String>,
+    /// Tokens per Gram matrix (the first ones seen).
+    pub gram_tokens: u64,
+}
+
+/// Accumulates hook observations. Linear layers that share one input
+/// tensor (q, k, v; gate, up) are summed once and reported under each name.
+#[derive(Default)]
+struct Collector {
+    stats: HashMap<String, ChannelStats>,
+    /// name → the name whose statistics it shares
+    alias: HashMap<String, String>,
+    last: Option<(candle_core::TensorId, String)>,
+    error: Option<String>,
+}
+
+/// Runs `seqs` (token ids, all of one length) through `rt` in batches of
+/// up to 2048 tokens and returns the statistics of every linear layer's
+/// input by module path (`lm_head` included, from the final norm's output).
+/// `progress` is called with the tokens done after every batch.
+pub fn collect_linear_inputs(
+    rt: &mut Runtime,
+    seqs: &[Vec<u32>],
+    opts: &StatsOptions,
+    progress: &dyn Fn(u64),
+) -> Result<BTreeMap<String, ChannelStats>, RuntimeError> {
+    let collector = Arc::new(Mutex::new(Collector::default()));
+    let gram_for: std::collections::HashSet<String> = opts.gram_for.iter().cloned().collect();
+    let budget = opts.gram_tokens;
+    {
+        let c = Arc::clone(&collector);
+        rt.set_hook(Some(Arc::new(move |name: &str, x: &Tensor| {
+            // The LM head sees only the rows whose logits are asked for; the
+            // final norm's output is its input at every position.
+            let layer = match name {
+                "model.norm:output" => "lm_head",
+                "lm_head:input" => return,
+                _ => match name.strip_suffix(":input") {
+                    Some(l) => l,
+                    None => return,
+                },
+            };
+            let mut c = c.lock().expect("stats lock");
+            if c.error.is_some() {
+                return;
+            }
+            if let Some((id, first)) = &c.last {
+                if *id == x.id() && first != layer {
+                    let first = first.clone();
+                    c.alias.insert(layer.to_string(), first);
+                    return;
+                }
+            }
+            c.last = Some((x.id(), layer.to_string()));
+            let values = match x
+                .dims2()
+                .and_then(|(_, cols)| x.flatten_all()?.to_vec1::<f32>().map(|v| (v, cols)))
+            {
+                Ok(v) => v,
+                Err(e) => {
+                    c.error = Some(format!("{layer}: {e}"));
+                    return;
+                }
+            };
+            let gram = gram_for.contains(layer).then_some(budget);
+            c.stats
+                .entry(layer.to_string())
+                .or_default()
+                .add(&values.0, values.1, gram);
+        })));
+    }
+    let len = seqs.first().map_or(0, Vec::len);
+    let per_batch = (2048 / len.max(1)).max(1);
+    let mut done = 0u64;
+    let result = (|| -> Result<(), RuntimeError> {
+        for batch in seqs.chunks(per_batch) {
+            let refs: Vec<&[u32]> = batch.iter().map(Vec::as_slice).collect();
+            // Only the last position's logits: the head's input statistics
+            // come from the final norm.
+            rt.logits_batch(&refs, len.saturating_sub(1))?;
+            done += (batch.len() * len) as u64;
+            progress(done);
+        }
+        Ok(())
+    })();
+    rt.set_hook(None);
+    result?;
+    let c = Arc::try_unwrap(collector)
+        .ok()
+        .expect("the hook was dropped")
+        .into_inner()
+        .expect("stats lock");
+    if let Some(e) = c.error {
+        return Err(RuntimeError::Input(format!("activation statistics: {e}")));
+    }
+    let mut out: BTreeMap<String, ChannelStats> = c.stats.into_iter().collect();
+    for (name, first) in c.alias {
+        if let Some(s) = out.get(&first).cloned() {
+            out.insert(name, s);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,274 @@
+//! Calibration recipes: activation statistics from text, AWQ scaling and
+//! importance for the quantizers, joined to the GGUF writer's plan.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use edgec_calibration::StatsOptions;
+use edgec_calibration::{calibration_sequences, collect_linear_inputs, read_text, ChannelStats};
+use edgec_core::ggml::dequant::dequantize;
+use edgec_core::runtime::{Runtime, RuntimeOptions};
+use edgec_core::{DType, Family, GgmlType, Model, Tensor, TensorData};
+use edgec_passes::awq::{self, AwqOptions, GroupReport, InputStats, RowQuantizer};
+use edgec_passes::ggml_quant::quantize_row;
+use serde::Serialize;
+
+use crate::progress;
+
+/// How calibration data shapes the quantization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+pub enum Method {
+    /// Plain rounding (no use of the data).
+    Rtn,
+    /// AWQ scales and clipping, then plain rounding.
+    Awq,
+    /// Importance-weighted rounding (mean x² per input column).
+    Imatrix,
+    /// AWQ, then importance-weighted rounding of the scaled weights.
+    #[value(name = "awq+imatrix")]
+    #[serde(rename = "awq+imatrix")]
+    AwqImatrix,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Rtn => "rtn",
+            Method::Awq => "awq",
+            Method::Imatrix => "imatrix",
+            Method::AwqImatrix => "awq+imatrix",
+        }
+    }
+
+    fn awq(self) -> bool {
+        matches!(self, Method::Awq | Method::AwqImatrix)
+    }
+
+    fn importance(self) -> bool {
+        matches!(self, Method::Imatrix | Method::AwqImatrix)
+    }
+}
+
+/// Tokens whose Gram matrices AWQ's error measure uses (the first ones).
+const GRAM_TOKENS: u64 = 4096;
+
+/// Calibration sequences from a text file, tokenized with the model's own
+/// tokenizer: `samples` windows of `len` tokens spread evenly over it.
+pub fn sequences(model: &Model, data: &Path, samples: usize, len: usize) -> Result<Vec<Vec<u32>>> {
+    if samples == 0 || len < 2 {
+        bail!("calibration needs at least one sample of 2 tokens or more");
+    }
+    let text = read_text(data)?;
+    let tok = crate::cmd::tokenizer_of(model, data)?;
+    let mut tokens = tok
+        .encode(&text, false)
+        .with_context(|| format!("{}: tokenizing", data.display()))?;
+    if tokens.len() < len {
+        bail!(
+            "{}: {} tokens, fewer than one calibration sample of {len}",
+            data.display(),
+            tokens.len()
+        );
+    }
+    let mut seqs = calibration_sequences(&tokens, samples, len);
+    if let Some(bos) = tok.bos().filter(|_| tok.add_bos()) {
+        for s in &mut seqs {
+            s[0] = bos;
+        }
+    }
+    tokens.clear();
+    Ok(seqs)
+}
+
+/// Runs the model on `seqs` and returns every linear layer's input
+/// statistics (with Gram matrices for `gram_for`).
+pub fn statistics(
+    model: &Model,
+    seqs: &[Vec<u32>],
+    gram_for: Vec<String>,
+) -> Result<BTreeMap<String, ChannelStats>> {
+    let mut rt = Runtime::new(model, &RuntimeOptions::default())?;
+    let total: u64 = seqs.iter().map(|s| s.len() as u64).sum();
+    let bar = progress::token_bar(total, "calibrate");
+    let stats = collect_linear_inputs(
+        &mut rt,
+        seqs,
+        &StatsOptions {
+            gram_for,
+            gram_tokens: GRAM_TOKENS,
+        },
+        &|done| bar.set_position(done),
+    )?;
+    bar.finish_and_clear();
+    Ok(stats)
+}
+
+/// The IR weight each linear layer's statistics belong to: `{module}.weight`,
+/// and for a tied LM head the embedding table it multiplies by.
+pub fn weight_of(model: &Model, module: &str) -> Option<String> {
+    let w = format!("{module}.weight");
+    if model.tensor(&w).is_some() {
+        return Some(w);
+    }
+    (module == "lm_head" && model.tensor("model.embed_tokens.weight").is_some())
+        .then(|| "model.embed_tokens.weight".to_string())
+}
+
+/// Quantizes rows as the GGUF plan will: each weight to its planned type.
+struct PlanQuantizer {
+    types: HashMap<String, GgmlType>,
+}
+
+impl RowQuantizer for PlanQuantizer {
+    fn round_trip(
+        &self,
+        name: &str,
+        row: &[f32],
+        importance: Option<&[f32]>,
+        out: &mut [f32],
+    ) -> Result<(), String> {
+        let ty = *self
+            .types
+            .get(name)
+            .ok_or_else(|| format!("{name}: no planned type"))?;
+        let mut bytes = Vec::new();
+        quantize_row(ty, row, importance, &mut bytes).map_err(|e| format!("{name}: {e}"))?;
+        dequantize(ty, &bytes, out).map_err(|e| format!("{name}: {e}"))
+    }
+
+    fn block(&self, name: &str) -> Option<usize> {
+        self.types
+            .get(name)
+            .filter(|t| t.is_quantized())
+            .map(|t| t.block_size())
+    }
+}
+
+#[derive(Serialize)]
+pub struct CalibReport {
+    pub method: Method,
+    pub samples: usize,
+    pub tokens: usize,
+    pub seconds: f64,
+    /// Sum over AWQ groups of the output error with plain rounding and
+    /// with the chosen scales and clipping (calibration activations).
+    pub awq_error_rtn: Option<f64>,
+    pub awq_error_final: Option<f64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupReport>,
+}
+
+/// A model prepared for quantization: possibly rescaled weights, and the
+/// importance to round them with.
+pub struct Calibrated {
+    pub model: Model,
+    pub importance: Option<HashMap<String, Vec<f32>>>,
+    pub report: CalibReport,
+}
+
+/// Calibrates `model` on `seqs` for quantization under `types` (IR weight
+/// name → planned ggml type) with `method`.
+pub fn calibrate(
+    model: &Model,
+    types: HashMap<String, GgmlType>,
+    seqs: &[Vec<u32>],
+    method: Method,
+    awq_opts: &AwqOptions,
+) -> Result<Calibrated> {
+    let start = std::time::Instant::now();
+    let tokens = seqs.iter().map(Vec::len).sum();
+    let mut report = CalibReport {
+        method,
+        samples: seqs.len(),
+        tokens,
+        seconds: 0.0,
+        awq_error_rtn: None,
+        awq_error_final: None,
+        groups: vec![],
+    };
+    if method == Method::Rtn {
+        report.seconds = start.elapsed().as_secs_f64();
+        return Ok(Calibrated {
+            model: model.clone(),
+            importance: None,
+            report,
+        });
+    }
+    let llama = match &model.meta.family {
+        Some(Family::Llama(p)) => Some(p.clone()),
+        _ => None,
+    };
+    if method.awq() && llama.is_none() {
+        bail!("AWQ scaling is implemented for the llama family; use --method imatrix");
+    }
+    let gram_for = match (&llama, method.awq()) {
+        (Some(p), true) => awq::gram_layers(p),
+        _ => vec![],
+    };
+    let stats = statistics(model, seqs, gram_for)?;
+    let mut out = model.clone();
+    let mut scales: HashMap<String, Vec<f32>> = HashMap::new();
+    if let (Some(p), true) = (&llama, method.awq()) {
+        let lookup = |module: &str| -> Option<InputStats> {
+            let s = stats.get(module)?;
+            Some(InputStats {
+                mean_abs: s.mean_abs(),
+                mean_sq: s.mean_sq(),
+                gram: s.gram_mean()?,
+            })
+        };
+        let quant = PlanQuantizer { types };
+        let opts = AwqOptions {
+            importance: method.importance(),
+            ..awq_opts.clone()
+        };
+        let result = awq::awq_llama(model, p, &lookup, &quant, &opts)?;
+        report.awq_error_rtn = Some(result.groups.iter().map(|g| g.error_rtn).sum());
+        report.awq_error_final = Some(result.groups.iter().map(|g| g.error_final).sum());
+        report.groups = result.groups;
+        scales = result.input_scales;
+        replace_tensors(&mut out, result.tensors)?;
+    }
+    let importance = method.importance().then(|| {
+        stats
+            .iter()
+            .filter_map(|(module, s)| {
+                let w = weight_of(model, module)?;
+                let mut imp = s.mean_sq();
+                if let Some(sc) = scales.get(&w) {
+                    for (v, s) in imp.iter_mut().zip(sc) {
+                        *v /= s * s;
+                    }
+                }
+                Some((w, imp))
+            })
+            .collect()
+    });
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(Calibrated {
+        model: out,
+        importance,
+        report,
+    })
+}
+
+/// Replaces tensors of `model` by new f32 values of the same shape.
+fn replace_tensors(model: &mut Model, mut values: HashMap<String, Vec<f32>>) -> Result<()> {
+    for t in &mut model.tensors {
+        if let Some(v) = values.remove(&t.name) {
+            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            *t = Tensor::new(
+                t.name.clone(),
+                t.shape.clone(),
+                DType::F32,
+                TensorData::Owned(Arc::new(bytes)),
+            )?;
+        }
+    }
+    if let Some(name) = values.keys().next() {
+        bail!("calibration changed a tensor the model does not have: {name}");
+    }
+    Ok(())
+}
