@@ -11,6 +11,8 @@ use edgec_calibration::{calibration_sequences, collect_linear_inputs, read_text,
 use edgec_core::ggml::dequant::dequantize;
 use edgec_core::runtime::{Runtime, RuntimeOptions};
 use edgec_core::{DType, Family, GgmlType, Model, Tensor, TensorData};
+use edgec_formats::gguf::gguf_tensor_name;
+use edgec_formats::imatrix::{ImatrixEntry, ImportanceMatrix};
 use edgec_passes::awq::{self, AwqOptions, GroupReport, InputStats, RowQuantizer};
 use edgec_passes::ggml_quant::quantize_row;
 use serde::Serialize;
@@ -271,4 +273,75 @@ fn replace_tensors(model: &mut Model, mut values: HashMap<String, Vec<f32>>) -> 
         bail!("calibration changed a tensor the model does not have: {name}");
     }
     Ok(())
+}
+
+/// An importance matrix of the statistics, by GGUF weight name, as
+/// llama-imatrix writes one: Σx² per input column and the tokens summed.
+/// The output head is left out, as llama-imatrix leaves it out by default.
+pub fn importance_matrix(
+    model: &Model,
+    stats: &BTreeMap<String, ChannelStats>,
+    dataset: &str,
+    samples: usize,
+    len: usize,
+) -> Result<ImportanceMatrix> {
+    let family = model
+        .meta
+        .family
+        .as_ref()
+        .context("the model has no architecture")?;
+    let mut entries = BTreeMap::new();
+    for (module, s) in stats {
+        if module == "lm_head" {
+            continue;
+        }
+        let Some(w) = weight_of(model, module) else {
+            continue;
+        };
+        let name = gguf_tensor_name(family, &w).with_context(|| format!("{w} has no GGUF name"))?;
+        let sum_sq = s.sum_sq.iter().map(|&v| v as f32).collect();
+        entries.insert(name, ImatrixEntry::dense(sum_sq, s.count));
+    }
+    Ok(ImportanceMatrix {
+        entries,
+        datasets: vec![dataset.to_string()],
+        chunk_count: u32::try_from(samples).unwrap_or(u32::MAX),
+        chunk_size: u32::try_from(len).unwrap_or(u32::MAX),
+    })
+}
+
+/// Per-column importance of the model's weights (by IR name) from an
+/// importance matrix file (llama.cpp's GGUF or legacy format, or ours).
+pub fn importance_from_file(model: &Model, path: &Path) -> Result<HashMap<String, Vec<f32>>> {
+    let family = model
+        .meta
+        .family
+        .as_ref()
+        .context("the model has no architecture")?;
+    let imatrix = ImportanceMatrix::read(path)?;
+    let mut out = HashMap::new();
+    for t in &model.tensors {
+        let Some(name) = gguf_tensor_name(family, &t.name) else {
+            continue;
+        };
+        let Some(imp) = imatrix.importance(&name) else {
+            continue;
+        };
+        if imp.len() != t.row_len() {
+            bail!(
+                "{}: {name} has {} importance values, the model's rows have {}",
+                path.display(),
+                imp.len(),
+                t.row_len()
+            );
+        }
+        out.insert(t.name.clone(), imp);
+    }
+    if out.is_empty() {
+        bail!(
+            "{}: no entry matches a weight of this model (names like blk.0.attn_q.weight)",
+            path.display()
+        );
+    }
+    Ok(out)
 }

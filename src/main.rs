@@ -27,6 +27,9 @@ struct Cli {
 enum Command {
     /// Quantize a model (HF folder, .safetensors or .gguf) to a GGUF file.
     Quantize(cmd::quantize::Args),
+    /// Collect activation statistics on text and write an importance matrix
+    /// (GGUF imatrix, or legacy .dat) that llama-quantize and `quantize --imatrix` use.
+    Calibrate(cmd::calibrate::Args),
     /// Convert between formats at float precision (GGUF <-> HF folder, F32/F16/BF16).
     Convert(cmd::convert::Args),
     /// Show a model's architecture, metadata and tensors.
@@ -50,13 +53,19 @@ fn main() -> ExitCode {
             .build_global()
             .expect("the global thread pool is built once, before any use");
     }
-    if matches!(cli.command, Command::Eval(_) | Command::Embed(_)) {
+    let runs_model = match &cli.command {
+        Command::Eval(_) | Command::Embed(_) | Command::Calibrate(_) => true,
+        Command::Quantize(a) => a.calib.is_some(),
+        _ => false,
+    };
+    if runs_model {
         // The runtime's process settings (allocator, candle's worker pool).
         edgec_core::runtime::init_process();
     }
     let result = match cli.command {
         Command::Quantize(args) => cmd::quantize::run(args),
         Command::Convert(args) => cmd::convert::run(args),
+        Command::Calibrate(args) => cmd::calibrate::run(args),
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Embed(args) => cmd::embed::run(args),
         Command::Eval(args) => match cmd::eval::run(args) {

@@ -1,3 +1,4 @@
+pub mod calibrate;
 pub mod convert;
 pub mod embed;
 pub mod eval;

@@ -45,6 +45,10 @@ pub struct Args {
     /// How calibration is used (default with --calib: awq+imatrix, the best measured).
     #[arg(long, value_enum)]
     pub method: Option<Method>,
+    /// Round with the importance of an importance matrix file (llama-imatrix's
+    /// GGUF or legacy .dat, or edgec calibrate's).
+    #[arg(long, value_name = "FILE", conflicts_with = "calib")]
+    pub imatrix: Option<PathBuf>,
 }
 
 pub fn preset_from_args(bits: Option<u32>, ty: Option<&str>, default: &str) -> Result<Preset> {
@@ -91,6 +95,17 @@ pub fn run(args: Args) -> Result<()> {
         (None, _) => Method::Rtn,
         (Some(_), m) => m.unwrap_or(Method::AwqImatrix),
     };
+    if args.imatrix.is_some() && args.method.is_some_and(|m| m != Method::Imatrix) {
+        return Err(UsageError(
+            "--imatrix rounds by importance only (--method imatrix); for AWQ give --calib".into(),
+        )
+        .into());
+    }
+    let file_importance = args
+        .imatrix
+        .as_deref()
+        .map(|p| calib::importance_from_file(&model, p))
+        .transpose()?;
     let calibrated = match &args.calib {
         Some(data) if method != Method::Rtn => {
             let plans = pipeline::plan(&model, &preset)?;
@@ -118,7 +133,10 @@ pub fn run(args: Args) -> Result<()> {
         &GgufOptions {
             input: &args.input,
             allow_nonfinite: args.allow_nonfinite,
-            importance: calibrated.as_ref().and_then(|c| c.importance.as_ref()),
+            importance: calibrated
+                .as_ref()
+                .and_then(|c| c.importance.as_ref())
+                .or(file_importance.as_ref()),
         },
     )?;
     let calib_report = calibrated.map(|c| c.report);

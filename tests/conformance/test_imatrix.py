@@ -248,8 +248,9 @@ def test_edgec_quantize_uses_llama_imatrix(edgec_bin, llama_bin, work, model, fm
     changed = sorted(n for n in covered if n in plain and plain[n][1] != weighted[n][1])
     quantized = sorted(n for n in covered if n in plain and plain[n][0] not in ("F32", "F16", "BF16", "Q8_0"))
     assert quantized, "no tensor with an imatrix entry was quantized"
-    # Every tensor quantized with an imatrix-aware type must change.
-    assert changed == quantized, f"unchanged with the imatrix: {sorted(set(quantized) - set(changed))}"
+    # Every tensor quantized with an imatrix-aware type must change (edgec's
+    # Q8_0 uses importance too, so it may change as well).
+    assert set(quantized) <= set(changed), f"unchanged with the imatrix: {sorted(set(quantized) - set(changed))}"
     text = generate(llama_bin, out, "Hello", 4)
     assert "Hello" in text, text
 
