@@ -15,6 +15,7 @@ use edgec_formats::gguf::gguf_tensor_name;
 use edgec_formats::imatrix::{ImatrixEntry, ImportanceMatrix};
 use edgec_passes::awq::{self, AwqOptions, GroupReport, InputStats, RowQuantizer};
 use edgec_passes::ggml_quant::quantize_row;
+use edgec_passes::gptq::Hessian;
 use serde::Serialize;
 
 use crate::progress;
@@ -32,6 +33,12 @@ pub enum Method {
     #[value(name = "awq+imatrix")]
     #[serde(rename = "awq+imatrix")]
     AwqImatrix,
+    /// Importance-weighted rounding with error feedback (GPTQ-style).
+    Gptq,
+    /// AWQ, then importance-weighted rounding with error feedback.
+    #[value(name = "awq+gptq")]
+    #[serde(rename = "awq+gptq")]
+    AwqGptq,
 }
 
 impl Method {
@@ -41,15 +48,21 @@ impl Method {
             Method::Awq => "awq",
             Method::Imatrix => "imatrix",
             Method::AwqImatrix => "awq+imatrix",
+            Method::Gptq => "gptq",
+            Method::AwqGptq => "awq+gptq",
         }
     }
 
     fn awq(self) -> bool {
-        matches!(self, Method::Awq | Method::AwqImatrix)
+        matches!(self, Method::Awq | Method::AwqImatrix | Method::AwqGptq)
     }
 
-    fn importance(self) -> bool {
-        matches!(self, Method::Imatrix | Method::AwqImatrix)
+    pub fn importance(self) -> bool {
+        !matches!(self, Method::Rtn | Method::Awq)
+    }
+
+    fn gptq(self) -> bool {
+        matches!(self, Method::Gptq | Method::AwqGptq)
     }
 }
 
@@ -167,6 +180,7 @@ pub struct CalibReport {
 pub struct Calibrated {
     pub model: Model,
     pub importance: Option<HashMap<String, Vec<f32>>>,
+    pub hessians: Option<HashMap<String, Arc<Hessian>>>,
     pub report: CalibReport,
 }
 
@@ -195,6 +209,7 @@ pub fn calibrate(
         return Ok(Calibrated {
             model: model.clone(),
             importance: None,
+            hessians: None,
             report,
         });
     }
@@ -205,9 +220,19 @@ pub fn calibrate(
     if method.awq() && llama.is_none() {
         bail!("AWQ scaling is implemented for the llama family; use --method imatrix");
     }
-    let gram_for = match (&llama, method.awq()) {
-        (Some(p), true) => awq::gram_layers(p),
-        _ => vec![],
+    let gram_for = if method.gptq() {
+        // every linear layer's input (shared inputs are summed once)
+        model
+            .tensors
+            .iter()
+            .filter(|t| t.shape.len() == 2)
+            .filter_map(|t| t.name.strip_suffix(".weight").map(str::to_string))
+            .collect()
+    } else {
+        match (&llama, method.awq()) {
+            (Some(p), true) => awq::gram_layers(p),
+            _ => vec![],
+        }
     };
     let stats = statistics(model, seqs, gram_for)?;
     let mut out = model.clone();
@@ -248,12 +273,65 @@ pub fn calibrate(
             })
             .collect()
     });
+    let hessians = method
+        .gptq()
+        .then(|| hessians(model, &stats, &scales))
+        .transpose()?;
     report.seconds = start.elapsed().as_secs_f64();
     Ok(Calibrated {
         model: out,
         importance,
+        hessians,
         report,
     })
+}
+
+/// Damping of the Hessians, as a fraction of their mean diagonal (GPTQ's).
+const DAMP: f64 = 0.01;
+
+/// The GPTQ factor of every weight whose input has a Gram matrix, for the
+/// input as the (possibly AWQ-scaled) weight sees it: `G / (s·sᵀ)`. Weights
+/// that share an input and its scales share one factor.
+fn hessians(
+    model: &Model,
+    stats: &BTreeMap<String, ChannelStats>,
+    scales: &HashMap<String, Vec<f32>>,
+) -> Result<HashMap<String, Arc<Hessian>>> {
+    use rayon::prelude::*;
+    // (input, weight) pairs; the first weight of each input is its key
+    let mut by_input: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (module, s) in stats {
+        if s.gram.is_none() {
+            continue;
+        }
+        let Some(w) = weight_of(model, module) else {
+            continue;
+        };
+        let input = s.shared_with.clone().unwrap_or_else(|| module.clone());
+        by_input.entry(input).or_default().push(w);
+    }
+    let built: Vec<(Vec<String>, Arc<Hessian>)> = by_input
+        .into_par_iter()
+        .map(|(input, weights)| {
+            let s = &stats[&input];
+            let cols = s.channels();
+            let mut g = s.gram_mean().expect("filtered on gram");
+            if let Some(sc) = weights.first().and_then(|w| scales.get(w)) {
+                for i in 0..cols {
+                    for j in 0..cols {
+                        g[i * cols + j] /= sc[i] * sc[j];
+                    }
+                }
+            }
+            let h = Hessian::new(&g, cols, DAMP)
+                .map_err(|e| anyhow::anyhow!("input of {input}: {e}"))?;
+            Ok((weights, Arc::new(h)))
+        })
+        .collect::<Result<_>>()?;
+    Ok(built
+        .into_iter()
+        .flat_map(|(ws, h)| ws.into_iter().map(move |w| (w, Arc::clone(&h))))
+        .collect())
 }
 
 /// Replaces tensors of `model` by new f32 values of the same shape.

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -11,6 +12,7 @@ use edgec_formats::gguf::{self, TensorPlan};
 use edgec_formats::output::write_file_atomically;
 use edgec_formats::FormatError;
 use edgec_passes::ggml_quant::quantize_row;
+use edgec_passes::gptq::Hessian;
 use edgec_passes::presets::{tensor_type, ModelShape, Preset, TensorDesc};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -25,6 +27,9 @@ pub struct GgufOptions<'a> {
     /// Per-column importance of weights (by IR name), for the quantizers'
     /// weighted scale searches (from calibration or an imatrix file).
     pub importance: Option<&'a HashMap<String, Vec<f32>>>,
+    /// Per weight (IR name), the input Hessian for rounding with error
+    /// feedback (GPTQ).
+    pub hessians: Option<&'a HashMap<String, Arc<Hessian>>>,
 }
 
 #[derive(Serialize)]
@@ -47,17 +52,19 @@ pub struct GgufReport {
     pub tensors: Vec<TensorReport>,
 }
 
-fn model_shape(family: &Family, model: &Model) -> ModelShape {
+fn model_shape(family: &Family, model: &Model, importance: bool) -> ModelShape {
     match family {
         Family::Llama(p) => ModelShape {
             n_layers: p.num_layers,
             n_gqa: p.num_heads / p.num_kv_heads.max(1),
             tied_embeddings: model.tensor("lm_head.weight").is_none(),
+            importance,
         },
         Family::Bert(p) => ModelShape {
             n_layers: p.num_layers,
             n_gqa: 1,
             tied_embeddings: false,
+            importance,
         },
     }
 }
@@ -71,12 +78,13 @@ fn layer_of(gguf_name: &str) -> Option<usize> {
         .ok()
 }
 
-/// Chooses every tensor's GGUF name and type.
-pub fn plan(model: &Model, preset: &Preset) -> Result<Vec<TensorPlan>> {
+/// Chooses every tensor's GGUF name and type; `importance` when rounding
+/// will use importance.
+pub fn plan(model: &Model, preset: &Preset, importance: bool) -> Result<Vec<TensorPlan>> {
     let family = model.meta.family.as_ref().context(
         "the model has no architecture (a GGUF needs one: give a model folder with config.json)",
     )?;
-    let shape = model_shape(family, model);
+    let shape = model_shape(family, model, importance);
     model
         .tensors
         .iter()
@@ -109,14 +117,25 @@ pub fn plan(model: &Model, preset: &Preset) -> Result<Vec<TensorPlan>> {
 /// that only one row per thread is ever held as f32. Rows are independent,
 /// so the bytes do not depend on the thread count. Fails on a non-finite
 /// weight unless `allow_nonfinite`. `importance` weighs the columns of
-/// every row.
+/// every row; with `hessian` rows are rounded with error feedback.
 pub fn encode_tensor(
     t: &Tensor,
     ty: GgmlType,
     source_row: &(dyn Fn(usize) -> usize + Sync),
     allow_nonfinite: bool,
     importance: Option<&[f32]>,
+    hessian: Option<&Hessian>,
 ) -> Result<Vec<u8>, String> {
+    if let Some(h) = hessian {
+        if h.cols() != t.row_len() {
+            return Err(format!(
+                "tensor {}: a Hessian of {} columns for rows of {}",
+                t.name,
+                h.cols(),
+                t.row_len()
+            ));
+        }
+    }
     if let Some(imp) = importance {
         if imp.len() != t.row_len() {
             return Err(format!(
@@ -150,8 +169,11 @@ pub fn encode_tensor(
                     }
                 }
                 encoded.clear();
-                quantize_row(ty, &row, importance, &mut encoded)
-                    .map_err(|e| format!("tensor {}: {e}", t.name))?;
+                match hessian {
+                    Some(h) => h.quantize_row(ty, &row, importance, &mut encoded),
+                    None => quantize_row(ty, &row, importance, &mut encoded),
+                }
+                .map_err(|e| format!("tensor {}: {e}", t.name))?;
                 dst_row.copy_from_slice(&encoded);
             }
             Ok(())
@@ -170,7 +192,7 @@ pub fn write_gguf(
     opts: &GgufOptions,
 ) -> Result<GgufReport> {
     let start = Instant::now();
-    let plans = plan(model, preset)?;
+    let plans = plan(model, preset, opts.importance.is_some())?;
     let family = model
         .meta
         .family
@@ -195,8 +217,16 @@ pub fn write_gguf(
                 .importance
                 .and_then(|m| m.get(&t.name))
                 .map(Vec::as_slice);
-            let bytes = encode_tensor(t, plan.ty, &source_row, opts.allow_nonfinite, importance)
-                .map_err(|msg| FormatError::invalid(opts.input, msg))?;
+            let hessian = opts.hessians.and_then(|m| m.get(&t.name)).map(Arc::as_ref);
+            let bytes = encode_tensor(
+                t,
+                plan.ty,
+                &source_row,
+                opts.allow_nonfinite,
+                importance,
+                hessian,
+            )
+            .map_err(|msg| FormatError::invalid(opts.input, msg))?;
             t.release_pages();
             bar.inc(1);
             Ok(bytes)

@@ -20,9 +20,12 @@ pub struct ChannelStats {
     pub count: u64,
     pub sum_abs: Vec<f64>,
     pub sum_sq: Vec<f64>,
-    /// Σ x·xᵀ, row-major `[in, in]`, over the first `gram_count` tokens.
-    pub gram: Option<Vec<f64>>,
+    /// Σ x·xᵀ, row-major `[in, in]`, over the first `gram_count` tokens
+    /// (f32: a few thousand tokens, and the matrices are large).
+    pub gram: Option<Vec<f32>>,
     pub gram_count: u64,
+    /// The layer whose input this is too (q for k and v, gate for up).
+    pub shared_with: Option<String>,
 }
 
 impl ChannelStats {
@@ -47,7 +50,7 @@ impl ChannelStats {
         let n = self.gram_count.max(1) as f64;
         self.gram
             .as_ref()
-            .map(|g| g.iter().map(|v| (v / n) as f32).collect())
+            .map(|g| g.iter().map(|v| (*v as f64 / n) as f32).collect())
     }
 
     fn add(&mut self, x: &[f32], cols: usize, gram_budget: Option<u64>) {
@@ -97,7 +100,7 @@ impl ChannelStats {
         let g = edgec_core::linalg::matmul_nt(&xt, cols, take, &xt, cols);
         let acc = self.gram.get_or_insert_with(|| vec![0.0; cols * cols]);
         for (a, v) in acc.iter_mut().zip(g) {
-            *a += v as f64;
+            *a += v;
         }
         self.gram_count += take as u64;
     }
@@ -205,7 +208,8 @@ pub fn collect_linear_inputs(
     }
     let mut out: BTreeMap<String, ChannelStats> = c.stats.into_iter().collect();
     for (name, first) in c.alias {
-        if let Some(s) = out.get(&first).cloned() {
+        if let Some(mut s) = out.get(&first).cloned() {
+            s.shared_with = Some(first);
             out.insert(name, s);
         }
     }

@@ -1,6 +1,8 @@
 //! Passes over a model: quantization to ggml block types and k-quants,
-//! with llama.cpp-style per-tensor presets, and activation-aware scaling.
+//! with llama.cpp-style per-tensor presets, activation-aware scaling (AWQ)
+//! and error feedback while rounding (GPTQ).
 
 pub mod awq;
 pub mod ggml_quant;
+pub mod gptq;
 pub mod presets;

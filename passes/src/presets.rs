@@ -131,6 +131,9 @@ pub struct ModelShape {
     pub n_gqa: usize,
     /// True when the model has no separate output matrix (tied embeddings).
     pub tied_embeddings: bool,
+    /// True when rounding uses importance (an importance matrix or
+    /// calibration), which changes a few of llama.cpp's choices.
+    pub importance: bool,
 }
 
 /// One tensor to type.
@@ -201,7 +204,11 @@ pub fn tensor_type(preset: &Preset, model: &ModelShape, t: &TensorDesc) -> GgmlT
                     "Q3_K_L" => GgmlType::Q5K,
                     "Q4_K_M" | "Q5_K_M" if use_more_bits(layer, n) => GgmlType::Q6K,
                     "Q4_K_S" if layer < n / 8 => GgmlType::Q5K,
-                    "IQ4_NL" if layer < n / 8 => GgmlType::Q5K,
+                    "IQ4_NL" if layer < n / 8 && !model.importance => GgmlType::Q5K,
+                    // llama.cpp guards the first ffn_down layers of Q4_0/Q5_0
+                    // when (and only when) it has an imatrix
+                    "Q4_0" if layer < n / 8 && model.importance => GgmlType::Q4_1,
+                    "Q5_0" if layer < n / 8 && model.importance => GgmlType::Q5_1,
                     _ => ty,
                 }
             }
@@ -261,6 +268,7 @@ mod tests {
             n_layers: 32,
             n_gqa: 1,
             tied_embeddings: false,
+            importance: false,
         };
         assert_eq!(
             tensor_type(&p, &m, &desc("output.weight", 4096, None)),
@@ -301,6 +309,7 @@ mod tests {
             n_layers: 30,
             n_gqa: 3,
             tied_embeddings: true,
+            importance: false,
         };
         assert_eq!(
             tensor_type(&p, &m, &desc("blk.3.attn_q.weight", 576, Some(3))),
@@ -325,6 +334,7 @@ mod tests {
             n_layers: 30,
             n_gqa: 3,
             tied_embeddings: true,
+            importance: false,
         };
         assert_eq!(
             tensor_type(&p, &m, &desc("blk.0.ffn_down.weight", 1536, Some(0))),
@@ -338,6 +348,28 @@ mod tests {
             tensor_type(&p, &m, &desc("blk.0.ffn_up.weight", 576, Some(0))),
             GgmlType::Iq4Nl
         );
+    }
+
+    #[test]
+    fn importance_changes_the_first_ffn_down_layers_as_llama_cpp_does() {
+        let m = |importance| ModelShape {
+            n_layers: 30,
+            n_gqa: 3,
+            tied_embeddings: true,
+            importance,
+        };
+        let down = |p: &str, importance, layer| {
+            tensor_type(
+                &Preset::by_name(p).unwrap(),
+                &m(importance),
+                &desc(&format!("blk.{layer}.ffn_down.weight"), 1536, Some(layer)),
+            )
+        };
+        assert_eq!(down("Q4_0", false, 0), GgmlType::Q4_0);
+        assert_eq!(down("Q4_0", true, 0), GgmlType::Q4_1);
+        assert_eq!(down("Q4_0", true, 3), GgmlType::Q4_0);
+        assert_eq!(down("IQ4_NL", false, 2), GgmlType::Q5K);
+        assert_eq!(down("IQ4_NL", true, 2), GgmlType::Iq4Nl);
     }
 
     #[test]

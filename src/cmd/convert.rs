@@ -53,6 +53,7 @@ pub fn run(args: Args) -> Result<()> {
                 input: &args.input,
                 allow_nonfinite: args.allow_nonfinite,
                 importance: None,
+                hessians: None,
             },
         )?;
         println!(

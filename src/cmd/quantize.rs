@@ -108,7 +108,7 @@ pub fn run(args: Args) -> Result<()> {
         .transpose()?;
     let calibrated = match &args.calib {
         Some(data) if method != Method::Rtn => {
-            let plans = pipeline::plan(&model, &preset)?;
+            let plans = pipeline::plan(&model, &preset, method.importance())?;
             let types = model
                 .tensors
                 .iter()
@@ -137,6 +137,7 @@ pub fn run(args: Args) -> Result<()> {
                 .as_ref()
                 .and_then(|c| c.importance.as_ref())
                 .or(file_importance.as_ref()),
+            hessians: calibrated.as_ref().and_then(|c| c.hessians.as_ref()),
         },
     )?;
     let calib_report = calibrated.map(|c| c.report);
