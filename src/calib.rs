@@ -66,8 +66,9 @@ impl Method {
     }
 }
 
-/// Tokens whose Gram matrices AWQ's error measure uses (the first ones).
-const GRAM_TOKENS: u64 = 4096;
+/// Tokens the Gram matrices (AWQ's error measure, GPTQ's Hessians) are
+/// summed over, at most: every k-th token of the calibration data.
+const GRAM_TOKENS: usize = 8192;
 
 /// Calibration sequences from a text file, tokenized with the model's own
 /// tokenizer: `samples` windows of `len` tokens spread evenly over it.
@@ -112,7 +113,7 @@ pub fn statistics(
         seqs,
         &StatsOptions {
             gram_for,
-            gram_tokens: GRAM_TOKENS,
+            gram_step: (total as usize).div_ceil(GRAM_TOKENS),
         },
         &|done| bar.set_position(done),
     )?;

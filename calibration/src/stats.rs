@@ -20,8 +20,8 @@ pub struct ChannelStats {
     pub count: u64,
     pub sum_abs: Vec<f64>,
     pub sum_sq: Vec<f64>,
-    /// Σ x·xᵀ, row-major `[in, in]`, over the first `gram_count` tokens
-    /// (f32: a few thousand tokens, and the matrices are large).
+    /// Σ x·xᵀ, row-major `[in, in]`, over `gram_count` tokens spread evenly
+    /// over the data (f32: the matrices are large).
     pub gram: Option<Vec<f32>>,
     pub gram_count: u64,
     /// The layer whose input this is too (q for k and v, gate for up).
@@ -53,7 +53,7 @@ impl ChannelStats {
             .map(|g| g.iter().map(|v| (*v as f64 / n) as f32).collect())
     }
 
-    fn add(&mut self, x: &[f32], cols: usize, gram_budget: Option<u64>) {
+    fn add(&mut self, x: &[f32], cols: usize, gram_step: Option<usize>) {
         let rows = x.len() / cols;
         if self.sum_sq.is_empty() {
             self.sum_abs = vec![0.0; cols];
@@ -85,23 +85,9 @@ impl ChannelStats {
             }
         }
         self.count += rows as u64;
-        let Some(budget) = gram_budget else { return };
-        let take = (budget.saturating_sub(self.gram_count) as usize).min(rows);
-        if take == 0 {
-            return;
-        }
-        // xᵀ, [cols, take], so that xᵀ·(xᵀ)ᵀ = Σ x·xᵀ is one gemm call.
-        let mut xt = vec![0f32; cols * take];
-        for (r, row) in x.chunks_exact(cols).take(take).enumerate() {
-            for (c, &v) in row.iter().enumerate() {
-                xt[c * take + r] = v;
-            }
-        }
-        let g = edgec_core::linalg::matmul_nt(&xt, cols, take, &xt, cols);
+        let Some(step) = gram_step else { return };
         let acc = self.gram.get_or_insert_with(|| vec![0.0; cols * cols]);
-        for (a, v) in acc.iter_mut().zip(g) {
-            *a += v;
-        }
+        let take = edgec_core::linalg::gram_accumulate(x, rows, cols, step, acc);
         self.gram_count += take as u64;
     }
 }
@@ -112,8 +98,8 @@ pub struct StatsOptions {
     /// Linear layers (module paths, e.g. `model.layers.0.self_attn.q_proj`)
     /// whose input Gram matrix is wanted.
     pub gram_for: Vec<String>,
-    /// Tokens per Gram matrix (the first ones seen).
-    pub gram_tokens: u64,
+    /// Every how many tokens one enters the Gram matrices (1: all).
+    pub gram_step: usize,
 }
 
 /// Accumulates hook observations. Linear layers that share one input
@@ -139,7 +125,7 @@ pub fn collect_linear_inputs(
 ) -> Result<BTreeMap<String, ChannelStats>, RuntimeError> {
     let collector = Arc::new(Mutex::new(Collector::default()));
     let gram_for: std::collections::HashSet<String> = opts.gram_for.iter().cloned().collect();
-    let budget = opts.gram_tokens;
+    let step = opts.gram_step.max(1);
     {
         let c = Arc::clone(&collector);
         rt.set_hook(Some(Arc::new(move |name: &str, x: &Tensor| {
@@ -175,7 +161,7 @@ pub fn collect_linear_inputs(
                     return;
                 }
             };
-            let gram = gram_for.contains(layer).then_some(budget);
+            let gram = gram_for.contains(layer).then_some(step);
             c.stats
                 .entry(layer.to_string())
                 .or_default()

@@ -63,8 +63,77 @@ pub fn matmul_nt(a: &[f32], m: usize, k: usize, b: &[f32], n: usize) -> Vec<f32>
     out
 }
 
+/// `acc += Σ_t x_t·x_tᵀ` over rows `t = 0, step, 2·step, …` of row-major
+/// `x` `[rows, cols]`; `acc` is row-major `[cols, cols]`. Returns the rows
+/// summed.
+///
+/// # Panics
+/// When `x` or `acc` is shorter than its shape, or `step` is 0.
+pub fn gram_accumulate(x: &[f32], rows: usize, cols: usize, step: usize, acc: &mut [f32]) -> usize {
+    assert!(step > 0, "gram_accumulate: step 0");
+    assert!(
+        x.len() >= rows * cols && acc.len() >= cols * cols,
+        "gram_accumulate: operands too short"
+    );
+    let n = rows.div_ceil(step);
+    if n == 0 || cols == 0 {
+        return 0;
+    }
+    let threads = rayon::current_num_threads();
+    // SAFETY: lhs = xᵀ over the chosen rows ([cols, n]: element (i, t) at
+    // x[t·step·cols + i]), rhs = those rows ([n, cols]); the largest index
+    // read is (n−1)·step·cols + cols − 1 < rows·cols. acc is [cols, cols],
+    // read and written (read_dst, alpha 1).
+    unsafe {
+        gemm::gemm(
+            cols,
+            cols,
+            n,
+            acc.as_mut_ptr(),
+            1,
+            cols as isize,
+            true,
+            x.as_ptr(),
+            (step * cols) as isize,
+            1,
+            x.as_ptr(),
+            1,
+            (step * cols) as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            if threads > 1 {
+                gemm::Parallelism::Rayon(threads)
+            } else {
+                gemm::Parallelism::None
+            },
+        );
+    }
+    n
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn gram_accumulate_matches_loops() {
+        let (rows, cols, step) = (7, 4, 2);
+        let x: Vec<f32> = (0..rows * cols).map(|i| (i % 9) as f32 - 4.0).collect();
+        let mut acc = vec![1f32; cols * cols];
+        assert_eq!(super::gram_accumulate(&x, rows, cols, step, &mut acc), 4);
+        for i in 0..cols {
+            for j in 0..cols {
+                let want: f32 = 1.0
+                    + (0..rows)
+                        .step_by(step)
+                        .map(|t| x[t * cols + i] * x[t * cols + j])
+                        .sum::<f32>();
+                assert_eq!(acc[i * cols + j], want);
+            }
+        }
+    }
+
     #[test]
     fn matmul_nt_matches_loops() {
         let (m, k, n) = (5, 7, 3);

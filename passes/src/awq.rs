@@ -72,7 +72,7 @@ impl Default for AwqOptions {
         AwqOptions {
             grid: 10,
             clip_grid: 6,
-            max_rows: 192,
+            max_rows: 128,
             importance: false,
         }
     }

@@ -8,13 +8,15 @@
 //! With `U` the upper Cholesky factor of `H⁻¹`, column `j`'s error
 //! `(w_j − q_j) / U_jj` moves the columns after it by `−err · U[j, j+1..]`.
 //!
-//! GPTQ rounds one column at a time; ggml blocks share their scales, so a
-//! whole block is rounded at once by the type's own encoder (importance
-//! weighted) from the updated values, and the update then runs through the
-//! block's columns with their codes fixed, which is the exact update for
-//! those codes. The encoder's bytes are the output, block by block.
+//! ggml blocks share their scales: each block's scales come from the type's
+//! own encoder (importance weighted) run on the updated values; then, for
+//! the legacy types and IQ4_NL, each column is rounded on that grid in turn
+//! as GPTQ does, after the errors of the columns before it were pushed onto
+//! it. k-quants (whose sub-blocks have scales of their own) keep the
+//! encoder's codes for the whole block, and the update runs through its
+//! columns with those codes fixed, which is the exact update for them.
 
-use edgec_core::ggml::dequant::dequantize;
+use edgec_core::ggml::dequant::{dequantize, KVALUES_IQ4NL};
 use edgec_core::GgmlType;
 use faer::linalg::solvers::DenseSolveCore;
 use faer::{Mat, Side};
@@ -106,13 +108,22 @@ impl Hessian {
             let c1 = (c0 + block).min(cols);
             bytes.clear();
             quantize_row(ty, &w[c0..c1], importance.map(|i| &i[c0..c1]), &mut bytes)?;
-            dequantize(ty, &bytes, &mut q[..c1 - c0])
-                .expect("the encoder's own bytes decode");
-            out.extend_from_slice(&bytes);
-            if c1 == cols {
-                break;
+            let grid = Grid::of(ty, &bytes);
+            if grid.is_none() {
+                dequantize(ty, &bytes, &mut q[..c1 - c0]).expect("the encoder's own bytes decode");
             }
             for j in c0..c1 {
+                if let Some(g) = &grid {
+                    // GPTQ proper: this column is rounded after the columns
+                    // before it pushed their errors onto it, on the grid of
+                    // the block's scales.
+                    let code = g.nearest(w[j]);
+                    q[j - c0] = g.value(code);
+                    g.set_code(ty, &mut bytes, j - c0, code);
+                }
+                if c1 == cols && j + 1 == cols {
+                    break;
+                }
                 let err = (w[j] - q[j - c0]) / self.u[j * cols + j];
                 let rest = &mut w[j + 1..];
                 let urow = &self.u[j * cols + j + 1..(j + 1) * cols];
@@ -120,8 +131,108 @@ impl Hessian {
                     *wk -= err * uk;
                 }
             }
+            out.extend_from_slice(&bytes);
         }
         Ok(())
+    }
+}
+
+/// The values one element of a 32-element block of a legacy type or IQ4_NL
+/// can take, given the block's scale `d` (and offset `m`): `m + d·level`.
+struct Grid {
+    d: f32,
+    m: f32,
+    levels: Levels,
+}
+
+enum Levels {
+    /// Integers `lo..=hi`.
+    Range(i32, i32),
+    /// IQ4_NL's table.
+    Table(&'static [i8; 16]),
+}
+
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+impl Grid {
+    /// The grid of an encoded block; `None` for types whose elements do not
+    /// share one (k-quants: sub-block scales).
+    fn of(ty: GgmlType, b: &[u8]) -> Option<Grid> {
+        let d = f16_at(b, 0);
+        let (m, levels) = match ty {
+            GgmlType::Q4_0 => (0.0, Levels::Range(-8, 7)),
+            GgmlType::Q4_1 => (f16_at(b, 2), Levels::Range(0, 15)),
+            GgmlType::Q5_0 => (0.0, Levels::Range(-16, 15)),
+            GgmlType::Q5_1 => (f16_at(b, 2), Levels::Range(0, 31)),
+            GgmlType::Q8_0 => (0.0, Levels::Range(-128, 127)),
+            GgmlType::Iq4Nl => (0.0, Levels::Table(&KVALUES_IQ4NL)),
+            _ => return None,
+        };
+        (d.is_finite() && m.is_finite()).then_some(Grid { d, m, levels })
+    }
+
+    /// The level nearest to `v` (as stored: offset so that codes are ≥ 0).
+    fn nearest(&self, v: f32) -> u8 {
+        match self.levels {
+            Levels::Range(lo, hi) => {
+                let q = if self.d == 0.0 {
+                    0
+                } else {
+                    (((v - self.m) / self.d).round() as i32).clamp(lo, hi)
+                };
+                (q - lo) as u8
+            }
+            Levels::Table(t) => {
+                let mut best = (0u8, f32::INFINITY);
+                for (k, &l) in t.iter().enumerate() {
+                    let e = (self.d * l as f32 - v).abs();
+                    if e < best.1 {
+                        best = (k as u8, e);
+                    }
+                }
+                best.0
+            }
+        }
+    }
+
+    fn value(&self, code: u8) -> f32 {
+        match self.levels {
+            Levels::Range(lo, _) => self.m + self.d * (code as i32 + lo) as f32,
+            Levels::Table(t) => self.d * t[code as usize] as f32,
+        }
+    }
+
+    /// Writes `code` for element `j` into the block's bytes.
+    fn set_code(&self, ty: GgmlType, b: &mut [u8], j: usize, code: u8) {
+        // 4-bit codes: element j < 16 in the low nibble of qs[j], j ≥ 16 in
+        // the high nibble of qs[j − 16]; 5-bit codes keep bit 4 in qh bit j.
+        let nibble = |b: &mut [u8], qs: usize, code: u8| {
+            let at = qs + j % 16;
+            b[at] = if j < 16 {
+                (b[at] & 0xF0) | (code & 0x0F)
+            } else {
+                (b[at] & 0x0F) | (code << 4)
+            };
+        };
+        match ty {
+            GgmlType::Q4_0 | GgmlType::Iq4Nl => nibble(b, 2, code),
+            GgmlType::Q4_1 => nibble(b, 4, code),
+            GgmlType::Q5_0 | GgmlType::Q5_1 => {
+                let (qh, qs) = if ty == GgmlType::Q5_0 { (2, 6) } else { (4, 8) };
+                nibble(b, qs, code & 0x0F);
+                let byte = qh + j / 8;
+                let bit = 1u8 << (j % 8);
+                b[byte] = if code & 0x10 != 0 {
+                    b[byte] | bit
+                } else {
+                    b[byte] & !bit
+                };
+            }
+            GgmlType::Q8_0 => b[2 + j] = code.wrapping_add(128),
+            _ => unreachable!("Grid::of has no grid for {ty}"),
+        }
     }
 }
 
@@ -130,7 +241,9 @@ mod tests {
     use super::*;
 
     fn lcg(s: &mut u64) -> f32 {
-        *s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((*s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
     }
 
@@ -166,7 +279,9 @@ mod tests {
         let mut e = 0f64;
         for xt in x.chunks(cols) {
             for r in 0..rows {
-                let d: f32 = (0..cols).map(|c| (wq[r * cols + c] - w[r * cols + c]) * xt[c]).sum();
+                let d: f32 = (0..cols)
+                    .map(|c| (wq[r * cols + c] - w[r * cols + c]) * xt[c])
+                    .sum();
                 e += (d * d) as f64;
             }
         }
@@ -179,7 +294,12 @@ mod tests {
         let (x, g, w) = setup(cols, 512, 16);
         let h = Hessian::new(&g, cols, 0.01).unwrap();
         let imp: Vec<f32> = (0..cols).map(|j| g[j * cols + j]).collect();
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Iq4Nl] {
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Iq4Nl,
+        ] {
             let (mut plain, mut fed) = (Vec::new(), Vec::new());
             for row in w.chunks(cols) {
                 let (mut a, mut b) = (Vec::new(), Vec::new());
@@ -193,7 +313,10 @@ mod tests {
                 plain.extend(qa);
                 fed.extend(qb);
             }
-            let (ep, ef) = (output_error(&x, &w, &plain, cols), output_error(&x, &w, &fed, cols));
+            let (ep, ef) = (
+                output_error(&x, &w, &plain, cols),
+                output_error(&x, &w, &fed, cols),
+            );
             assert!(ef < 0.95 * ep, "{ty}: feedback {ef} vs plain {ep}");
         }
     }
@@ -204,7 +327,13 @@ mod tests {
         // plain rounding.
         let cols = 64;
         let g: Vec<f32> = (0..cols * cols)
-            .map(|k| if k / cols == k % cols { 1.0 + (k % 5) as f32 } else { 0.0 })
+            .map(|k| {
+                if k / cols == k % cols {
+                    1.0 + (k % 5) as f32
+                } else {
+                    0.0
+                }
+            })
             .collect();
         let h = Hessian::new(&g, cols, 0.0).unwrap();
         let mut s = 9u64;
@@ -213,6 +342,40 @@ mod tests {
         quantize_row(GgmlType::Q4_0, &row, None, &mut a).unwrap();
         h.quantize_row(GgmlType::Q4_0, &row, None, &mut b).unwrap();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn grid_codes_write_what_the_decoder_reads() {
+        let mut s = 5u64;
+        let row: Vec<f32> = (0..32).map(|_| lcg(&mut s)).collect();
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::Q8_0,
+            GgmlType::Iq4Nl,
+        ] {
+            let mut b = Vec::new();
+            quantize_row(ty, &row, None, &mut b).unwrap();
+            let g = Grid::of(ty, &b).unwrap();
+            let mut want = vec![0f32; 32];
+            dequantize(ty, &b, &mut want).unwrap();
+            // re-coding each element to its own value changes no byte
+            let orig = b.clone();
+            for (j, &v) in want.iter().enumerate() {
+                let code = g.nearest(v);
+                assert_eq!(g.value(code), v, "{ty} element {j}");
+                g.set_code(ty, &mut b, j, code);
+            }
+            assert_eq!(b, orig, "{ty}");
+            // and a new code is read back as its value
+            let code = g.nearest(-want[7]);
+            g.set_code(ty, &mut b, 7, code);
+            let mut got = vec![0f32; 32];
+            dequantize(ty, &b, &mut got).unwrap();
+            assert_eq!(got[7], g.value(code), "{ty}");
+        }
     }
 
     #[test]

@@ -42,7 +42,7 @@ pub struct Args {
     /// Tokens per calibration sequence.
     #[arg(long, default_value_t = 512, value_name = "L")]
     pub calib_len: usize,
-    /// How calibration is used (default with --calib: awq+imatrix, the best measured).
+    /// How calibration is used (default with --calib: awq+gptq, the best measured).
     #[arg(long, value_enum)]
     pub method: Option<Method>,
     /// Round with the importance of an importance matrix file (llama-imatrix's
@@ -93,7 +93,7 @@ pub fn run(args: Args) -> Result<()> {
             .into())
         }
         (None, _) => Method::Rtn,
-        (Some(_), m) => m.unwrap_or(Method::AwqImatrix),
+        (Some(_), m) => m.unwrap_or(Method::AwqGptq),
     };
     if args.imatrix.is_some() && args.method.is_some_and(|m| m != Method::Imatrix) {
         return Err(UsageError(
