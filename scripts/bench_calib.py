@@ -4,7 +4,7 @@ On SmolLM2-135M (f32), for each type (default Q4_K_M, Q4_0, IQ4_NL):
   - llama.cpp: plain llama-quantize, and llama-imatrix (-c L --chunks N) followed by
     llama-quantize --imatrix;
   - edgec: quantize --method rtn, and quantize --calib with N samples x L tokens (the
-    method edgec picks); with --all-methods also --method awq, imatrix and awq+imatrix.
+    method edgec picks); with --all-methods also --method awq, imatrix, awq+imatrix, gptq.
 Both tools calibrate on the same text, /usr/share/common-licenses without GPL-3.
 Accuracy is judged by llama-perplexity --kl-divergence against the f32 GGUF's logits
 on GPL-3, which neither tool calibrated on. Time and peak RSS cover the whole
@@ -32,7 +32,7 @@ LICENSES = Path("/usr/share/common-licenses")
 JUDGE = LICENSES / "GPL-3"
 CTX = 512  # context of the KLD judging
 CALIB_FLAGS = ("--calib", "--calib-samples", "--calib-len", "--method")
-EXTRA_METHODS = ("awq", "imatrix", "awq+imatrix")
+EXTRA_METHODS = ("awq", "imatrix", "awq+imatrix", "gptq")
 
 
 def write_calib_text(path):
@@ -111,7 +111,7 @@ def main():
     ap.add_argument("--samples", type=int, default=32, help="calibration sequences N (default 32)")
     ap.add_argument("--len", type=int, default=512, help="tokens per calibration sequence L (default 512)")
     ap.add_argument("--types", default="Q4_K_M,Q4_0,IQ4_NL")
-    ap.add_argument("--all-methods", action="store_true", help="also edgec --method awq, imatrix, awq+imatrix")
+    ap.add_argument("--all-methods", action="store_true", help="also edgec --method awq, imatrix, awq+imatrix, gptq")
     ap.add_argument("--keep", help="write the work files (texts, GGUFs, imatrix) here and keep them")
     args = ap.parse_args()
     check_edgec_flags(args.edgec)

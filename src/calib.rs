@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::progress;
 
 /// How calibration data shapes the quantization.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Method {
     /// Plain rounding (no use of the data).
     Rtn,
@@ -31,13 +31,11 @@ pub enum Method {
     Imatrix,
     /// AWQ, then importance-weighted rounding of the scaled weights.
     #[value(name = "awq+imatrix")]
-    #[serde(rename = "awq+imatrix")]
     AwqImatrix,
     /// Importance-weighted rounding with error feedback (GPTQ-style).
     Gptq,
     /// AWQ, then importance-weighted rounding with error feedback.
     #[value(name = "awq+gptq")]
-    #[serde(rename = "awq+gptq")]
     AwqGptq,
 }
 
@@ -164,7 +162,7 @@ impl RowQuantizer for PlanQuantizer {
 
 #[derive(Serialize)]
 pub struct CalibReport {
-    pub method: Method,
+    pub method: &'static str,
     pub samples: usize,
     pub tokens: usize,
     pub seconds: f64,
@@ -197,7 +195,7 @@ pub fn calibrate(
     let start = std::time::Instant::now();
     let tokens = seqs.iter().map(Vec::len).sum();
     let mut report = CalibReport {
-        method,
+        method: method.name(),
         samples: seqs.len(),
         tokens,
         seconds: 0.0,

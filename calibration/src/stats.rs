@@ -115,7 +115,8 @@ struct Collector {
 
 /// Runs `seqs` (token ids, all of one length) through `rt` in batches of
 /// up to 2048 tokens and returns the statistics of every linear layer's
-/// input by module path (`lm_head` included, from the final norm's output).
+/// input by module path (a causal LM's `lm_head` included, from the final
+/// norm's output).
 /// `progress` is called with the tokens done after every batch.
 pub fn collect_linear_inputs(
     rt: &mut Runtime,
@@ -174,9 +175,15 @@ pub fn collect_linear_inputs(
     let result = (|| -> Result<(), RuntimeError> {
         for batch in seqs.chunks(per_batch) {
             let refs: Vec<&[u32]> = batch.iter().map(Vec::as_slice).collect();
-            // Only the last position's logits: the head's input statistics
-            // come from the final norm.
-            rt.logits_batch(&refs, len.saturating_sub(1))?;
+            if matches!(rt.family(), edgec_core::Family::Llama(_)) {
+                // Only the last position's logits: the head's input
+                // statistics come from the final norm.
+                rt.logits_batch(&refs, len.saturating_sub(1))?;
+            } else {
+                let ids =
+                    Tensor::from_vec(refs.concat(), (refs.len(), len), &candle_core::Device::Cpu)?;
+                rt.forward(&ids)?;
+            }
             done += (batch.len() * len) as u64;
             progress(done);
         }

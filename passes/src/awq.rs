@@ -65,6 +65,9 @@ pub struct AwqOptions {
     /// Weight columns by importance (mean x² over the scaled input) when
     /// rounding, as the final quantization will.
     pub importance: bool,
+    /// A fixed α for `s = x̄^α` instead of the search (AWQ's ablation; the
+    /// clipping search still runs).
+    pub alpha: Option<f32>,
 }
 
 impl Default for AwqOptions {
@@ -74,6 +77,7 @@ impl Default for AwqOptions {
             clip_grid: 6,
             max_rows: 128,
             importance: false,
+            alpha: None,
         }
     }
 }
@@ -349,28 +353,35 @@ fn search_group(
     let ones = vec![1f32; cols];
     let rtn: f64 = error(&ones, &no_clip)?.iter().sum();
     let (mut best, mut best_err) = ((("x", 0f32), ones.clone()), rtn);
-    for form in ["x", "xw"] {
-        for k in 1..opts.grid {
-            let alpha = k as f32 / opts.grid as f32;
-            let s: Vec<f32> = x_mean
-                .iter()
-                .zip(&w_mean)
-                .map(|(&x, &w)| {
-                    let v = x.max(1e-8).powf(alpha);
-                    if form == "xw" {
-                        v / w.max(1e-8).powf(1.0 - alpha)
-                    } else {
-                        v
-                    }
-                })
-                .collect();
-            let s = normalise(&s);
-            let full = expand(&s);
-            let e: f64 = error(&full, &no_clip)?.iter().sum();
-            if e < best_err {
-                best = ((form, alpha), full);
-                best_err = e;
-            }
+    let candidates: Vec<(&'static str, f32)> = match opts.alpha {
+        Some(a) => vec![("x", a)],
+        None => ["x", "xw"]
+            .into_iter()
+            .flat_map(|f| (1..opts.grid).map(move |k| (f, k as f32 / opts.grid as f32)))
+            .collect(),
+    };
+    if opts.alpha.is_some() {
+        best_err = f64::INFINITY; // take the fixed α whatever its error
+    }
+    for (form, alpha) in candidates {
+        let s: Vec<f32> = x_mean
+            .iter()
+            .zip(&w_mean)
+            .map(|(&x, &w)| {
+                let v = x.max(1e-8).powf(alpha);
+                if form == "xw" {
+                    v / w.max(1e-8).powf(1.0 - alpha)
+                } else {
+                    v
+                }
+            })
+            .collect();
+        let s = normalise(&s);
+        let full = expand(&s);
+        let e: f64 = error(&full, &no_clip)?.iter().sum();
+        if e < best_err {
+            best = ((form, alpha), full);
+            best_err = e;
         }
     }
     let ((form, alpha), scale) = best;

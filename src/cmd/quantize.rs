@@ -151,7 +151,7 @@ pub fn run(args: Args) -> Result<()> {
         if let Some(c) = &calib_report {
             println!(
                 "calibrated ({}) on {} tokens in {:.2}s{}",
-                c.method.name(),
+                c.method,
                 c.tokens,
                 c.seconds,
                 match (c.awq_error_rtn, c.awq_error_final) {
