@@ -1,5 +1,13 @@
 //! Dense f32 matrix products on gemm's kernels, on the current rayon pool.
 
+/// gemm's parallelism for the current rayon pool.
+fn parallelism() -> gemm::Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => gemm::Parallelism::None,
+        n => gemm::Parallelism::Rayon(n),
+    }
+}
+
 /// `dst[i, j] = Σ_c x[i, c]·w[j, c]` for `i < m`, `j < rows`, with `dst`'s
 /// rows `ld` apart; gemm never reads `dst` (read_dst false).
 ///
@@ -15,7 +23,6 @@ pub unsafe fn gemm_nt_into(
     dst: *mut f32,
     ld: usize,
 ) {
-    let threads = rayon::current_num_threads();
     gemm::gemm(
         m,
         rows,
@@ -36,11 +43,7 @@ pub unsafe fn gemm_nt_into(
         false,
         false,
         false,
-        if threads > 1 {
-            gemm::Parallelism::Rayon(threads)
-        } else {
-            gemm::Parallelism::None
-        },
+        parallelism(),
     );
 }
 
@@ -79,7 +82,6 @@ pub fn gram_accumulate(x: &[f32], rows: usize, cols: usize, step: usize, acc: &m
     if n == 0 || cols == 0 {
         return 0;
     }
-    let threads = rayon::current_num_threads();
     // SAFETY: lhs = xᵀ over the chosen rows ([cols, n]: element (i, t) at
     // x[t·step·cols + i]), rhs = those rows ([n, cols]); the largest index
     // read is (n−1)·step·cols + cols − 1 < rows·cols. acc is [cols, cols],

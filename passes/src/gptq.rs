@@ -125,7 +125,11 @@ impl Hessian {
                     break;
                 }
                 let err = (w[j] - q[j - c0]) / self.u[j * cols + j];
-                axpy(&mut w[j + 1..], err, &self.u[j * cols + j + 1..(j + 1) * cols]);
+                axpy(
+                    &mut w[j + 1..],
+                    err,
+                    &self.u[j * cols + j + 1..(j + 1) * cols],
+                );
             }
             out.extend_from_slice(&bytes);
         }
