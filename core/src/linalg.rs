@@ -106,11 +106,7 @@ pub fn gram_accumulate(x: &[f32], rows: usize, cols: usize, step: usize, acc: &m
             false,
             false,
             false,
-            if threads > 1 {
-                gemm::Parallelism::Rayon(threads)
-            } else {
-                gemm::Parallelism::None
-            },
+            parallelism(),
         );
     }
     n
