@@ -250,7 +250,9 @@ pub fn calibrate(
             importance: method.importance(),
             ..awq_opts.clone()
         };
-        let result = awq::awq_llama(model, p, &lookup, &quant, &opts)?;
+        let bar = progress::bar(p.num_layers as u64, "awq");
+        let result = awq::awq_llama(model, p, &lookup, &quant, &opts, &|| bar.inc(1))?;
+        bar.finish_and_clear();
         report.awq_error_rtn = Some(result.groups.iter().map(|g| g.error_rtn).sum());
         report.awq_error_final = Some(result.groups.iter().map(|g| g.error_final).sum());
         report.groups = result.groups;
@@ -309,6 +311,7 @@ fn hessians(
         let input = s.shared_with.clone().unwrap_or_else(|| module.clone());
         by_input.entry(input).or_default().push(w);
     }
+    let bar = progress::bar(by_input.len() as u64, "hessians");
     let built: Vec<(Vec<String>, Arc<Hessian>)> = by_input
         .into_par_iter()
         .map(|(input, weights)| {
@@ -324,9 +327,11 @@ fn hessians(
             }
             let h = Hessian::new(&g, cols, DAMP)
                 .map_err(|e| anyhow::anyhow!("input of {input}: {e}"))?;
+            bar.inc(1);
             Ok((weights, Arc::new(h)))
         })
         .collect::<Result<_>>()?;
+    bar.finish_and_clear();
     Ok(built
         .into_iter()
         .flat_map(|(ws, h)| ws.into_iter().map(move |w| (w, Arc::clone(&h))))

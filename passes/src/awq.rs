@@ -201,13 +201,14 @@ fn layer_groups(p: &LlamaParams, model: &Model, i: usize) -> Vec<Group> {
 
 /// Runs the search on every layer (layers in parallel) and returns the
 /// changed tensors. `stats` is looked up by linear module path (the
-/// group's first layer).
+/// group's first layer); `layer_done` is called as each layer finishes.
 pub fn awq_llama(
     model: &Model,
     p: &LlamaParams,
     stats: &(dyn Fn(&str) -> Option<InputStats> + Sync),
     quant: &dyn RowQuantizer,
     opts: &AwqOptions,
+    layer_done: &(dyn Fn() + Sync),
 ) -> Result<AwqResult, AwqError> {
     let per_layer: Vec<AwqResult> = (0..p.num_layers)
         .into_par_iter()
@@ -226,6 +227,7 @@ pub fn awq_llama(
                 result.groups.push(report);
             }
             result.tensors = work.changed;
+            layer_done();
             Ok(result)
         })
         .collect::<Result<_, AwqError>>()?;

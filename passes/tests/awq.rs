@@ -81,7 +81,7 @@ fn run_awq(model: &Model, opts: &AwqOptions) -> edgec_passes::awq::AwqResult {
             gram: s.gram_mean()?,
         })
     };
-    awq_llama(model, p, &lookup, &Q4_0, opts).unwrap()
+    awq_llama(model, p, &lookup, &Q4_0, opts, &|| {}).unwrap()
 }
 
 fn folded(model: &Model, mut values: HashMap<String, Vec<f32>>) -> Model {
