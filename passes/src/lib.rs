@@ -5,4 +5,5 @@
 pub mod awq;
 pub mod ggml_quant;
 pub mod gptq;
+pub mod groupwise;
 pub mod presets;

@@ -12,6 +12,7 @@ use edgec_core::runtime::{Runtime, RuntimeOptions};
 use edgec_core::{DType, Family, GgmlType, Model, Tensor, TensorData};
 use edgec_passes::awq::{awq_llama, gram_layers, AwqOptions, InputStats, RowQuantizer};
 use edgec_passes::ggml_quant::quantize_row;
+use edgec_passes::groupwise::Groupwise;
 
 fn fixture(name: &str) -> Model {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -58,6 +59,14 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn run_awq(model: &Model, opts: &AwqOptions) -> edgec_passes::awq::AwqResult {
+    run_awq_with(model, opts, &Q4_0)
+}
+
+fn run_awq_with(
+    model: &Model,
+    opts: &AwqOptions,
+    quant: &dyn RowQuantizer,
+) -> edgec_passes::awq::AwqResult {
     let Some(Family::Llama(p)) = &model.meta.family else {
         panic!("llama fixture")
     };
@@ -81,7 +90,7 @@ fn run_awq(model: &Model, opts: &AwqOptions) -> edgec_passes::awq::AwqResult {
             gram: s.gram_mean()?,
         })
     };
-    awq_llama(model, p, &lookup, &Q4_0, opts, &|| {}).unwrap()
+    awq_llama(model, p, &lookup, quant, opts, &|| {}).unwrap()
 }
 
 fn folded(model: &Model, mut values: HashMap<String, Vec<f32>>) -> Model {
@@ -145,14 +154,24 @@ fn folded_scales_keep_the_float_model() {
 }
 
 /// The search keeps plain rounding among its candidates, so on its own
-/// measure every group ends no worse than plain rounding.
+/// measure every group ends no worse than plain rounding; with a linear
+/// int4 groupwise quantizer as with a ggml type.
 #[test]
 fn the_search_never_loses_to_plain_rounding() {
     let model = fixture("tiny-llama");
-    let result = run_awq(&model, &AwqOptions::default());
-    assert!(!result.groups.is_empty());
-    for g in &result.groups {
-        assert!(g.error_scaled <= g.error_rtn * (1.0 + 1e-9), "{g:?}");
-        assert!(g.error_final <= g.error_scaled * (1.0 + 1e-9), "{g:?}");
+    for quant in [
+        &Q4_0 as &dyn RowQuantizer,
+        &Groupwise {
+            bits: 4,
+            group: 32,
+            symmetric: true,
+        },
+    ] {
+        let result = run_awq_with(&model, &AwqOptions::default(), quant);
+        assert!(!result.groups.is_empty());
+        for g in &result.groups {
+            assert!(g.error_scaled <= g.error_rtn * (1.0 + 1e-9), "{g:?}");
+            assert!(g.error_final <= g.error_scaled * (1.0 + 1e-9), "{g:?}");
+        }
     }
 }
