@@ -8,13 +8,12 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use edgec_calibration::StatsOptions;
 use edgec_calibration::{calibration_sequences, collect_linear_inputs, read_text, ChannelStats};
-use edgec_core::ggml::dequant::dequantize;
 use edgec_core::runtime::{Runtime, RuntimeOptions};
 use edgec_core::{DType, Family, GgmlType, Model, Tensor, TensorData};
 use edgec_formats::gguf::gguf_tensor_name;
 use edgec_formats::imatrix::{ImatrixEntry, ImportanceMatrix};
 use edgec_passes::awq::{self, AwqOptions, GroupReport, InputStats, RowQuantizer};
-use edgec_passes::ggml_quant::quantize_row;
+use edgec_passes::ggml_quant;
 use edgec_passes::gptq::Hessian;
 use serde::Serialize;
 
@@ -76,7 +75,7 @@ pub fn sequences(model: &Model, data: &Path, samples: usize, len: usize) -> Resu
     }
     let text = read_text(data)?;
     let tok = crate::cmd::tokenizer_of(model, data)?;
-    let mut tokens = tok
+    let tokens = tok
         .encode(&text, false)
         .with_context(|| format!("{}: tokenizing", data.display()))?;
     if tokens.len() < len {
@@ -92,7 +91,6 @@ pub fn sequences(model: &Model, data: &Path, samples: usize, len: usize) -> Resu
             s[0] = bos;
         }
     }
-    tokens.clear();
     Ok(seqs)
 }
 
@@ -147,9 +145,7 @@ impl RowQuantizer for PlanQuantizer {
             .types
             .get(name)
             .ok_or_else(|| format!("{name}: no planned type"))?;
-        let mut bytes = Vec::new();
-        quantize_row(ty, row, importance, &mut bytes).map_err(|e| format!("{name}: {e}"))?;
-        dequantize(ty, &bytes, out).map_err(|e| format!("{name}: {e}"))
+        ggml_quant::round_trip(ty, row, importance, out).map_err(|e| format!("{name}: {e}"))
     }
 
     fn block(&self, name: &str) -> Option<usize> {

@@ -226,5 +226,11 @@ fn imatrix_rounding_works_for_bert_too() {
     let model = fixture("tiny-bert");
     args.extend_from_slice(&[s(&model), s(&out)]);
     ok(&args);
-    assert!(out.is_file());
+    let plain = d.path().join("plain.gguf");
+    ok(&["quantize", "--type", "Q4_0", s(&model), s(&plain)]);
+    assert_ne!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(&plain).unwrap(),
+        "importance changed nothing"
+    );
 }

@@ -3,8 +3,8 @@
 //!
 //! Per input channel: the sum of |x| and of x² over every token (what AWQ's
 //! scales and llama.cpp's importance matrix are made of), and for chosen
-//! layers the Gram matrix Σ x·xᵀ over the first tokens (how a weight error
-//! turns into an output error). Memory grows with channels, not tokens.
+//! layers the Gram matrix Σ x·xᵀ over tokens spread through the data (how
+//! a weight error turns into an output error). Memory grows with channels, not tokens.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -170,7 +170,7 @@ pub fn collect_linear_inputs(
         })));
     }
     let len = seqs.first().map_or(0, Vec::len);
-    let per_batch = (2048 / len.max(1)).max(1);
+    let per_batch = Runtime::sequences_per_batch(len);
     let mut done = 0u64;
     let result = (|| -> Result<(), RuntimeError> {
         for batch in seqs.chunks(per_batch) {

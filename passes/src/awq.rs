@@ -406,29 +406,26 @@ fn search_group(
         final_err += pick.1;
     }
     // Apply: W·diag(s), clipped; the fold divides the op before by s.
-    for (w, &ratio) in weights.iter().zip(&clip) {
-        let mut v = w.values.clone();
+    // (each weight's columns belong to exactly one group, so these are its
+    // input scales)
+    for (w, &ratio) in weights.into_iter().zip(&clip) {
+        let block = quant.block(&w.name).unwrap_or(cols);
+        let mut v = w.values;
         for row in v.chunks_exact_mut(cols) {
             for (x, s) in row.iter_mut().zip(&scale) {
                 *x *= s;
             }
             if ratio < 1.0 {
-                clip_row(row, quant.block(&w.name).unwrap_or(cols), ratio);
+                clip_row(row, block, ratio);
             }
         }
-        let prev = result
-            .input_scales
-            .remove(&w.name)
-            .unwrap_or_else(|| vec![1.0; cols]);
-        result.input_scales.insert(
-            w.name.clone(),
-            prev.iter().zip(&scale).map(|(a, b)| a * b).collect(),
-        );
-        work.changed.insert(w.name.clone(), v);
+        result.input_scales.insert(w.name.clone(), scale.clone());
+        work.changed.insert(w.name, v);
     }
-    let per_scale: Vec<f32> = (0..n_scales)
-        .map(|j| scale[(0..cols).find(|&c| tie(c) == j).unwrap_or(0)])
-        .collect();
+    let mut per_scale = vec![1f32; n_scales];
+    for (c, &s) in scale.iter().enumerate() {
+        per_scale[tie(c)] = s;
+    }
     match &g.fold {
         Fold::Norm(name) => {
             let mut v = work.get(name)?;

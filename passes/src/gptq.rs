@@ -121,9 +121,6 @@ impl Hessian {
                     q[j - c0] = g.value(code);
                     g.set_code(ty, &mut bytes, j - c0, code);
                 }
-                if c1 == cols && j + 1 == cols {
-                    break;
-                }
                 let err = (w[j] - q[j - c0]) / self.u[j * cols + j];
                 axpy(
                     &mut w[j + 1..],

@@ -7,11 +7,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use edgec_calibration::{collect_linear_inputs, StatsOptions};
-use edgec_core::ggml::dequant::dequantize;
 use edgec_core::runtime::{Runtime, RuntimeOptions};
 use edgec_core::{DType, Family, GgmlType, Model, Tensor, TensorData};
 use edgec_passes::awq::{awq_llama, gram_layers, AwqOptions, InputStats, RowQuantizer};
-use edgec_passes::ggml_quant::quantize_row;
+use edgec_passes::ggml_quant::round_trip;
 use edgec_passes::groupwise::Groupwise;
 
 fn fixture(name: &str) -> Model {
@@ -31,9 +30,7 @@ impl RowQuantizer for Q4_0 {
         imp: Option<&[f32]>,
         out: &mut [f32],
     ) -> Result<(), String> {
-        let mut b = Vec::new();
-        quantize_row(GgmlType::Q4_0, row, imp, &mut b).map_err(|e| e.to_string())?;
-        dequantize(GgmlType::Q4_0, &b, out).map_err(|e| e.to_string())
+        round_trip(GgmlType::Q4_0, row, imp, out).map_err(|e| e.to_string())
     }
 
     fn block(&self, _: &str) -> Option<usize> {

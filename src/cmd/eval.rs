@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use edgec_calibration::{
-    cosine, read_jsonl_sentences, read_text, token_chunks, KlAccumulator, LlamaKl, LlamaLogitsFile,
-    PerplexityAccumulator, TextTokenizer,
+    cosine, first_scored, read_jsonl_sentences, read_text, token_chunks, KlAccumulator, LlamaKl,
+    LlamaLogitsFile, PerplexityAccumulator, TextTokenizer,
 };
 use edgec_core::runtime::{Runtime, RuntimeOptions};
 use edgec_core::{Family, Model};
@@ -284,10 +284,8 @@ fn eval_lm(
     let mut kl = KlAccumulator::new();
     let (mut ref_secs, mut cand_secs) = (0f64, 0f64);
     let bar = progress::token_bar((chunks.len() * args.ctx) as u64, "eval");
-    let first = args.ctx / 2;
-    // Chunks run in batches of up to 2048 tokens, as llama-perplexity's
-    // default batch does: every weight is then read once per batch.
-    let per_batch = (2048 / args.ctx).max(1);
+    let first = first_scored(args.ctx);
+    let per_batch = Runtime::sequences_per_batch(args.ctx);
     for batch in chunks.chunks(per_batch) {
         let batch: Vec<Vec<u32>> = batch
             .iter()

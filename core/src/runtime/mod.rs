@@ -200,6 +200,13 @@ impl Runtime {
         self.logits_batch(&[tokens], first)
     }
 
+    /// How many sequences of `len` tokens to run as one batch: up to 2048
+    /// tokens, llama-perplexity's default batch, which reads every weight
+    /// once per batch instead of once per sequence.
+    pub fn sequences_per_batch(len: usize) -> usize {
+        (2048 / len.max(1)).max(1)
+    }
+
     /// [`Self::logits_from`] for several sequences of one length, run as one
     /// batch: every weight is read once for all of them, which is faster
     /// than one sequence at a time. The logits of every sequence one after

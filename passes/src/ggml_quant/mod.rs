@@ -80,6 +80,21 @@ pub fn quantize_row(
     Ok(())
 }
 
+/// What `ty` keeps of `src`: quantized (as [`quantize_row`]) and decoded
+/// again into `out` (`src.len()` values), for measuring errors.
+pub fn round_trip(
+    ty: GgmlType,
+    src: &[f32],
+    importance: Option<&[f32]>,
+    out: &mut [f32],
+) -> Result<(), QuantError> {
+    let mut bytes = Vec::new();
+    quantize_row(ty, src, importance, &mut bytes)?;
+    edgec_core::ggml::dequant::dequantize(ty, &bytes, out)
+        .expect("an encoder's own bytes decode to its row length");
+    Ok(())
+}
+
 /// Per-element weights for one block: the sanitised importance scaled to a
 /// largest weight of 1 (the same minimiser, and no overflow in the sums), or
 /// all ones when there is none (or when the block's importance is all zero).
