@@ -5,10 +5,12 @@ wall time (loading and tokenizing included, for both tools). Run through
 scripts/bench-eval.sh.
 """
 
+import atexit
 import argparse
 import json
 import re
 import subprocess
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -24,6 +26,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=2)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="edgec-bench-eval-"))
+    atexit.register(shutil.rmtree, work, True)  # models of hundreds of MiB
     text = work / "eval.txt"
     text.write_text(Path("/usr/share/common-licenses/GPL-3").read_text())
     f32 = work / "f32.gguf"

@@ -5,9 +5,11 @@ llama.cpp judge: KL-divergence against f32 with llama-perplexity, beside the
 bits per weight. Run through scripts/bench-fallback.sh.
 """
 
+import atexit
 import argparse
 import json
 import subprocess
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -23,6 +25,7 @@ def main():
     ap.add_argument("--types", default="Q4_0,IQ4_NL,Q4_1,Q5_0,Q5_1")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="edgec-fallback-"))
+    atexit.register(shutil.rmtree, work, True)  # models of hundreds of MiB
     f32 = work / "f32.gguf"
     subprocess.run([args.edgec, "convert", MODEL_DIR, f32], check=True, capture_output=True)
     text = work / "eval.txt"

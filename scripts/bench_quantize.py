@@ -7,12 +7,14 @@ Accuracy is judged by llama.cpp itself: llama-perplexity --kl-divergence
 against the f32 GGUF's logits on a text neither tool saw.
 """
 
+import atexit
 import argparse
 import json
 import os
 import re
 import subprocess
 import sys
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -73,6 +75,7 @@ def main():
     args = ap.parse_args()
     edgec = Path(args.edgec)
     work = Path(tempfile.mkdtemp(prefix="edgec-bench-"))
+    atexit.register(shutil.rmtree, work, True)  # models of hundreds of MiB
     f32 = work / "smollm2.f32.gguf"
     subprocess.run([edgec, "convert", MODEL_DIR, f32, "--dtype", "f32"], check=True, capture_output=True)
 

@@ -14,4 +14,7 @@ export EDGEC_BIN="$PWD/target/debug/edgec"
 bash fixtures/fetch-real.sh
 
 cargo test --workspace
-"$EDGEC_PY" -m pytest tests/conformance -q -p no:cacheprovider "$@"
+# The conformance tests write models of hundreds of MiB: keep the folders of
+# failed tests only, and of the last run only, so repeated runs do not fill the disk.
+"$EDGEC_PY" -m pytest tests/conformance -q -p no:cacheprovider \
+  -o tmp_path_retention_policy=failed -o tmp_path_retention_count=1 "$@"
