@@ -162,6 +162,11 @@ pub struct CalibReport {
     pub samples: usize,
     pub tokens: usize,
     pub seconds: f64,
+    /// Where the time went: the forward pass with statistics, AWQ's search,
+    /// and the Hessian factors (the rounding itself is in the quantize report).
+    pub seconds_statistics: f64,
+    pub seconds_awq: f64,
+    pub seconds_hessians: f64,
     /// Sum over AWQ groups of the output error with plain rounding and
     /// with the chosen scales and clipping (calibration activations).
     pub awq_error_rtn: Option<f64>,
@@ -195,6 +200,9 @@ pub fn calibrate(
         samples: seqs.len(),
         tokens,
         seconds: 0.0,
+        seconds_statistics: 0.0,
+        seconds_awq: 0.0,
+        seconds_hessians: 0.0,
         awq_error_rtn: None,
         awq_error_final: None,
         groups: vec![],
@@ -230,6 +238,7 @@ pub fn calibrate(
         }
     };
     let stats = statistics(model, seqs, gram_for)?;
+    report.seconds_statistics = start.elapsed().as_secs_f64();
     let mut out = model.clone();
     let mut scales: HashMap<String, Vec<f32>> = HashMap::new();
     if let (Some(p), true) = (&llama, method.awq()) {
@@ -254,6 +263,7 @@ pub fn calibrate(
         report.groups = result.groups;
         scales = result.input_scales;
         replace_tensors(&mut out, result.tensors)?;
+        report.seconds_awq = start.elapsed().as_secs_f64() - report.seconds_statistics;
     }
     let importance = method.importance().then(|| {
         stats
@@ -270,11 +280,13 @@ pub fn calibrate(
             })
             .collect()
     });
+    let before_hessians = start.elapsed().as_secs_f64();
     let hessians = method
         .gptq()
         .then(|| hessians(model, &stats, &scales))
         .transpose()?;
     report.seconds = start.elapsed().as_secs_f64();
+    report.seconds_hessians = report.seconds - before_hessians;
     Ok(Calibrated {
         model: out,
         importance,
