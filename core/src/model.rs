@@ -104,6 +104,9 @@ pub struct ModelMeta {
 pub struct Model {
     pub meta: ModelMeta,
     pub tensors: Vec<Tensor>,
+    /// The dataflow graph of a model with no known family (e.g. an imported
+    /// ONNX classifier); its constants are `tensors`.
+    pub graph: Option<crate::Graph>,
 }
 
 impl Model {

@@ -20,6 +20,8 @@ pub enum DType {
     U8,
     I32,
     I64,
+    /// One byte per element, 0 or 1 (ONNX's bool).
+    Bool,
     /// A quantized ggml block type (never F32/F16/BF16: those map to the dense variants).
     Ggml(GgmlType),
 }
@@ -55,7 +57,7 @@ impl DType {
         match self {
             DType::F32 | DType::I32 => elem(4),
             DType::F16 | DType::Bf16 => elem(2),
-            DType::I8 | DType::U8 => elem(1),
+            DType::I8 | DType::U8 | DType::Bool => elem(1),
             DType::I64 => elem(8),
             DType::Ggml(t) => {
                 if row == 0 {
@@ -75,13 +77,14 @@ impl DType {
             DType::U8 => "U8",
             DType::I32 => "I32",
             DType::I64 => "I64",
+            DType::Bool => "BOOL",
             DType::Ggml(t) => t.name(),
         }
     }
 
     pub fn bits_per_weight(self) -> f64 {
         match self {
-            DType::I8 | DType::U8 => 8.0,
+            DType::I8 | DType::U8 | DType::Bool => 8.0,
             DType::I32 => 32.0,
             DType::I64 => 64.0,
             d => d.as_ggml().map(GgmlType::bits_per_weight).unwrap_or(0.0),
@@ -282,7 +285,7 @@ pub fn decode_into(dtype: DType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
     let elem = match dtype {
         DType::F32 | DType::I32 => 4,
         DType::F16 | DType::Bf16 => 2,
-        DType::I8 | DType::U8 => 1,
+        DType::I8 | DType::U8 | DType::Bool => 1,
         DType::I64 => 8,
         DType::Ggml(t) => return dequant::dequantize(t, bytes, out),
     };
@@ -299,7 +302,7 @@ pub fn decode_into(dtype: DType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
         DType::F16 => chunks.for_each(|(c, o)| *o = f16::from_le_bytes([c[0], c[1]]).to_f32()),
         DType::Bf16 => chunks.for_each(|(c, o)| *o = bf16::from_le_bytes([c[0], c[1]]).to_f32()),
         DType::I8 => chunks.for_each(|(c, o)| *o = c[0] as i8 as f32),
-        DType::U8 => chunks.for_each(|(c, o)| *o = c[0] as f32),
+        DType::U8 | DType::Bool => chunks.for_each(|(c, o)| *o = c[0] as f32),
         DType::I32 => {
             chunks.for_each(|(c, o)| *o = i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)
         }

@@ -689,6 +689,7 @@ fn synthetic_llama(quant: Option<GgmlDType>) -> Model {
             vocab: None,
         },
         tensors,
+        graph: None,
     }
 }
 

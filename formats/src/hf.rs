@@ -87,6 +87,7 @@ pub fn read(path: &Path) -> Result<Model> {
                 vocab: None,
             },
             tensors,
+            graph: None,
         });
     }
     let family = parse_config(&config_path)?;
@@ -108,6 +109,7 @@ pub fn read(path: &Path) -> Result<Model> {
             vocab,
         },
         tensors,
+        graph: None,
     };
     let weights_path = match &layout.weights {
         Weights::Single(p) | Weights::Sharded(p) => p.clone(),

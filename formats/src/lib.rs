@@ -5,6 +5,7 @@ pub mod error;
 pub mod gguf;
 pub mod hf;
 pub mod imatrix;
+pub mod onnx;
 pub mod output;
 pub mod safetensors;
 pub mod tokenizer;

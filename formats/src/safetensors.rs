@@ -132,6 +132,7 @@ impl View for &LazyTensor<'_> {
             DType::U8 => Dtype::U8,
             DType::I32 => Dtype::I32,
             DType::I64 => Dtype::I64,
+            DType::Bool => Dtype::BOOL,
             // Callers dequantize block types before writing safetensors.
             DType::Ggml(_) => unreachable!("block types are not written to safetensors"),
         }

@@ -396,6 +396,7 @@ pub fn read_model(path: &Path) -> Result<Model> {
             vocab,
         },
         tensors,
+        graph: None,
     };
     model
         .check_against_family()

@@ -1,0 +1,4 @@
+//! ONNX: the protobuf schema subset, the reader (import into the IR graph)
+//! and the writer.
+
+pub mod proto;
