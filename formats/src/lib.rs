@@ -22,6 +22,7 @@ pub enum Format {
     Gguf,
     HfFolder,
     Safetensors,
+    Onnx,
 }
 
 impl Format {
@@ -32,6 +33,8 @@ impl Format {
         let name = path.file_name()?.to_string_lossy().to_ascii_lowercase();
         if name.ends_with(".gguf") {
             Some(Format::Gguf)
+        } else if name.ends_with(".onnx") {
+            Some(Format::Onnx)
         } else if name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json") {
             Some(Format::Safetensors)
         } else if path.extension().is_none() {
@@ -48,9 +51,10 @@ pub fn read_model(path: &Path) -> Result<Model> {
     match Format::of(path) {
         Some(Format::Gguf) => gguf::read_model(path),
         Some(Format::HfFolder) | Some(Format::Safetensors) => hf::read(path),
+        Some(Format::Onnx) => onnx::read_model(path),
         None => Err(FormatError::invalid(
             path,
-            "unknown input format (expected .gguf, .safetensors or a Hugging Face model folder)",
+            "unknown input format (expected .gguf, .safetensors, .onnx or a Hugging Face model folder)",
         )),
     }
 }

@@ -21,6 +21,7 @@
 mod attention;
 mod bert;
 mod fused;
+pub mod graph;
 pub mod hook;
 mod llama;
 mod ops;

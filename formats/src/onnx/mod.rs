@@ -2,3 +2,7 @@
 //! and the writer.
 
 pub mod proto;
+pub mod reader;
+pub mod writer;
+
+pub use reader::read_model;

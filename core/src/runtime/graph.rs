@@ -1,0 +1,1 @@
+//! The graph interpreter: runs a [`Graph`](crate::Graph) model on candle tensors.

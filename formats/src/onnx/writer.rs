@@ -1,0 +1,1 @@
+//! ONNX writer: emits a graph model as an ONNX file.
