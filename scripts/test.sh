@@ -12,6 +12,7 @@ source "${EDGEC_CACHE:-$HOME/.cache/edgec}/env.sh"
 cargo build --bin edgec
 export EDGEC_BIN="$PWD/target/debug/edgec"
 bash fixtures/fetch-real.sh
+bash fixtures/fetch-images.sh
 
 cargo test --workspace
 # The conformance tests write models of hundreds of MiB: keep the folders of

@@ -4,6 +4,9 @@
 //! - [`tokenize`]: [`TextTokenizer`], text → ids as llama.cpp tokenizes;
 //! - [`data`]: text and JSONL files, llama-perplexity's chunks, calibration
 //!   windows;
+//! - [`images`]: folders of PNG/JPEG photos as image-classifier inputs
+//!   (resize, center crop or several crops, pixel transform, NCHW/NHWC);
+//! - [`idx`]: IDX files (MNIST, Fashion-MNIST), plain or gzip;
 //! - [`metrics`]: perplexity as llama-perplexity computes it, KL-divergence
 //!   and top-1 agreement against reference logits, cosine similarity, top-1
 //!   accuracy;
@@ -14,6 +17,8 @@
 
 pub mod data;
 pub mod error;
+pub mod idx;
+pub mod images;
 pub mod llama_logits;
 pub mod metrics;
 pub mod stats;
