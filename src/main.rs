@@ -38,6 +38,9 @@ enum Command {
     Eval(cmd::eval::Args),
     /// Print mean-pooled sentence embeddings of an encoder as JSON.
     Embed(cmd::embed::Args),
+    /// Run a graph model (ONNX) on tensors from a .safetensors file and
+    /// write its outputs to another.
+    Run(cmd::run::Args),
 }
 
 /// Exit codes: 0 ok, 1 error, 2 usage (clap), 3 an accuracy gate failed.
@@ -54,7 +57,7 @@ fn main() -> ExitCode {
             .expect("the global thread pool is built once, before any use");
     }
     let runs_model = match &cli.command {
-        Command::Eval(_) | Command::Embed(_) | Command::Calibrate(_) => true,
+        Command::Eval(_) | Command::Embed(_) | Command::Calibrate(_) | Command::Run(_) => true,
         Command::Quantize(a) => a.calib.is_some(),
         _ => false,
     };
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
         Command::Calibrate(args) => cmd::calibrate::run(args),
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Embed(args) => cmd::embed::run(args),
+        Command::Run(args) => cmd::run::run(args),
         Command::Eval(args) => match cmd::eval::run(args) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(3),

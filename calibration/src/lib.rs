@@ -21,6 +21,7 @@ pub mod idx;
 pub mod images;
 pub mod llama_logits;
 pub mod metrics;
+pub mod ranges;
 pub mod stats;
 pub mod tokenize;
 

@@ -7,6 +7,7 @@ pub mod error;
 pub mod ggml;
 pub mod graph;
 pub mod linalg;
+pub mod lowering;
 pub mod model;
 pub mod runtime;
 pub mod tensor;

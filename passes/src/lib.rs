@@ -5,5 +5,7 @@
 pub mod awq;
 pub mod ggml_quant;
 pub mod gptq;
+pub mod graph_quant;
 pub mod groupwise;
 pub mod presets;
+pub mod qdq;

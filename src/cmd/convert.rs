@@ -1,5 +1,5 @@
 //! `edgec convert IN OUT [--dtype f32|f16|bf16]`: float conversions between
-//! GGUF and Hugging Face folders.
+//! GGUF and Hugging Face folders, and of ONNX graphs to ONNX.
 
 use std::path::PathBuf;
 
@@ -20,9 +20,9 @@ pub enum FloatType {
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Input model: a Hugging Face folder, a .safetensors file or a .gguf file.
+    /// Input model: a Hugging Face folder, a .safetensors, .gguf or .onnx file.
     pub input: PathBuf,
-    /// Output: a .gguf file, or a folder for a Hugging Face model.
+    /// Output: a .gguf or .onnx file, or a folder for a Hugging Face model.
     pub output: PathBuf,
     /// Float type of the weights written (quantized inputs are dequantized).
     #[arg(long, value_enum, default_value = "f32")]
@@ -39,6 +39,9 @@ pub fn run(args: Args) -> Result<()> {
         FloatType::F16 => (DType::F16, "F16"),
         FloatType::Bf16 => (DType::Bf16, "BF16"),
     };
+    if Format::of(&args.output) == Some(Format::Onnx) {
+        return write_onnx(model, &args);
+    }
     let out_is_gguf = args
         .output
         .extension()
@@ -79,5 +82,29 @@ pub fn run(args: Args) -> Result<()> {
         args.output.display(),
         dtype
     );
+    Ok(())
+}
+
+/// ONNX output: a graph model as read, or a llama/bert model lowered to a
+/// graph; f32, or f16 weights read back through Cast nodes.
+fn write_onnx(model: edgec_core::Model, args: &Args) -> Result<()> {
+    let mut model = match model.graph {
+        Some(_) => model,
+        None => edgec_core::lowering::to_graph(&model)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", args.input.display()))?,
+    };
+    if !args.allow_nonfinite {
+        pipeline::check_finite(&model, &args.input)?;
+    }
+    let what = match args.dtype {
+        FloatType::F32 => "f32",
+        FloatType::F16 => {
+            edgec_passes::graph_quant::weights_to_f16(&mut model, 16)?;
+            "f16 weights"
+        }
+        FloatType::Bf16 => bail!("ONNX output supports --dtype f32 or f16"),
+    };
+    edgec_formats::onnx::writer::write_model(&model, &args.output)?;
+    println!("wrote {} (ONNX, {what})", args.output.display());
     Ok(())
 }

@@ -4,6 +4,8 @@ pub mod embed;
 pub mod eval;
 pub mod inspect;
 pub mod quantize;
+pub mod quantize_onnx;
+pub mod run;
 
 use std::path::Path;
 

@@ -14,7 +14,7 @@ use crate::pipeline::{self, GgufOptions};
 pub struct Args {
     /// Input model: a Hugging Face folder, a .safetensors file or a .gguf file.
     pub input: PathBuf,
-    /// Output file; the format comes from its extension (.gguf).
+    /// Output file; the format comes from its extension (.gguf or .onnx).
     pub output: PathBuf,
     /// Bits per weight: 2 (Q2_K), 3 (Q3_K_M), 4 (Q4_K_M), 5 (Q5_K_M), 6 (Q6_K), 8 (Q8_0).
     #[arg(long, conflicts_with = "type")]
@@ -49,6 +49,9 @@ pub struct Args {
     /// GGUF or legacy .dat, or edgec calibrate's).
     #[arg(long, value_name = "FILE", conflicts_with = "calib")]
     pub imatrix: Option<PathBuf>,
+    /// ONNX --bits 4: weights per block (a power of two, at least 16).
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub block: usize,
 }
 
 pub fn preset_from_args(bits: Option<u32>, ty: Option<&str>, default: &str) -> Result<Preset> {
@@ -74,12 +77,25 @@ pub fn preset_from_args(bits: Option<u32>, ty: Option<&str>, default: &str) -> R
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if Format::of(&args.output) == Some(Format::Onnx) {
+        let Some(bits) = args.bits else {
+            return Err(UsageError("ONNX output: give --bits 8 or --bits 4".into()).into());
+        };
+        if args.ty.is_some() || args.calib.is_some() || args.imatrix.is_some() || args.pure {
+            return Err(UsageError(
+                "ONNX output takes --bits (and --block); --type, --calib, --imatrix and --pure are for GGUF".into(),
+            )
+            .into());
+        }
+        let model = super::read_input(&args.input, &args.output)?;
+        return super::quantize_onnx::run(model, &args.input, &args.output, bits, args.block);
+    }
     let mut preset = preset_from_args(args.bits, args.ty.as_deref(), "Q4_K_M")?;
     preset.pure = args.pure;
     match Format::of(&args.output) {
         Some(Format::Gguf) => {}
         _ => bail!(
-            "{}: quantize writes .gguf files (ONNX and TFLite outputs are not implemented yet)",
+            "{}: quantize writes .gguf or .onnx files (TFLite output is not implemented yet)",
             args.output.display()
         ),
     }

@@ -1,0 +1,430 @@
+//! Static int8 quantization of graph models in the QDQ form: every
+//! activation a quantizable op reads or writes passes through
+//! QuantizeLinear → DequantizeLinear (uint8, per tensor, asymmetric, with
+//! ranges calibrated on data), weights are int8 per output channel
+//! (symmetric) and biases int32 at input scale × weight scale, behind
+//! DequantizeLinear. onnxruntime fuses this shape into QLinearConv, QGemm,
+//! QLinearAdd… and runs it in integers.
+//!
+//! Where onnxruntime would fold an activation into the op before it
+//! (Conv/Gemm/MatMul/Add → Relu/Clip), the op's own output is left float and
+//! only the activation's output is quantized, so the integer op is followed
+//! by no requantization. Data-movement ops (Flatten, Reshape, Transpose,
+//! Squeeze, Unsqueeze, MaxPool) get their input's parameters on their
+//! output, which lets onnxruntime drop the pair around them.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use edgec_core::{DType, Model, Node, Op, Tensor, TensorData};
+
+use crate::graph_quant::GraphQuantError;
+
+type Result<T> = std::result::Result<T, GraphQuantError>;
+
+/// Ops whose float activation inputs and outputs are quantized.
+fn quantizable(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Conv { .. }
+            | Op::Gemm { .. }
+            | Op::MatMul
+            | Op::Add
+            | Op::Mul
+            | Op::Concat { .. }
+            | Op::GlobalAveragePool
+            | Op::AveragePool { .. }
+            | Op::MaxPool { .. }
+            | Op::Relu
+            | Op::Clip
+            | Op::Flatten { .. }
+            | Op::Reshape { .. }
+            | Op::Transpose { .. }
+            | Op::Squeeze { .. }
+            | Op::Unsqueeze { .. }
+            | Op::Sigmoid
+            | Op::HardSwish
+            | Op::HardSigmoid { .. }
+    )
+}
+
+/// Ops that only move data: their output keeps their input's parameters.
+fn moves_data(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Flatten { .. }
+            | Op::Reshape { .. }
+            | Op::Transpose { .. }
+            | Op::Squeeze { .. }
+            | Op::Unsqueeze { .. }
+            | Op::MaxPool { .. }
+    )
+}
+
+/// uint8 asymmetric parameters covering `[lo, hi]` (and 0).
+pub fn u8_params(lo: f32, hi: f32) -> (f32, u8) {
+    let (lo, hi) = (lo.min(0.0), hi.max(0.0));
+    let scale = (hi - lo) / 255.0;
+    if scale.is_nan() || scale <= 0.0 || !scale.is_finite() {
+        return (1.0, 0);
+    }
+    let zero = (-lo / scale).round().clamp(0.0, 255.0) as u8;
+    (scale, zero)
+}
+
+/// What [`quantize_static`] did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct QdqReport {
+    pub activations: usize,
+    pub weights: usize,
+    pub biases: usize,
+}
+
+fn owned(name: String, shape: Vec<usize>, dtype: DType, bytes: Vec<u8>) -> Result<Tensor> {
+    Tensor::new(name, shape, dtype, TensorData::Owned(Arc::new(bytes)))
+        .map_err(|e| GraphQuantError::Model(e.to_string()))
+}
+
+/// Quantizes `model` to QDQ int8 with activation `ranges` (value name →
+/// (min, max) seen on calibration data). Values without a range stay float.
+pub fn quantize_static(
+    model: &mut Model,
+    ranges: &HashMap<String, (f32, f32)>,
+) -> Result<QdqReport> {
+    let graph = model.graph.as_ref().ok_or(GraphQuantError::NoGraph)?;
+    let constants: HashSet<String> = model.tensors.iter().map(|t| t.name.clone()).collect();
+    let outputs: HashSet<&str> = graph.outputs.iter().map(|v| v.name.as_str()).collect();
+    let mut consumers: HashMap<&str, Vec<&Node>> = HashMap::new();
+    for n in &graph.nodes {
+        for i in &n.inputs {
+            consumers.entry(i.as_str()).or_default().push(n);
+        }
+    }
+    let producer: HashMap<&str, &Node> = graph
+        .nodes
+        .iter()
+        .flat_map(|n| n.outputs.iter().map(move |o| (o.as_str(), n)))
+        .collect();
+    let mut ranges = ranges.clone();
+    // Data movement shares its input's parameters (in graph order, so chains
+    // of such ops all take the first one's).
+    for n in &graph.nodes {
+        if moves_data(&n.op) {
+            if let Some(r) = ranges.get(&n.inputs[0]).copied() {
+                ranges.insert(n.outputs[0].clone(), r);
+            }
+        }
+    }
+
+    // Which activations to quantize.
+    let folds_activation = |v: &str| {
+        let before = producer.get(v).is_some_and(|p| {
+            matches!(
+                p.op,
+                Op::Conv { .. } | Op::Gemm { .. } | Op::MatMul | Op::Add
+            )
+        });
+        let after = consumers.get(v).is_some_and(|c| {
+            !c.is_empty() && c.iter().all(|n| matches!(n.op, Op::Relu | Op::Clip))
+        });
+        before && after
+    };
+    let mut chosen: Vec<String> = Vec::new();
+    let candidates = graph
+        .inputs
+        .iter()
+        .map(|v| v.name.clone())
+        .chain(graph.nodes.iter().flat_map(|n| n.outputs.iter().cloned()));
+    for v in candidates {
+        if constants.contains(&v) || outputs.contains(v.as_str()) || !ranges.contains_key(&v) {
+            continue;
+        }
+        let read = consumers
+            .get(v.as_str())
+            .is_some_and(|c| c.iter().any(|n| quantizable(&n.op)));
+        let written = producer.get(v.as_str()).is_some_and(|p| quantizable(&p.op));
+        if (read || written) && !folds_activation(&v) {
+            chosen.push(v);
+        }
+    }
+
+    let mut names: HashSet<String> = constants.clone();
+    for n in &graph.nodes {
+        names.extend(n.outputs.iter().cloned());
+        names.insert(n.name.clone());
+    }
+    let mut fresh = |base: String| {
+        let mut name = base.clone();
+        let mut k = 1;
+        while names.contains(&name) {
+            name = format!("{base}_{k}");
+            k += 1;
+        }
+        names.insert(name.clone());
+        name
+    };
+
+    let mut new_tensors: Vec<Tensor> = Vec::new();
+    let mut pairs: HashMap<String, Vec<Node>> = HashMap::new(); // value → its Q, DQ
+    let mut renamed: HashMap<String, String> = HashMap::new(); // value → dequantized name
+    let mut act_scale: HashMap<String, f32> = HashMap::new();
+    for v in &chosen {
+        let (lo, hi) = ranges[v];
+        let (scale, zero) = u8_params(lo, hi);
+        act_scale.insert(v.clone(), scale);
+        let s = fresh(format!("{v}_scale"));
+        let z = fresh(format!("{v}_zero_point"));
+        new_tensors.push(owned(
+            s.clone(),
+            vec![],
+            DType::F32,
+            scale.to_le_bytes().to_vec(),
+        )?);
+        new_tensors.push(owned(z.clone(), vec![], DType::U8, vec![zero])?);
+        let q = fresh(format!("{v}_quantized"));
+        let dq = fresh(format!("{v}_dequantized"));
+        pairs.insert(
+            v.clone(),
+            vec![
+                Node {
+                    name: fresh(format!("{v}_QuantizeLinear")),
+                    op: Op::QuantizeLinear {
+                        axis: 1,
+                        block_size: 0,
+                        out: DType::U8,
+                    },
+                    inputs: vec![v.clone(), s.clone(), z.clone()],
+                    outputs: vec![q.clone()],
+                },
+                Node {
+                    name: fresh(format!("{v}_DequantizeLinear")),
+                    op: Op::DequantizeLinear {
+                        axis: 1,
+                        block_size: 0,
+                    },
+                    inputs: vec![q, s, z],
+                    outputs: vec![dq.clone()],
+                },
+            ],
+        );
+        renamed.insert(v.clone(), dq);
+    }
+
+    // Weights (int8 per channel) and biases (int32) of Conv and Gemm whose
+    // activation input is quantized; MatMul's constant B per column.
+    let mut report = QdqReport {
+        activations: chosen.len(),
+        ..Default::default()
+    };
+    let mut weight_nodes: Vec<Node> = Vec::new();
+    let mut weight_done: HashMap<String, (String, Vec<f32>)> = HashMap::new();
+    let mut bias_renames: HashMap<(String, String), String> = HashMap::new(); // (node, bias) → dq
+    for n in &graph.nodes {
+        let axis = match &n.op {
+            Op::Conv { .. } => 0,
+            Op::Gemm {
+                trans_b, trans_a, ..
+            } if !trans_a => {
+                if *trans_b {
+                    0
+                } else {
+                    1
+                }
+            }
+            Op::MatMul => 1,
+            _ => continue,
+        };
+        let (Some(x), Some(w)) = (n.inputs.first(), n.inputs.get(1)) else {
+            continue;
+        };
+        let Some(&x_scale) = act_scale.get(x) else {
+            continue;
+        };
+        let Some(t) = model.tensor(w) else { continue };
+        if t.dtype != DType::F32
+            || t.shape.len() < 2
+            || (matches!(n.op, Op::MatMul) && t.shape.len() != 2)
+        {
+            continue;
+        }
+        if !weight_done.contains_key(w) {
+            let (dq, scales, node, tensors) = quantize_weight(t, axis, &mut fresh)?;
+            new_tensors.extend(tensors);
+            weight_nodes.push(node);
+            weight_done.insert(w.clone(), (dq, scales));
+            report.weights += 1;
+        }
+        let w_scales = &weight_done[w].1;
+        // Bias: Conv's input 2, Gemm's C when it is a vector over the outputs.
+        let Some(b) = n.inputs.get(2).filter(|b| !b.is_empty()) else {
+            continue;
+        };
+        let Some(bt) = model.tensor(b) else { continue };
+        if bt.dtype != DType::F32 || bt.shape.len() != 1 || bt.shape[0] != w_scales.len() {
+            continue;
+        }
+        let bias = bt
+            .to_f32()
+            .map_err(|e| GraphQuantError::Model(format!("{b}: {e}")))?;
+        let scales: Vec<f32> = w_scales.iter().map(|s| s * x_scale).collect();
+        let q: Vec<u8> = bias
+            .iter()
+            .zip(&scales)
+            .flat_map(|(v, s)| {
+                let q = if *s > 0.0 { (v / s).round() } else { 0.0 };
+                (q.clamp(i32::MIN as f32, i32::MAX as f32) as i32).to_le_bytes()
+            })
+            .collect();
+        let qn = fresh(format!("{b}_quantized"));
+        let sn = fresh(format!("{b}_scale"));
+        let dq = fresh(format!("{b}_dequantized"));
+        new_tensors.push(owned(qn.clone(), vec![bias.len()], DType::I32, q)?);
+        new_tensors.push(owned(
+            sn.clone(),
+            vec![bias.len()],
+            DType::F32,
+            scales.iter().flat_map(|s| s.to_le_bytes()).collect(),
+        )?);
+        weight_nodes.push(Node {
+            name: fresh(format!("{b}_DequantizeLinear")),
+            op: Op::DequantizeLinear {
+                axis: 0,
+                block_size: 0,
+            },
+            inputs: vec![qn, sn],
+            outputs: vec![dq.clone()],
+        });
+        bias_renames.insert((n.name.clone(), b.clone()), dq);
+        report.biases += 1;
+    }
+
+    // Rebuild the node list: weight and bias decoders first, then each node
+    // (reading dequantized values) followed by its outputs' Q/DQ pairs.
+    let graph = model.graph.as_mut().expect("checked above");
+    let old = std::mem::take(&mut graph.nodes);
+    let mut nodes = weight_nodes;
+    for v in graph
+        .inputs
+        .iter()
+        .map(|v| v.name.clone())
+        .collect::<Vec<_>>()
+    {
+        if let Some(p) = pairs.remove(&v) {
+            nodes.extend(p);
+        }
+    }
+    for mut n in old {
+        for (k, i) in n.inputs.iter_mut().enumerate() {
+            if let Some(dq) = bias_renames.get(&(n.name.clone(), i.clone())) {
+                *i = dq.clone();
+            } else if k == 1 && weight_done.contains_key(i.as_str()) {
+                *i = weight_done[i.as_str()].0.clone();
+            } else if let Some(dq) = renamed.get(i) {
+                *i = dq.clone();
+            }
+        }
+        let outs = n.outputs.clone();
+        nodes.push(n);
+        for o in outs {
+            if let Some(p) = pairs.remove(&o) {
+                nodes.extend(p);
+            }
+        }
+    }
+    graph.nodes = nodes;
+    // Float weights and biases nobody reads any more.
+    let read: HashSet<String> = graph
+        .nodes
+        .iter()
+        .flat_map(|n| n.inputs.iter().cloned())
+        .chain(graph.outputs.iter().map(|v| v.name.clone()))
+        .collect();
+    model.tensors.retain(|t| read.contains(&t.name));
+    model
+        .tensors
+        .extend(new_tensors.into_iter().filter(|t| read.contains(&t.name)));
+    Ok(report)
+}
+
+/// int8 symmetric per-channel codes of `t` along `axis` (error-minimising
+/// scale per channel), and the DequantizeLinear that reads them back.
+fn quantize_weight(
+    t: &Tensor,
+    axis: usize,
+    fresh: &mut impl FnMut(String) -> String,
+) -> Result<(String, Vec<f32>, Node, Vec<Tensor>)> {
+    let v = t
+        .to_f32()
+        .map_err(|e| GraphQuantError::Model(format!("{}: {e}", t.name)))?;
+    let shape = t.shape.clone();
+    let channels = shape[axis];
+    let rows = crate::graph_quant::rows_along(&v, &shape, axis);
+    let len = rows.len() / channels.max(1);
+    let mut codes = vec![0i32; rows.len()];
+    let mut scales = Vec::with_capacity(channels);
+    for (row, out) in rows
+        .chunks_exact(len.max(1))
+        .zip(codes.chunks_exact_mut(len.max(1)))
+    {
+        scales.push(int8_row(row, out));
+    }
+    let codes: Vec<u8> = crate::graph_quant::scatter_rows(&codes, &shape, axis)
+        .iter()
+        .map(|&c| c as i8 as u8)
+        .collect();
+    let qn = fresh(format!("{}_quantized", t.name));
+    let sn = fresh(format!("{}_scale", t.name));
+    let zn = fresh(format!("{}_zero_point", t.name));
+    let dq = fresh(format!("{}_dequantized", t.name));
+    let tensors = vec![
+        owned(qn.clone(), shape, DType::I8, codes)?,
+        owned(
+            sn.clone(),
+            vec![channels],
+            DType::F32,
+            scales.iter().flat_map(|s| s.to_le_bytes()).collect(),
+        )?,
+        owned(zn.clone(), vec![channels], DType::I8, vec![0; channels])?,
+    ];
+    let node = Node {
+        name: fresh(format!("{}_DequantizeLinear", t.name)),
+        op: Op::DequantizeLinear {
+            axis: axis as i64,
+            block_size: 0,
+        },
+        inputs: vec![qn, sn, zn],
+        outputs: vec![dq.clone()],
+    };
+    Ok((dq, scales, node, tensors))
+}
+
+/// Symmetric int8 codes in ±127 (onnxruntime's u8s8 kernels assume the
+/// range) for `row`, with the scale among a few shrunken ranges that gives
+/// the least squared error; returns the scale.
+fn int8_row(row: &[f32], codes: &mut [i32]) -> f32 {
+    let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+    if amax.is_nan() || amax <= 0.0 {
+        codes.iter_mut().for_each(|c| *c = 0);
+        return 1.0;
+    }
+    let mut best = (f64::INFINITY, amax / 127.0);
+    for shrink in [1.0f32, 0.99, 0.98, 0.96, 0.94, 0.92, 0.9] {
+        let scale = amax * shrink / 127.0;
+        let err: f64 = row
+            .iter()
+            .map(|&v| {
+                let q = (v / scale).round().clamp(-127.0, 127.0);
+                let d = (q * scale - v) as f64;
+                d * d
+            })
+            .sum();
+        if err < best.0 {
+            best = (err, scale);
+        }
+    }
+    let scale = best.1;
+    for (c, &v) in codes.iter_mut().zip(row) {
+        *c = (v / scale).round().clamp(-127.0, 127.0) as i32;
+    }
+    scale
+}

@@ -1,0 +1,210 @@
+"""ONNX conformance: what edgec reads and writes, judged by onnx.checker and
+onnxruntime on the real models (EfficientNet-Lite0, the int8 MiniLM).
+
+- edgec's runtime on an imported graph gives onnxruntime's outputs
+  (max |diff| <= 1e-4 x max |output|);
+- an f32 round trip (import, write) gives bit-identical onnxruntime outputs;
+- fp16 and int8 weight files pass the full checker, run in onnxruntime,
+  equal edgec's runtime on the same file, and stay close to f32.
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from conftest import REPO, need, run
+
+EFFNET = Path(os.environ.get("EDGEC_SHARED_MODELS", REPO.parent / "shared" / "models")) / "efficientnet_lite0.onnx"
+
+
+@pytest.fixture(scope="module")
+def effnet() -> Path:
+    need(EFFNET.is_file(), f"{EFFNET} is missing (the shared models folder; set EDGEC_SHARED_MODELS to its path)")
+    return EFFNET
+
+
+@pytest.fixture(scope="module")
+def minilm_int8() -> Path:
+    value = os.environ.get("EDGEC_MINILM_INT8_ONNX")
+    need(bool(value) and Path(value).is_file(),
+         "EDGEC_MINILM_INT8_ONNX is not set: run `bash scripts/setup-env.sh`, then `source ~/.cache/edgec/env.sh`")
+    return Path(value)
+
+
+def ort_run(model: Path, feeds: dict) -> list:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def edgec_run(edgec_bin, model: Path, feeds: dict, tmp: Path) -> dict:
+    inputs, outputs = tmp / f"{model.stem}.in.safetensors", tmp / f"{model.stem}.out.safetensors"
+    save_file({k: np.ascontiguousarray(v) for k, v in feeds.items()}, str(inputs))
+    run([edgec_bin, "run", model, "--inputs", inputs, "--output", outputs])
+    return load_file(str(outputs))
+
+
+def image_batch(n: int = 2, seed: int = 0) -> np.ndarray:
+    """Smooth pseudo-images in EfficientNet's input range (x - 127) / 128."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:224, 0:224] / 224.0
+    out = np.empty((n, 3, 224, 224), np.float32)
+    for i in range(n):
+        for c in range(3):
+            f = rng.uniform(1, 6, 2)
+            p = rng.uniform(0, 6.3, 2)
+            img = 127 + 120 * np.sin(f[0] * 6.3 * x + p[0]) * np.cos(f[1] * 6.3 * y + p[1])
+            out[i, c] = (img + rng.normal(0, 8, img.shape) - 127) / 128
+    return out
+
+
+def minilm_feeds(seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000, 20000, (2, 16)).astype(np.int64)
+    ids[:, 0], ids[:, -1] = 101, 102
+    mask = np.ones_like(ids)
+    mask[1, 12:] = 0
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+
+
+def assert_close(ours: np.ndarray, ref: np.ndarray, rel: float, what: str):
+    assert ours.shape == ref.shape, f"{what}: shape {ours.shape} != {ref.shape}"
+    scale = float(np.abs(ref).max())
+    diff = float(np.abs(ours.astype(np.float64) - ref).max())
+    assert diff <= rel * scale, f"{what}: max |diff| {diff:.3g} > {rel} x max |ref| {scale:.3g}"
+
+
+def test_effnet_runtime_matches_onnxruntime(edgec_bin, effnet, tmp_path):
+    for i in range(2):
+        feeds = {"input": image_batch(1, seed=i)}
+        ref = ort_run(effnet, feeds)[0]
+        ours = edgec_run(edgec_bin, effnet, feeds, tmp_path)["logits"]
+        assert_close(ours, ref, 1e-4, f"EfficientNet logits, image {i}")
+
+
+def test_effnet_f32_round_trip_is_exact(edgec_bin, effnet, tmp_path):
+    out = tmp_path / "effnet.f32.onnx"
+    run([edgec_bin, "convert", effnet, out])
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+    for i in range(2):
+        feeds = {"input": image_batch(1, seed=10 + i)}
+        ref, ours = ort_run(effnet, feeds)[0], ort_run(out, feeds)[0]
+        assert np.array_equal(ref, ours), f"round trip changed logits by {np.abs(ref - ours).max():.3g}"
+
+
+def test_effnet_f16_weights(edgec_bin, effnet, tmp_path):
+    out = tmp_path / "effnet.f16.onnx"
+    run([edgec_bin, "convert", "--dtype", "f16", effnet, out])
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+    assert out.stat().st_size < 0.55 * effnet.stat().st_size
+    feeds = {"input": image_batch(1, seed=3)}
+    ref, ours = ort_run(effnet, feeds)[0], ort_run(out, feeds)[0]
+    assert_close(ours, ref, 2e-2, "f16 weights vs f32")
+    assert int(ref.argmax()) == int(ours.argmax())
+    assert_close(edgec_run(edgec_bin, out, feeds, tmp_path)["logits"], ours, 1e-4, "edgec vs onnxruntime on the f16 file")
+
+
+def test_minilm_int8_runtime_matches_onnxruntime(edgec_bin, minilm_int8, tmp_path):
+    feeds = minilm_feeds()
+    ref = ort_run(minilm_int8, feeds)[0]
+    ours = edgec_run(edgec_bin, minilm_int8, feeds, tmp_path)["last_hidden_state"]
+    assert_close(ours, ref, 1e-4, "MiniLM int8 hidden states")
+
+
+def test_minilm_int8_round_trip(edgec_bin, minilm_int8, tmp_path):
+    """The int8 weights survive the round trip as int8 (Cast+Mul kept, not
+    folded to f32), and onnxruntime's outputs stay within float rounding
+    (the file moves from opset 17 to 21, which changes kernel choices)."""
+    out = tmp_path / "minilm.onnx"
+    run([edgec_bin, "convert", minilm_int8, out])
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model, full_check=True)
+    int8 = sum(t.data_type == onnx.TensorProto.INT8 for t in model.graph.initializer)
+    assert int8 == 38, f"{int8} int8 initializers (the source has 38)"
+    assert out.stat().st_size < 1.1 * minilm_int8.stat().st_size
+    feeds = minilm_feeds(1)
+    ref, ours = ort_run(minilm_int8, feeds)[0], ort_run(out, feeds)[0]
+    assert_close(ours, ref, 1e-5, "MiniLM int8 round trip")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_bad_onnx_is_a_clear_error(edgec_bin, effnet, tmp_path, damage):
+    bad = tmp_path / f"{damage}.onnx"
+    data = effnet.read_bytes()
+    bad.write_bytes({"truncated": data[: len(data) // 3], "garbage": b"\x07not a protobuf" * 100, "empty": b""}[damage])
+    out = tmp_path / "out.onnx"
+    proc = run([edgec_bin, "convert", bad, out], check_exit=False)
+    assert proc.returncode == 1, proc.stderr
+    assert str(bad) in proc.stderr.decode(), proc.stderr
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".edgec-")], "a temporary file was left"
+
+
+@pytest.fixture(scope="module")
+def minilm_dir(models_dir) -> Path:
+    path = models_dir / "all-MiniLM-L6-v2"
+    need(path.is_dir(), f"{path} is missing: run `bash fixtures/fetch-real.sh`")
+    return path
+
+
+@pytest.fixture(scope="module")
+def smollm2_dir(models_dir) -> Path:
+    path = models_dir / "smollm2-135m-f32"
+    need(path.is_dir(), f"{path} is missing: run `bash fixtures/fetch-real.sh`")
+    return path
+
+
+def test_minilm_safetensors_to_onnx(edgec_bin, minilm_dir, tmp_path):
+    """HF MiniLM → ONNX: onnxruntime gives edgec's runtime's hidden states on
+    the safetensors model, and padding is masked like Hugging Face does."""
+    out = tmp_path / "minilm.onnx"
+    run([edgec_bin, "convert", minilm_dir, out])
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+    feeds = minilm_feeds(2)
+    feeds["attention_mask"][:] = 1
+    ref = edgec_run(edgec_bin, minilm_dir, {"input_ids": feeds["input_ids"]}, tmp_path)["last_hidden_state"]
+    assert_close(ort_run(out, feeds)[0], ref, 1e-4, "MiniLM ONNX vs safetensors")
+    # a padded sequence gives the hidden states of the unpadded one
+    short = {k: v[:1, :10] for k, v in feeds.items()}
+    padded = {k: v[:1].copy() for k, v in feeds.items()}
+    padded["attention_mask"][0, 10:] = 0
+    a, b = ort_run(out, short)[0], ort_run(out, padded)[0][:, :10]
+    assert_close(b, a, 1e-4, "padded vs unpadded")
+
+
+def test_smollm2_safetensors_to_onnx(edgec_bin, smollm2_dir, tmp_path):
+    """HF SmolLM2 → ONNX: onnxruntime's logits equal edgec's runtime's."""
+    out = tmp_path / "smollm2.onnx"
+    run([edgec_bin, "convert", smollm2_dir, out])
+    onnx.checker.check_model(str(out), full_check=True)
+    ids = np.random.default_rng(0).integers(0, 49152, (2, 24)).astype(np.int64)
+    ref = edgec_run(edgec_bin, smollm2_dir, {"input_ids": ids}, tmp_path)["logits"]
+    ours = ort_run(out, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
+    assert_close(ours, ref, 1e-4, "SmolLM2 ONNX logits vs safetensors")
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_minilm_quantized_onnx(edgec_bin, minilm_dir, tmp_path, bits):
+    """--bits 8 (int8 weights) and --bits 4 (MatMulNBits) ONNX files pass the
+    checker, run in onnxruntime close to f32, and edgec's runtime agrees."""
+    f32, out = tmp_path / "minilm.onnx", tmp_path / f"minilm.q{bits}.onnx"
+    run([edgec_bin, "convert", minilm_dir, f32])
+    run([edgec_bin, "quantize", "--bits", str(bits), minilm_dir, out])
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+    assert out.stat().st_size < 0.7 * f32.stat().st_size
+    feeds = minilm_feeds(3)
+    ref, ours = ort_run(f32, feeds)[0], ort_run(out, feeds)[0]
+    mask = feeds["attention_mask"][..., None]
+    pool = lambda h: (h * mask).sum(1) / mask.sum(1)
+    a, b = pool(ref), pool(ours)
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() >= (0.999 if bits == 8 else 0.95), cos
+    # one quantization step is the bound; the int4 file's runtime error is far below it
+    assert_close(edgec_run(edgec_bin, out, feeds, tmp_path)["last_hidden_state"], ours, 1e-3,
+                 f"edgec vs onnxruntime on the {bits}-bit file")
