@@ -49,7 +49,8 @@ SENTENCES = Path("/usr/share/common-licenses/GPL-3")
 
 def default_model():
     shared = os.environ.get("EDGEC_SHARED_MODELS")
-    return Path(shared) / "efficientnet_lite0.onnx" if shared else REPO.parent / "shared" / "models" / "efficientnet_lite0.onnx"
+    folder = Path(shared) if shared else REPO.parent / "shared" / "models"
+    return folder / "efficientnet_lite0.onnx"
 
 
 def default_minilm():
@@ -97,7 +98,8 @@ def run_quantizer(label, cmd, out_path):
     row = {"label": label, "cmd": cmd, "path": out_path, "s": wall, "rss": rss}
     if code != 0 or not out_path.exists():
         lines = [l.strip() for l in stderr.strip().splitlines() if l.strip()]
-        row["error"] = f"exit {code}: " + (" / ".join(lines[-3:]) if lines else "(no message)")
+        errors = [l for l in lines if l.lower().startswith("error")]
+        row["error"] = f"exit {code}: " + (" / ".join(errors[-2:] or lines[-2:]) or "(no message)")
         print(f"[bench-onnx] {label} failed: {stderr.strip()[-2000:]}", file=sys.stderr, flush=True)
         return row
     try:
@@ -338,7 +340,8 @@ def bench_minilm(args, work):
     from tokenizers import Tokenizer
     d = Path(args.minilm)
     fp32 = work / "minilm.f32.onnx"
-    conv = run_quantizer("edgec convert (f32 export)", [args.edgec, "--threads", args.threads, "convert", d, fp32], fp32)
+    conv = run_quantizer("edgec convert (f32 export)", [args.edgec, "--threads", args.threads, "convert", d, fp32],
+                         fp32)
     if "error" in conv:
         print(f"## all-MiniLM-L6-v2\n\nedgec convert failed, nothing to judge: {fmt_err(conv['error'], 1000)}\n")
         return
@@ -465,7 +468,8 @@ def main():
                     "every calibration activation in memory, 2-3 minutes and ~10 GB peak RSS at the default crops; "
                     "entropy through quantize_static comes out the same as MinMax, its histogram having as many "
                     "bins, 128, as it searches, and quantize_static cannot change num_bins)")
-    ap.add_argument("--edgec-args", default="", help="extra flags for the EfficientNet edgec quantize command")
+    ap.add_argument("--edgec-args", default="",
+                    help="extra flags for the EfficientNet edgec quantize command (a lone flag: --edgec-args=--flag)")
     ap.add_argument("--skip-minilm", action="store_true")
     ap.add_argument("--skip-efficientnet", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the work folder and print its path")

@@ -2,6 +2,7 @@
 
 mod calib;
 mod cmd;
+mod graph_data;
 mod pipeline;
 mod progress;
 

@@ -267,12 +267,37 @@ impl KlAccumulator {
         first: usize,
     ) {
         let rows = check_rows("kl-divergence (reference)", ref_logits, vocab);
+        self.add_range(
+            ref_logits,
+            cand_logits,
+            vocab,
+            first..rows.saturating_sub(1),
+        );
+    }
+
+    /// Adds every row of `[n, classes]` logits (a classifier's outputs).
+    ///
+    /// # Panics
+    /// When the two do not hold the same number of rows of `vocab`.
+    pub fn add_rows(&mut self, ref_logits: &[f32], cand_logits: &[f32], vocab: usize) {
+        let rows = check_rows("kl-divergence (reference)", ref_logits, vocab);
+        self.add_range(ref_logits, cand_logits, vocab, 0..rows);
+    }
+
+    fn add_range(
+        &mut self,
+        ref_logits: &[f32],
+        cand_logits: &[f32],
+        vocab: usize,
+        range: std::ops::Range<usize>,
+    ) {
+        let rows = check_rows("kl-divergence (reference)", ref_logits, vocab);
         let cand_rows = check_rows("kl-divergence (candidate)", cand_logits, vocab);
         assert_eq!(
             rows, cand_rows,
             "kl-divergence: {rows} reference rows, {cand_rows} candidate rows"
         );
-        let per_row: Vec<(f64, bool)> = (first..rows.saturating_sub(1))
+        let per_row: Vec<(f64, bool)> = range
             .into_par_iter()
             .map(|j| {
                 kl_row(

@@ -15,6 +15,7 @@ use edgec_core::{Family, Model};
 use serde::Serialize;
 
 use super::UsageError;
+use crate::graph_data::{self, ImageArgs};
 use crate::progress;
 
 #[derive(clap::Args)]
@@ -55,12 +56,21 @@ pub struct Args {
     /// Gate: mean cosine similarity of pooled embeddings (encoders).
     #[arg(long)]
     pub min_cosine: Option<f64>,
+    /// Gate: top-1 agreement of the candidate with the reference
+    /// (classifiers and language models; 0.97 or 97%).
+    #[arg(long, value_parser = parse_fraction)]
+    pub min_top1: Option<f64>,
     /// Print the results as JSON on stdout.
     #[arg(long)]
     pub json: bool,
     /// Also write the gates as a JUnit XML report to this file.
     #[arg(long)]
     pub junit: Option<PathBuf>,
+    /// Classifiers (ONNX graphs): at most this many samples.
+    #[arg(long, value_name = "N")]
+    pub samples: Option<usize>,
+    #[command(flatten)]
+    pub image: ImageArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -93,6 +103,8 @@ pub struct Scores {
     pub ppl: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tokens_per_second: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub samples_per_second: Option<f64>,
 }
 
 #[derive(Serialize, Clone)]
@@ -103,6 +115,9 @@ pub struct Delta {
     pub kld: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub top1_agreement: Option<f64>,
+    /// Top-1 agreement where the reference's top probability exceeds 0.5.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top1_agreement_confident: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cosine_mean: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -126,6 +141,8 @@ pub struct Report {
     pub chunks: Option<usize>,
     pub scored_tokens: Option<usize>,
     pub sentences: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub samples: Option<usize>,
     pub reference: Scores,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub candidate: Option<Scores>,
@@ -184,6 +201,13 @@ pub fn run(args: Args) -> Result<bool> {
             candidate_path.as_deref(),
             candidate.as_ref(),
             &opts,
+        )?,
+        None if reference.graph.is_some() => eval_classifier(
+            &args,
+            &reference_path,
+            &reference,
+            candidate_path.as_deref(),
+            candidate.as_ref(),
         )?,
         None => bail!(
             "{}: the model has no architecture to run",
@@ -330,16 +354,19 @@ fn eval_lm(
         path: ref_path.display().to_string(),
         ppl: want(Metric::Ppl).then(|| ref_ppl.ppl()),
         tokens_per_second: Some(n_tokens / ref_secs.max(1e-9)),
+        samples_per_second: None,
     };
     let candidate_scores = cand_path.map(|p| Scores {
         path: p.display().to_string(),
         ppl: want(Metric::Ppl).then(|| cand_ppl.ppl()),
         tokens_per_second: Some(n_tokens / cand_secs.max(1e-9)),
+        samples_per_second: None,
     });
     let delta = candidate.map(|_| Delta {
         ppl_increase: want(Metric::Ppl).then(|| cand_ppl.ppl() / ref_ppl.ppl() - 1.0),
         kld: want(Metric::Kld).then(|| kl.mean_kld()),
         top1_agreement: want(Metric::Top1).then(|| kl.top1_agreement()),
+        top1_agreement_confident: None,
         cosine_mean: None,
         cosine_min: None,
     });
@@ -358,6 +385,7 @@ fn eval_lm(
         chunks: Some(chunks.len()),
         scored_tokens: Some(ref_ppl.count()),
         sentences: None,
+        samples: None,
         reference: reference_scores,
         candidate: candidate_scores,
         delta,
@@ -461,20 +489,24 @@ fn eval_encoder(
         chunks: None,
         scored_tokens: None,
         sentences: Some(sentences.len()),
+        samples: None,
         reference: Scores {
             path: ref_path.display().to_string(),
             ppl: None,
             tokens_per_second: Some(n_tokens as f64 / ref_secs.max(1e-9)),
+            samples_per_second: None,
         },
         candidate: cand_path.map(|p| Scores {
             path: p.display().to_string(),
             ppl: None,
             tokens_per_second: Some(n_tokens as f64 / cand_secs.max(1e-9)),
+            samples_per_second: None,
         }),
         delta: candidate.map(|_| Delta {
             ppl_increase: None,
             kld: None,
             top1_agreement: None,
+            top1_agreement_confident: None,
             cosine_mean: Some(mean),
             cosine_min: Some(min),
         }),
@@ -539,20 +571,24 @@ fn eval_against_llama(
         chunks: Some(n_chunks),
         scored_tokens: Some(kl.count),
         sentences: None,
+        samples: None,
         reference: Scores {
             path: format!("llama.cpp ({})", logits.display()),
             ppl: Some(kl.ppl_base()),
             tokens_per_second: None,
+            samples_per_second: None,
         },
         candidate: Some(Scores {
             path: path.display().to_string(),
             ppl: Some(kl.ppl()),
             tokens_per_second: Some((n_chunks * file.n_ctx) as f64 / secs.max(1e-9)),
+            samples_per_second: None,
         }),
         delta: Some(Delta {
             ppl_increase: Some(increase),
             kld: Some(kl.mean_kld()),
             top1_agreement: Some(kl.same_top()),
+            top1_agreement_confident: None,
             cosine_mean: None,
             cosine_min: None,
         }),
@@ -676,4 +712,135 @@ pub fn junit_xml(r: &Report) -> String {
     }
     x.push_str("</testsuite>\n");
     x
+}
+
+/// A classifier graph (ONNX) on images or tensors: with a candidate, the
+/// KL-divergence of its class probabilities from the reference's and their
+/// top-1 agreement (over all samples, and over those where the reference's
+/// top probability exceeds 0.5).
+fn eval_classifier(
+    args: &Args,
+    ref_path: &Path,
+    reference: &Model,
+    cand_path: Option<&Path>,
+    candidate: Option<&Model>,
+) -> Result<Report> {
+    use edgec_core::runtime::graph::GraphRuntime;
+    if args
+        .metric
+        .iter()
+        .any(|m| !matches!(m, Metric::Kld | Metric::Top1))
+    {
+        return Err(UsageError("classifiers report --metric kld,top1".into()).into());
+    }
+    if args.max_ppl_increase.is_some() || args.min_cosine.is_some() {
+        return Err(UsageError("classifiers are gated by --max-kld and --min-top1".into()).into());
+    }
+    let (Some(cand_path), Some(candidate)) = (cand_path, candidate) else {
+        return Err(UsageError(
+            "a classifier is judged against a reference: give --reference and --candidate".into(),
+        )
+        .into());
+    };
+    if candidate.graph.is_none() {
+        bail!(
+            "{}: the candidate is not a graph model",
+            cand_path.display()
+        );
+    }
+    let data = args.data.as_deref().expect("clap requires --data here");
+    let samples = graph_data::samples(reference, data, &args.image, args.samples)?;
+    let ref_rt = GraphRuntime::new(reference)?;
+    let cand_rt = GraphRuntime::new(candidate)?;
+    let mut kl = KlAccumulator::new();
+    let (mut confident, mut confident_agree) = (0usize, 0usize);
+    let (mut ref_secs, mut cand_secs) = (0f64, 0f64);
+    let bar = progress::bar(samples.len() as u64, "eval");
+    let first_output = |rt: &GraphRuntime, s: &graph_data::Sample, secs: &mut f64, path: &Path| {
+        let refs: Vec<(&str, candle_core::Tensor)> =
+            s.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+        let t = Instant::now();
+        let out = rt.run(&refs).with_context(|| path.display().to_string())?;
+        *secs += t.elapsed().as_secs_f64();
+        let (_, logits) = out.into_iter().next().context("the graph has no output")?;
+        let v: Vec<f32> = logits
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        Ok::<_, anyhow::Error>(v)
+    };
+    for s in &samples {
+        let r = first_output(&ref_rt, s, &mut ref_secs, ref_path)?;
+        let c = first_output(&cand_rt, s, &mut cand_secs, cand_path)?;
+        if r.len() != c.len() || r.is_empty() {
+            bail!(
+                "{}: the candidate gives {} outputs, the reference {}",
+                cand_path.display(),
+                c.len(),
+                r.len()
+            );
+        }
+        kl.add_rows(&r, &c, r.len());
+        let top = edgec_calibration::metrics::argmax(&r);
+        let max = r.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let p_top = 1.0 / r.iter().map(|&v| ((v - max) as f64).exp()).sum::<f64>();
+        if p_top > 0.5 {
+            confident += 1;
+            confident_agree += usize::from(edgec_calibration::metrics::argmax(&c) == top);
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let n = samples.len() as f64;
+    let want = |m: Metric| args.metric.is_empty() || args.metric.contains(&m);
+    let mut gates = Vec::new();
+    if let Some(t) = args.max_kld {
+        gates.push(Gate {
+            name: "max-kld".into(),
+            threshold: t,
+            value: kl.mean_kld(),
+            passed: kl.mean_kld() <= t,
+        });
+    }
+    if let Some(t) = args.min_top1 {
+        gates.push(Gate {
+            name: "min-top1".into(),
+            threshold: t,
+            value: kl.top1_agreement(),
+            passed: kl.top1_agreement() >= t,
+        });
+    }
+    let passed = gates.iter().all(|g| g.passed);
+    Ok(Report {
+        data: data.display().to_string(),
+        kind: "classifier",
+        ctx: None,
+        chunks: None,
+        scored_tokens: None,
+        sentences: None,
+        samples: Some(samples.len()),
+        reference: Scores {
+            path: ref_path.display().to_string(),
+            ppl: None,
+            tokens_per_second: None,
+            samples_per_second: Some(n / ref_secs.max(1e-9)),
+        },
+        candidate: Some(Scores {
+            path: cand_path.display().to_string(),
+            ppl: None,
+            tokens_per_second: None,
+            samples_per_second: Some(n / cand_secs.max(1e-9)),
+        }),
+        delta: Some(Delta {
+            ppl_increase: None,
+            kld: want(Metric::Kld).then(|| kl.mean_kld()),
+            top1_agreement: want(Metric::Top1).then(|| kl.top1_agreement()),
+            top1_agreement_confident: (want(Metric::Top1) && confident > 0)
+                .then(|| confident_agree as f64 / confident as f64),
+            cosine_mean: None,
+            cosine_min: None,
+        }),
+        gates,
+        passed,
+    })
 }

@@ -8,6 +8,7 @@ use edgec_passes::presets::{Preset, PRESETS};
 
 use super::UsageError;
 use crate::calib::{self, Method};
+use crate::graph_data::{ImageArgs, RangeArg};
 use crate::pipeline::{self, GgufOptions};
 
 #[derive(clap::Args)]
@@ -32,13 +33,15 @@ pub struct Args {
     /// Print a JSON report on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Calibration text: activation statistics from running the model on it
-    /// guide the quantization (see --method).
+    /// Calibration data: text for GGUF output (activation statistics guide
+    /// the rounding, see --method); for ONNX output, a folder of photos or a
+    /// .safetensors of input tensors (static int8: activation ranges).
     #[arg(long, value_name = "FILE")]
     pub calib: Option<PathBuf>,
-    /// Calibration sequences, spread evenly over the text.
-    #[arg(long, default_value_t = 32, value_name = "N")]
-    pub calib_samples: usize,
+    /// Calibration samples: text sequences spread evenly over the text
+    /// (default 32), or at most this many inputs (default all).
+    #[arg(long, value_name = "N")]
+    pub calib_samples: Option<usize>,
     /// Tokens per calibration sequence.
     #[arg(long, default_value_t = 512, value_name = "L")]
     pub calib_len: usize,
@@ -52,6 +55,11 @@ pub struct Args {
     /// ONNX --bits 4: weights per block (a power of two, at least 16).
     #[arg(long, default_value_t = 32, value_name = "N")]
     pub block: usize,
+    /// ONNX static int8: how activation ranges are chosen from the data.
+    #[arg(long, value_enum, default_value = "mse")]
+    pub calib_method: RangeArg,
+    #[command(flatten)]
+    pub image: ImageArgs,
 }
 
 pub fn preset_from_args(bits: Option<u32>, ty: Option<&str>, default: &str) -> Result<Preset> {
@@ -81,14 +89,30 @@ pub fn run(args: Args) -> Result<()> {
         let Some(bits) = args.bits else {
             return Err(UsageError("ONNX output: give --bits 8 or --bits 4".into()).into());
         };
-        if args.ty.is_some() || args.calib.is_some() || args.imatrix.is_some() || args.pure {
+        if args.ty.is_some() || args.imatrix.is_some() || args.pure || args.method.is_some() {
             return Err(UsageError(
-                "ONNX output takes --bits (and --block); --type, --calib, --imatrix and --pure are for GGUF".into(),
+                "ONNX output takes --bits, --block and --calib; --type, --imatrix, --method and --pure are for GGUF".into(),
             )
             .into());
         }
         let model = super::read_input(&args.input, &args.output)?;
-        return super::quantize_onnx::run(model, &args.input, &args.output, bits, args.block);
+        let calib = args
+            .calib
+            .as_deref()
+            .map(|data| super::quantize_onnx::Calib {
+                data,
+                samples: args.calib_samples,
+                method: args.calib_method,
+                image: &args.image,
+            });
+        return super::quantize_onnx::run(
+            model,
+            &args.input,
+            &args.output,
+            bits,
+            args.block,
+            calib,
+        );
     }
     let mut preset = preset_from_args(args.bits, args.ty.as_deref(), "Q4_K_M")?;
     preset.pure = args.pure;
@@ -131,7 +155,12 @@ pub fn run(args: Args) -> Result<()> {
                 .zip(&plans)
                 .map(|(t, p)| (t.name.clone(), p.ty))
                 .collect();
-            let seqs = calib::sequences(&model, data, args.calib_samples, args.calib_len)?;
+            let seqs = calib::sequences(
+                &model,
+                data,
+                args.calib_samples.unwrap_or(32),
+                args.calib_len,
+            )?;
             Some(calib::calibrate(
                 &model,
                 types,

@@ -1,6 +1,9 @@
 //! `edgec quantize IN OUT.onnx --bits 8|4`: quantized ONNX output. The input
 //! is an ONNX graph, or a llama/bert model lowered to one.
 //!
+//! - `--bits 8 --calib DATA`: static int8 in the QDQ form (uint8
+//!   activations with ranges calibrated on the data, int8 per-channel
+//!   weights, int32 biases), which onnxruntime runs in integers.
 //! - `--bits 8`: per-channel symmetric int8 weights behind DequantizeLinear
 //!   (weight-only; activations stay float).
 //! - `--bits 4`: 4-bit blockwise weights in onnxruntime's MatMulNBits for
@@ -11,18 +14,59 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
 use edgec_core::Model;
-use edgec_passes::graph_quant;
+use edgec_passes::{graph_quant, qdq};
 
 use super::UsageError;
+use crate::graph_data::{self, ImageArgs, RangeArg};
+
+/// Calibration data for static int8.
+pub struct Calib<'a> {
+    pub data: &'a Path,
+    pub samples: Option<usize>,
+    pub method: RangeArg,
+    pub image: &'a ImageArgs,
+}
 
 /// Writes `model` quantized to `bits` as ONNX at `output`.
-pub fn run(model: Model, input: &Path, output: &Path, bits: u32, block: usize) -> Result<()> {
+pub fn run(
+    model: Model,
+    input: &Path,
+    output: &Path,
+    bits: u32,
+    block: usize,
+    calib: Option<Calib>,
+) -> Result<()> {
     let start = Instant::now();
     let mut model = match model.graph {
         Some(_) => model,
         None => edgec_core::lowering::to_graph(&model)
             .map_err(|e| anyhow!("{}: {e}", input.display()))?,
     };
+    if let Some(c) = calib {
+        if bits != 8 {
+            return Err(
+                UsageError("--calib with ONNX output is static int8: use --bits 8".into()).into(),
+            );
+        }
+        let samples = graph_data::samples(&model, c.data, c.image, c.samples)?;
+        let ranges = graph_data::activation_ranges(&model, &samples, c.method.method())
+            .map_err(|e| anyhow!("{}: {e:#}", c.data.display()))?;
+        let report = qdq::quantize_static(&mut model, &ranges)?;
+        edgec_formats::onnx::writer::write_model(&model, output)?;
+        let bytes = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
+        println!(
+            "wrote {} (ONNX, static int8 QDQ, {:?} ranges from {} samples): {} activations, {} weights, {} biases, {:.1} MiB, {:.2}s",
+            output.display(),
+            c.method,
+            samples.len(),
+            report.activations,
+            report.weights,
+            report.biases,
+            bytes as f64 / (1 << 20) as f64,
+            start.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
     let (changed, what) = match bits {
         8 => (
             graph_quant::weights_to_int8(&mut model)?,

@@ -1,0 +1,257 @@
+//! Input samples for graph models (calibration and evaluation of imported
+//! ONNX models): a folder of photos (or one photo) preprocessed into the
+//! model's single image input, or a .safetensors file of tensors named by
+//! graph input whose first axis runs over samples.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use edgec_calibration::images::{self, ImagePrep, Layout, PixelTransform};
+use edgec_calibration::ranges::{RangeCollector, RangeMethod};
+use edgec_core::runtime::graph::GraphRuntime;
+use edgec_core::{DType, Dim, Model};
+
+use crate::progress;
+
+/// How pixels become input values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transform {
+    /// x / 255
+    Unit,
+    /// (x − 127) / 128, EfficientNet-Lite's
+    Efficientnet,
+    /// x / 127.5 − 1
+    Signed,
+    /// (x / 255 − mean) / std with ImageNet's mean and std
+    Imagenet,
+}
+
+/// Image preprocessing flags.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ImageArgs {
+    /// Pixel transform for image data.
+    #[arg(long, value_enum, default_value = "unit")]
+    pub image_transform: Transform,
+    /// Samples per photo: 1 is the centre crop; K > 1 takes K crops at
+    /// fixed positions (more samples from few photos).
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    pub crops: u32,
+}
+
+/// One sample: a tensor per graph input.
+pub type Sample = Vec<(String, Tensor)>;
+
+/// The samples in `path` for `model`'s graph, at most `max`.
+pub fn samples(
+    model: &Model,
+    path: &Path,
+    img: &ImageArgs,
+    max: Option<usize>,
+) -> Result<Vec<Sample>> {
+    let graph = model.graph.as_ref().context("the model has no graph")?;
+    let is_tensors = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+    let mut out = if is_tensors {
+        from_tensors(model, path)?
+    } else {
+        let [input] = graph.inputs.as_slice() else {
+            bail!(
+                "{}: image data needs a model with one image input; this one has {} inputs (give a .safetensors of tensors)",
+                path.display(),
+                graph.inputs.len()
+            );
+        };
+        from_images(input, path, img)?
+    };
+    if let Some(m) = max {
+        out.truncate(m);
+    }
+    if out.is_empty() {
+        bail!("{}: no samples", path.display());
+    }
+    Ok(out)
+}
+
+fn from_images(input: &edgec_core::ValueInfo, path: &Path, img: &ImageArgs) -> Result<Vec<Sample>> {
+    let fixed = |d: &Dim| match d {
+        Dim::Fixed(n) => Some(*n),
+        Dim::Named(_) => None,
+    };
+    let dims: Vec<Option<usize>> = input.shape.iter().map(fixed).collect();
+    // [N, 3, H, W] or [N, H, W, 3]: the channel axis is the one of size 1 or 3.
+    let (layout, h, w) = match dims.as_slice() {
+        [_, Some(c @ (1 | 3)), Some(h), Some(w)] => (Layout::Nchw, (*h, *w), *c),
+        [_, Some(h), Some(w), Some(c @ (1 | 3))] => (Layout::Nhwc, (*h, *w), *c),
+        _ => bail!(
+            "{}: the model's input {} is not an image tensor [N, C, H, W] or [N, H, W, C] with fixed sizes",
+            path.display(),
+            input.name
+        ),
+    };
+    let channels = w;
+    let (height, width) = h;
+    let transform = match img.image_transform {
+        Transform::Unit => PixelTransform::UNIT,
+        Transform::Efficientnet => PixelTransform::EFFICIENTNET_LITE,
+        Transform::Signed => PixelTransform::ScaleOffset {
+            scale: 1.0 / 127.5,
+            offset: -1.0,
+        },
+        Transform::Imagenet => PixelTransform::IMAGENET_MEAN_STD,
+    };
+    let prep = ImagePrep {
+        transform,
+        layout,
+        crops: img.crops,
+        channels: if channels == 1 {
+            images::Channels::Gray
+        } else {
+            images::Channels::Rgb
+        },
+        ..ImagePrep::new(height as u32, width as u32)
+    };
+    let loaded = images::load_images(path, &prep)?;
+    let shape: Vec<usize> = std::iter::once(1)
+        .chain(loaded.batch.sample_shape())
+        .collect();
+    loaded
+        .batch
+        .samples()
+        .map(|s| {
+            let t = Tensor::from_vec(s.to_vec(), shape.as_slice(), &Device::Cpu)?;
+            Ok(vec![(input.name.clone(), t)])
+        })
+        .collect()
+}
+
+fn from_tensors(model: &Model, path: &Path) -> Result<Vec<Sample>> {
+    let graph = model.graph.as_ref().expect("checked by the caller");
+    let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
+    let file = safetensors::SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("{}: not a safetensors file", path.display()))?;
+    let mut per_input: Vec<(String, Vec<Tensor>)> = Vec::new();
+    let mut count = None;
+    for input in &graph.inputs {
+        let view = file.tensor(&input.name).with_context(|| {
+            format!(
+                "{}: no tensor named {} (a graph input)",
+                path.display(),
+                input.name
+            )
+        })?;
+        let shape = view.shape().to_vec();
+        let Some(&n) = shape.first() else {
+            bail!("{}: {} has no sample axis", path.display(), input.name);
+        };
+        let data = view.data();
+        let all = match (view.dtype(), input.dtype) {
+            (safetensors::Dtype::F32, DType::F32) => Tensor::from_vec(
+                data.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect::<Vec<_>>(),
+                shape.as_slice(),
+                &Device::Cpu,
+            )?,
+            (safetensors::Dtype::I64, DType::I64) => Tensor::from_vec(
+                data.chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().expect("chunks of 8")))
+                    .collect::<Vec<_>>(),
+                shape.as_slice(),
+                &Device::Cpu,
+            )?,
+            (d, want) => bail!(
+                "{}: {} is {d:?}, the graph input wants {want}",
+                path.display(),
+                input.name
+            ),
+        };
+        if count.is_some_and(|c| c != n) {
+            bail!(
+                "{}: the inputs have different sample counts",
+                path.display()
+            );
+        }
+        count = Some(n);
+        // One sample per row, with the batch axis kept (size 1).
+        let rows = (0..n)
+            .map(|i| all.narrow(0, i, 1))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        per_input.push((input.name.clone(), rows));
+    }
+    let n = count.unwrap_or(0);
+    Ok((0..n)
+        .map(|i| {
+            per_input
+                .iter()
+                .map(|(name, rows)| (name.clone(), rows[i].clone()))
+                .collect()
+        })
+        .collect())
+}
+
+/// Activation range methods on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RangeArg {
+    Minmax,
+    /// 99.99th percentile of each tail
+    Percentile,
+    /// least expected uint8 quantization error
+    Mse,
+}
+
+impl RangeArg {
+    pub fn method(self) -> RangeMethod {
+        match self {
+            RangeArg::Minmax => RangeMethod::MinMax,
+            RangeArg::Percentile => RangeMethod::Percentile(99.99),
+            RangeArg::Mse => RangeMethod::Mse,
+        }
+    }
+}
+
+/// The range of every float value (graph inputs and node outputs) over
+/// `samples`, by `method`: one pass for the extremes, a second for the
+/// histograms when the method needs them.
+pub fn activation_ranges(
+    model: &Model,
+    samples: &[Sample],
+    method: RangeMethod,
+) -> Result<HashMap<String, (f32, f32)>> {
+    let mut rt = GraphRuntime::new(model)?;
+    let collector = Arc::new(Mutex::new(RangeCollector::default()));
+    let c = Arc::clone(&collector);
+    let observe = move |name: &str, t: &Tensor| {
+        if t.dtype().is_float() {
+            if let Ok(v) = t.flatten_all().and_then(|t| t.to_vec1::<f32>()) {
+                c.lock().expect("range lock").observe(name, &v);
+            }
+        }
+    };
+    let observe = Arc::new(observe);
+    let hook = Arc::clone(&observe);
+    rt.set_hook(Some(Arc::new(move |name: &str, t: &Tensor| hook(name, t))));
+    let passes = if method.needs_histogram() { 2 } else { 1 };
+    let bar = progress::bar((samples.len() * passes) as u64, "calibrate");
+    for pass in 0..passes {
+        if pass == 1 {
+            collector.lock().expect("range lock").start_histograms();
+        }
+        for s in samples {
+            for (name, t) in s {
+                observe(name, t);
+            }
+            let refs: Vec<(&str, Tensor)> =
+                s.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+            rt.run(&refs)?;
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    rt.set_hook(None);
+    let ranges = collector.lock().expect("range lock").ranges(method);
+    Ok(ranges.into_iter().collect())
+}
