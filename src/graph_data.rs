@@ -3,7 +3,7 @@
 //! model's single image input, or a .safetensors file of tensors named by
 //! graph input whose first axis runs over samples.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -254,4 +254,64 @@ pub fn activation_ranges(
     rt.set_hook(None);
     let ranges = collector.lock().expect("range lock").ranges(method);
     Ok(ranges.into_iter().collect())
+}
+
+/// The mean over samples and positions of each output channel (axis 1) of
+/// the values in `names`, as `model` computes them on `samples`.
+pub fn channel_means(
+    model: &Model,
+    samples: &[Sample],
+    names: &HashSet<String>,
+) -> Result<HashMap<String, Vec<f64>>> {
+    let mut rt = GraphRuntime::new(model)?;
+    type Sums = HashMap<String, (Vec<f64>, u64)>;
+    let sums: Arc<Mutex<Sums>> = Arc::default();
+    let s2 = Arc::clone(&sums);
+    let names2 = names.clone();
+    let accumulate = Arc::new(move |name: &str, t: &Tensor| {
+        if !names2.contains(name) {
+            return;
+        }
+        let dims = t.dims().to_vec();
+        let (Some(&n), Some(&c)) = (dims.first(), dims.get(1)) else {
+            return;
+        };
+        let inner: usize = dims[2..].iter().product();
+        let Ok(v) = t.flatten_all().and_then(|t| t.to_vec1::<f32>()) else {
+            return;
+        };
+        let mut sums = s2.lock().expect("means lock");
+        let (acc, count) = sums
+            .entry(name.to_string())
+            .or_insert_with(|| (vec![0.0; c], 0));
+        if acc.len() != c {
+            return;
+        }
+        for b in 0..n {
+            for (ch, a) in acc.iter_mut().enumerate() {
+                let start = (b * c + ch) * inner;
+                *a += v[start..start + inner]
+                    .iter()
+                    .map(|&x| x as f64)
+                    .sum::<f64>();
+            }
+        }
+        *count += (n * inner) as u64;
+    });
+    let hook = Arc::clone(&accumulate);
+    rt.set_hook(Some(Arc::new(move |name: &str, t: &Tensor| hook(name, t))));
+    for s in samples {
+        // graph inputs are not node outputs: the hook does not see them
+        for (name, t) in s {
+            accumulate(name, t);
+        }
+        let refs: Vec<(&str, Tensor)> = s.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+        rt.run(&refs)?;
+    }
+    rt.set_hook(None);
+    let sums = std::mem::take(&mut *sums.lock().expect("means lock"));
+    Ok(sums
+        .into_iter()
+        .map(|(k, (acc, n))| (k, acc.iter().map(|a| a / n.max(1) as f64).collect()))
+        .collect())
 }

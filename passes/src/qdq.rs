@@ -22,6 +22,10 @@ use crate::graph_quant::GraphQuantError;
 
 type Result<T> = std::result::Result<T, GraphQuantError>;
 
+/// The largest int32 bias code used (half of i32's range: headroom for the
+/// accumulator it is added to).
+const BIAS_LIMIT: f32 = (1u32 << 30) as f32;
+
 /// Ops whose float activation inputs and outputs are quantized.
 fn quantizable(op: &Op) -> bool {
     matches!(
@@ -78,6 +82,8 @@ pub struct QdqReport {
     pub activations: usize,
     pub weights: usize,
     pub biases: usize,
+    /// Biases moved by the weight rounding's mean shift.
+    pub bias_corrections: usize,
 }
 
 fn owned(name: String, shape: Vec<usize>, dtype: DType, bytes: Vec<u8>) -> Result<Tensor> {
@@ -87,9 +93,12 @@ fn owned(name: String, shape: Vec<usize>, dtype: DType, bytes: Vec<u8>) -> Resul
 
 /// Quantizes `model` to QDQ int8 with activation `ranges` (value name →
 /// (min, max) seen on calibration data). Values without a range stay float.
+/// With `input_means` (value → per-channel mean on calibration data), each
+/// Conv/Gemm bias absorbs the mean shift its weight's rounding causes.
 pub fn quantize_static(
     model: &mut Model,
     ranges: &HashMap<String, (f32, f32)>,
+    input_means: Option<&HashMap<String, Vec<f64>>>,
 ) -> Result<QdqReport> {
     let graph = model.graph.as_ref().ok_or(GraphQuantError::NoGraph)?;
     let constants: HashSet<String> = model.tensors.iter().map(|t| t.name.clone()).collect();
@@ -218,6 +227,7 @@ pub fn quantize_static(
     };
     let mut weight_nodes: Vec<Node> = Vec::new();
     let mut weight_done: HashMap<String, (String, Vec<f32>)> = HashMap::new();
+    let mut weight_errors: HashMap<String, Vec<f32>> = HashMap::new();
     let mut bias_renames: HashMap<(String, String), String> = HashMap::new(); // (node, bias) → dq
     for n in &graph.nodes {
         let axis = match &n.op {
@@ -247,14 +257,31 @@ pub fn quantize_static(
         {
             continue;
         }
+        // The int32 bias must hold bias / (x_scale · w_scale): a channel with
+        // near-zero weights and a large bias gets a coarser weight scale
+        // rather than an overflowing bias (its weights barely matter).
+        let bias_values = n
+            .inputs
+            .get(2)
+            .filter(|b| !b.is_empty())
+            .and_then(|b| model.tensor(b))
+            .filter(|bt| bt.dtype == DType::F32 && bt.shape.len() == 1)
+            .and_then(|bt| bt.to_f32().ok());
+        let min_scales: Option<Vec<f32>> = bias_values
+            .as_ref()
+            .map(|b| b.iter().map(|v| v.abs() / (x_scale * BIAS_LIMIT)).collect());
         if !weight_done.contains_key(w) {
-            let (dq, scales, node, tensors) = quantize_weight(t, axis, &mut fresh)?;
-            new_tensors.extend(tensors);
-            weight_nodes.push(node);
-            weight_done.insert(w.clone(), (dq, scales));
+            let q = quantize_weight(t, axis, min_scales.as_deref(), &mut fresh)?;
+            new_tensors.extend(q.tensors);
+            weight_nodes.push(q.node);
+            weight_done.insert(w.clone(), (q.dequantized, q.scales));
+            weight_errors.insert(w.clone(), q.errors);
             report.weights += 1;
         }
         let w_scales = &weight_done[w].1;
+        let shift = input_means
+            .and_then(|m| m.get(x))
+            .and_then(|mean| weight_bias_shift(&n.op, &t.shape, &weight_errors[w], mean));
         // Bias: Conv's input 2, Gemm's C when it is a vector over the outputs.
         let Some(b) = n.inputs.get(2).filter(|b| !b.is_empty()) else {
             continue;
@@ -263,9 +290,15 @@ pub fn quantize_static(
         if bt.dtype != DType::F32 || bt.shape.len() != 1 || bt.shape[0] != w_scales.len() {
             continue;
         }
-        let bias = bt
+        let mut bias = bt
             .to_f32()
             .map_err(|e| GraphQuantError::Model(format!("{b}: {e}")))?;
+        if let Some(shift) = shift.filter(|s| s.len() == bias.len()) {
+            for (b, d) in bias.iter_mut().zip(shift) {
+                *b += d;
+            }
+            report.bias_corrections += 1;
+        }
         let scales: Vec<f32> = w_scales.iter().map(|s| s * x_scale).collect();
         let q: Vec<u8> = bias
             .iter()
@@ -351,8 +384,9 @@ pub fn quantize_static(
 fn quantize_weight(
     t: &Tensor,
     axis: usize,
+    min_scales: Option<&[f32]>,
     fresh: &mut impl FnMut(String) -> String,
-) -> Result<(String, Vec<f32>, Node, Vec<Tensor>)> {
+) -> Result<QuantizedWeight> {
     let v = t
         .to_f32()
         .map_err(|e| GraphQuantError::Model(format!("{}: {e}", t.name)))?;
@@ -366,12 +400,27 @@ fn quantize_weight(
         .chunks_exact(len.max(1))
         .zip(codes.chunks_exact_mut(len.max(1)))
     {
-        scales.push(int8_row(row, out));
+        let floor = min_scales
+            .and_then(|m| m.get(scales.len()).copied())
+            .unwrap_or(0.0);
+        scales.push(int8_row(row, floor, out));
     }
-    let codes: Vec<u8> = crate::graph_quant::scatter_rows(&codes, &shape, axis)
+    let codes = crate::graph_quant::scatter_rows(&codes, &shape, axis);
+    // Rounding error of every weight, in the weight's own layout.
+    let per_channel_scale = crate::graph_quant::scatter_rows(
+        &(0..rows.len())
+            .map(|i| scales[i / len.max(1)])
+            .collect::<Vec<f32>>(),
+        &shape,
+        axis,
+    );
+    let errors: Vec<f32> = codes
         .iter()
-        .map(|&c| c as i8 as u8)
+        .zip(&per_channel_scale)
+        .zip(&v)
+        .map(|((&c, &s), &w)| c as f32 * s - w)
         .collect();
+    let codes: Vec<u8> = codes.iter().map(|&c| c as i8 as u8).collect();
     let qn = fresh(format!("{}_quantized", t.name));
     let sn = fresh(format!("{}_scale", t.name));
     let zn = fresh(format!("{}_zero_point", t.name));
@@ -395,21 +444,97 @@ fn quantize_weight(
         inputs: vec![qn, sn, zn],
         outputs: vec![dq.clone()],
     };
-    Ok((dq, scales, node, tensors))
+    Ok(QuantizedWeight {
+        dequantized: dq,
+        scales,
+        errors,
+        node,
+        tensors,
+    })
+}
+
+struct QuantizedWeight {
+    /// The DequantizeLinear's output name.
+    dequantized: String,
+    scales: Vec<f32>,
+    /// Dequantized minus original, in the weight's layout.
+    errors: Vec<f32>,
+    node: Node,
+    tensors: Vec<Tensor>,
+}
+
+/// −(ΔW · E[x]) per output channel: the mean shift that rounding the
+/// weight gives the output (DFQ's bias correction), for a Conv weight
+/// `[M, C/group, k…]` or a Gemm weight (`[N, K]` with `trans_b`, else `[K, N]`).
+fn weight_bias_shift(op: &Op, shape: &[usize], errors: &[f32], mean: &[f64]) -> Option<Vec<f32>> {
+    match op {
+        Op::Conv { group, .. } => {
+            let m = shape[0];
+            let per_group_in = shape[1];
+            let taps: usize = shape[2..].iter().product();
+            let outs_per_group = m / (*group).max(1);
+            if mean.len() != per_group_in * group || outs_per_group == 0 {
+                return None;
+            }
+            let len = per_group_in * taps;
+            Some(
+                (0..m)
+                    .map(|c| {
+                        let g = c / outs_per_group;
+                        let row = &errors[c * len..(c + 1) * len];
+                        -row.iter()
+                            .enumerate()
+                            .map(|(j, &e)| e as f64 * mean[g * per_group_in + j / taps])
+                            .sum::<f64>() as f32
+                    })
+                    .collect(),
+            )
+        }
+        Op::Gemm { trans_b, .. } => {
+            let (n, k) = if *trans_b {
+                (shape[0], shape[1])
+            } else {
+                (shape[1], shape[0])
+            };
+            if mean.len() != k {
+                return None;
+            }
+            Some(
+                (0..n)
+                    .map(|o| {
+                        -(0..k)
+                            .map(|i| {
+                                let e = if *trans_b {
+                                    errors[o * k + i]
+                                } else {
+                                    errors[i * n + o]
+                                };
+                                e as f64 * mean[i]
+                            })
+                            .sum::<f64>() as f32
+                    })
+                    .collect(),
+            )
+        }
+        _ => None,
+    }
 }
 
 /// Symmetric int8 codes in ±127 (onnxruntime's u8s8 kernels assume the
 /// range) for `row`, with the scale among a few shrunken ranges that gives
 /// the least squared error; returns the scale.
-fn int8_row(row: &[f32], codes: &mut [i32]) -> f32 {
+fn int8_row(row: &[f32], floor: f32, codes: &mut [i32]) -> f32 {
     let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-    if amax.is_nan() || amax <= 0.0 {
-        codes.iter_mut().for_each(|c| *c = 0);
-        return 1.0;
+    if amax.is_nan() || amax <= 0.0 || amax / 127.0 < floor {
+        let scale = if floor > 0.0 { floor } else { 1.0 };
+        for (c, &v) in codes.iter_mut().zip(row) {
+            *c = (v / scale).round().clamp(-127.0, 127.0) as i32;
+        }
+        return scale;
     }
     let mut best = (f64::INFINITY, amax / 127.0);
     for shrink in [1.0f32, 0.99, 0.98, 0.96, 0.94, 0.92, 0.9] {
-        let scale = amax * shrink / 127.0;
+        let scale = (amax * shrink / 127.0).max(floor);
         let err: f64 = row
             .iter()
             .map(|&v| {

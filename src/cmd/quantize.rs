@@ -58,6 +58,10 @@ pub struct Args {
     /// ONNX static int8: how activation ranges are chosen from the data.
     #[arg(long, value_enum, default_value = "mse")]
     pub calib_method: RangeArg,
+    /// ONNX static int8: skip bias correction (moving each Conv/Gemm
+    /// output's per-channel mean back onto the float model's).
+    #[arg(long)]
+    pub no_bias_correction: bool,
     #[command(flatten)]
     pub image: ImageArgs,
 }
@@ -101,6 +105,7 @@ pub fn run(args: Args) -> Result<()> {
             .as_deref()
             .map(|data| super::quantize_onnx::Calib {
                 data,
+                bias_correction: !args.no_bias_correction,
                 samples: args.calib_samples,
                 method: args.calib_method,
                 image: &args.image,

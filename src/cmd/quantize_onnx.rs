@@ -9,11 +9,12 @@
 //! - `--bits 4`: 4-bit blockwise weights in onnxruntime's MatMulNBits for
 //!   every MatMul/Gemm weight (`--block`, default 32).
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
-use edgec_core::Model;
+use edgec_core::{Model, Op};
 use edgec_passes::{graph_quant, qdq};
 
 use super::UsageError;
@@ -22,6 +23,7 @@ use crate::graph_data::{self, ImageArgs, RangeArg};
 /// Calibration data for static int8.
 pub struct Calib<'a> {
     pub data: &'a Path,
+    pub bias_correction: bool,
     pub samples: Option<usize>,
     pub method: RangeArg,
     pub image: &'a ImageArgs,
@@ -51,17 +53,33 @@ pub fn run(
         let samples = graph_data::samples(&model, c.data, c.image, c.samples)?;
         let ranges = graph_data::activation_ranges(&model, &samples, c.method.method())
             .map_err(|e| anyhow!("{}: {e:#}", c.data.display()))?;
-        let report = qdq::quantize_static(&mut model, &ranges)?;
+        // Bias correction: the per-channel means of every Conv/Gemm input.
+        let means = if c.bias_correction {
+            let inputs: HashSet<String> = model
+                .graph
+                .iter()
+                .flat_map(|g| &g.nodes)
+                .filter(|n| matches!(n.op, Op::Conv { .. } | Op::Gemm { .. }))
+                .filter_map(|n| n.inputs.first().cloned())
+                .collect();
+            Some(graph_data::channel_means(&model, &samples, &inputs)?)
+        } else {
+            None
+        };
+        let mut quantized = model.clone();
+        let report = qdq::quantize_static(&mut quantized, &ranges, means.as_ref())?;
+        let model = quantized;
         edgec_formats::onnx::writer::write_model(&model, output)?;
         let bytes = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
         println!(
-            "wrote {} (ONNX, static int8 QDQ, {:?} ranges from {} samples): {} activations, {} weights, {} biases, {:.1} MiB, {:.2}s",
+            "wrote {} (ONNX, static int8 QDQ, {:?} ranges from {} samples): {} activations, {} weights, {} biases ({} corrected), {:.1} MiB, {:.2}s",
             output.display(),
             c.method,
             samples.len(),
             report.activations,
             report.weights,
             report.biases,
+            report.bias_corrections,
             bytes as f64 / (1 << 20) as f64,
             start.elapsed().as_secs_f64()
         );
