@@ -8,6 +8,7 @@ onnxruntime on the real models (EfficientNet-Lite0, the int8 MiniLM).
   equal edgec's runtime on the same file, and stay close to f32.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -208,3 +209,91 @@ def test_minilm_quantized_onnx(edgec_bin, minilm_dir, tmp_path, bits):
     # one quantization step is the bound; the int4 file's runtime error is far below it
     assert_close(edgec_run(edgec_bin, out, feeds, tmp_path)["last_hidden_state"], ours, 1e-3,
                  f"edgec vs onnxruntime on the {bits}-bit file")
+
+
+IMAGES = Path(os.environ.get("EDGEC_CACHE", Path.home() / ".cache" / "edgec")) / "images"
+
+
+@pytest.fixture(scope="module")
+def photos() -> tuple[Path, Path]:
+    calib, heldout = IMAGES / "calib", IMAGES / "heldout"
+    need(calib.is_dir() and heldout.is_dir(), f"{IMAGES} is missing its photos: run `bash fixtures/fetch-images.sh`")
+    return calib, heldout
+
+
+@pytest.fixture(scope="module")
+def effnet_int8(edgec_bin, effnet, photos, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("int8") / "effnet.int8.onnx"
+    run([edgec_bin, "quantize", "--bits", "8", effnet, out, "--calib", photos[0],
+         "--image-transform", "efficientnet", "--crops", "2"])
+    return out
+
+
+def eval_json(edgec_bin, reference, candidate, data, *extra, check_exit=True):
+    proc = run([edgec_bin, "eval", "--reference", reference, "--candidate", candidate, "--data", data,
+                "--image-transform", "efficientnet", "--json", *extra], check_exit=check_exit)
+    return proc, json.loads(proc.stdout)
+
+
+def test_effnet_static_int8_runs_in_onnxruntime_as_integers(edgec_bin, effnet, effnet_int8, tmp_path):
+    """The QDQ file passes the checker, onnxruntime fuses it into integer
+    kernels (QLinearConv for all 49 convolutions), and edgec's runtime gives
+    onnxruntime's logits within a few output quantization steps."""
+    model = onnx.load(str(effnet_int8))
+    onnx.checker.check_model(model, full_check=True)
+    assert effnet_int8.stat().st_size < 0.3 * effnet.stat().st_size
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    ort.InferenceSession(str(effnet_int8), opts, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
+    assert ops.count("QLinearConv") == 49, sorted(set(ops))
+    feeds = {"input": image_batch(1, seed=5)}
+    ours = edgec_run(edgec_bin, effnet_int8, feeds, tmp_path)["logits"]
+    ref = ort_run(effnet_int8, feeds)[0]
+    # onnxruntime rounds in integers (requantizing between layers), edgec
+    # simulates the same rounding in float: they may differ by a few steps
+    # of the classifier's input quantization, not more.
+    assert_close(ours, ref, 0.05, "edgec vs onnxruntime on the int8 file")
+    assert int(ours.argmax()) == int(ref.argmax())
+
+
+def test_effnet_static_int8_accuracy_and_gates(edgec_bin, effnet, effnet_int8, photos):
+    """Judged on photos it was not calibrated on: top-1 agrees with fp32 on
+    nearly every confident prediction; the KLD gate passes at a loose bound
+    and fails (exit 3) at an impossible one."""
+    heldout = photos[1]
+    proc, report = eval_json(edgec_bin, effnet, effnet_int8, heldout, "--crops", "2",
+                             "--max-kld", "0.1", "--min-top1", "0.8")
+    n_photos = sum(1 for p in heldout.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    assert report["kind"] == "classifier" and report["samples"] == 2 * n_photos
+    delta = report["delta"]
+    assert 0 < delta["kld"] < 0.1, delta
+    assert delta["top1_agreement_confident"] >= 0.95, delta
+    assert report["passed"] and proc.returncode == 0
+    proc, report = eval_json(edgec_bin, effnet, effnet_int8, heldout, "--max-kld", "1e-9", check_exit=False)
+    assert proc.returncode == 3 and not report["passed"]
+
+
+def test_bias_correction_lowers_the_error(edgec_bin, effnet, effnet_int8, photos, tmp_path):
+    plain = tmp_path / "plain.onnx"
+    run([edgec_bin, "quantize", "--bits", "8", effnet, plain, "--calib", photos[0],
+         "--image-transform", "efficientnet", "--crops", "2", "--no-bias-correction"])
+    _, corrected = eval_json(edgec_bin, effnet, effnet_int8, photos[1])
+    _, uncorrected = eval_json(edgec_bin, effnet, plain, photos[1])
+    assert corrected["delta"]["kld"] < 0.8 * uncorrected["delta"]["kld"], (corrected["delta"], uncorrected["delta"])
+
+
+def test_static_int8_from_tensors(edgec_bin, effnet, tmp_path):
+    """--calib also takes a .safetensors of input tensors (samples on axis 0)."""
+    calib = tmp_path / "calib.safetensors"
+    save_file({"input": image_batch(4, seed=7)}, str(calib))
+    out = tmp_path / "int8.onnx"
+    proc = run([edgec_bin, "quantize", "--bits", "8", effnet, out, "--calib", calib])
+    assert b"from 4 samples" in proc.stdout, proc.stdout
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+    bad = tmp_path / "bad.safetensors"
+    save_file({"other": image_batch(1)}, str(bad))
+    proc = run([edgec_bin, "quantize", "--bits", "8", effnet, tmp_path / "x.onnx", "--calib", bad], check_exit=False)
+    assert proc.returncode == 1 and b"no tensor named input" in proc.stderr, proc.stderr
+    assert not (tmp_path / "x.onnx").exists()
