@@ -22,6 +22,10 @@ pub enum DType {
     I64,
     /// One byte per element, 0 or 1 (ONNX's bool).
     Bool,
+    /// 4-bit integers, two per byte, the first in the low nibble (ONNX's
+    /// INT4 and UINT4 layout).
+    I4,
+    U4,
     /// A quantized ggml block type (never F32/F16/BF16: those map to the dense variants).
     Ggml(GgmlType),
 }
@@ -59,6 +63,7 @@ impl DType {
             DType::F16 | DType::Bf16 => elem(2),
             DType::I8 | DType::U8 | DType::Bool => elem(1),
             DType::I64 => elem(8),
+            DType::I4 | DType::U4 => Ok(n.div_ceil(2)),
             DType::Ggml(t) => {
                 if row == 0 {
                     return Ok(0);
@@ -78,6 +83,8 @@ impl DType {
             DType::I32 => "I32",
             DType::I64 => "I64",
             DType::Bool => "BOOL",
+            DType::I4 => "I4",
+            DType::U4 => "U4",
             DType::Ggml(t) => t.name(),
         }
     }
@@ -85,6 +92,7 @@ impl DType {
     pub fn bits_per_weight(self) -> f64 {
         match self {
             DType::I8 | DType::U8 | DType::Bool => 8.0,
+            DType::I4 | DType::U4 => 4.0,
             DType::I32 => 32.0,
             DType::I64 => 64.0,
             d => d.as_ggml().map(GgmlType::bits_per_weight).unwrap_or(0.0),
@@ -282,11 +290,25 @@ impl Tensor {
 /// Decodes `bytes` of `dtype` into `out`, which must hold exactly as many
 /// elements as the bytes encode.
 pub fn decode_into(dtype: DType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
+    if let DType::I4 | DType::U4 = dtype {
+        if bytes.len() != out.len().div_ceil(2) {
+            return Err(Error::Data(format!(
+                "{dtype}: {} bytes do not hold {} elements",
+                bytes.len(),
+                out.len()
+            )));
+        }
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = nibble(dtype, bytes, i) as f32;
+        }
+        return Ok(());
+    }
     let elem = match dtype {
         DType::F32 | DType::I32 => 4,
         DType::F16 | DType::Bf16 => 2,
         DType::I8 | DType::U8 | DType::Bool => 1,
         DType::I64 => 8,
+        DType::I4 | DType::U4 => unreachable!("handled above"),
         DType::Ggml(t) => return dequant::dequantize(t, bytes, out),
     };
     if bytes.len() != out.len() * elem {
@@ -309,9 +331,18 @@ pub fn decode_into(dtype: DType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
         DType::I64 => chunks.for_each(|(c, o)| {
             *o = i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
         }),
-        DType::Ggml(_) => unreachable!("handled above"),
+        DType::Ggml(_) | DType::I4 | DType::U4 => unreachable!("handled above"),
     }
     Ok(())
+}
+
+/// Element `i` of packed 4-bit data (low nibble first), sign-extended for I4.
+pub fn nibble(dtype: DType, bytes: &[u8], i: usize) -> i64 {
+    let n = (bytes[i / 2] >> (4 * (i % 2))) & 15;
+    match dtype {
+        DType::I4 => ((n << 4) as i8 >> 4) as i64,
+        _ => n as i64,
+    }
 }
 
 /// Asks the kernel to back `buf` with transparent huge pages (where it is

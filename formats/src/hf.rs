@@ -370,7 +370,9 @@ pub fn write(model: &Model, dir: &Path, dtype: DType) -> Result<()> {
         .iter()
         .map(|t| {
             let out = match t.dtype {
-                DType::F32 | DType::F16 | DType::Bf16 | DType::Ggml(_) => dtype,
+                DType::F32 | DType::F16 | DType::Bf16 | DType::Ggml(_) | DType::I4 | DType::U4 => {
+                    dtype
+                }
                 other => other,
             };
             let produce: Box<dyn Fn() -> Vec<u8>> = Box::new(move || encode_float(t, out));

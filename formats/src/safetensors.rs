@@ -133,6 +133,8 @@ impl View for &LazyTensor<'_> {
             DType::I32 => Dtype::I32,
             DType::I64 => Dtype::I64,
             DType::Bool => Dtype::BOOL,
+            // Callers unpack 4-bit codes before writing safetensors.
+            DType::I4 | DType::U4 => unreachable!("4-bit codes are not written to safetensors"),
             // Callers dequantize block types before writing safetensors.
             DType::Ggml(_) => unreachable!("block types are not written to safetensors"),
         }

@@ -424,6 +424,133 @@ pub fn weights_to_nbits(model: &mut Model, block: usize) -> Result<usize> {
     Ok(plans.len())
 }
 
+/// 4-bit blockwise weights in standard ONNX (opset 21): every 2-D weight
+/// read as the `B` of MatMul (`[K, N]`) or of Gemm with `transB` (`[N, K]`)
+/// is stored as UINT4 codes with a float scale and a UINT4 zero point per
+/// `block` weights along K, read back by DequantizeLinear with
+/// `block_size`. Returns the weights changed.
+pub fn weights_to_int4_blocked(model: &mut Model, block: usize) -> Result<usize> {
+    if block < 2 {
+        return Err(GraphQuantError::Model(format!(
+            "block size {block} is below 2"
+        )));
+    }
+    let graph = model.graph.as_ref().ok_or(GraphQuantError::NoGraph)?;
+    let mut names = Names::of(model, graph);
+    // (weight, K axis) for weights every reader of which agrees on K.
+    let mut axes: HashMap<String, Option<usize>> = HashMap::new();
+    let mut order = Vec::new();
+    for n in &graph.nodes {
+        let k_axis = match &n.op {
+            Op::MatMul => 0,
+            Op::Gemm {
+                trans_a: false,
+                trans_b: true,
+                ..
+            } => 1,
+            Op::Gemm { trans_a: false, .. } => 0,
+            _ => continue,
+        };
+        let Some(w) = n.inputs.get(1) else { continue };
+        let Some(t) = model.tensor(w) else { continue };
+        if t.dtype != DType::F32 || t.shape.len() != 2 {
+            continue;
+        }
+        match axes.get_mut(w) {
+            Some(a) if *a != Some(k_axis) => *a = None,
+            Some(_) => {}
+            None => {
+                order.push(w.clone());
+                axes.insert(w.clone(), Some(k_axis));
+            }
+        }
+    }
+    let q = Groupwise {
+        bits: 4,
+        group: block,
+        symmetric: false,
+    };
+    let mut changed = 0;
+    for w in order.iter().rev() {
+        let Some(k_axis) = axes[w] else { continue };
+        let t = model.tensor(w).expect("found above");
+        let shape = t.shape.clone();
+        let v = values(t)?;
+        let (k, n_out) = (shape[k_axis], shape[1 - k_axis]);
+        // Rows along K, one per output.
+        let rows = if k_axis == 1 {
+            v
+        } else {
+            rows_along(&v, &shape, 1)
+        };
+        let blocks = k.div_ceil(block);
+        let mut codes = vec![0u8; k * n_out];
+        let mut scales = vec![0f32; blocks * n_out];
+        let mut zeros = vec![0u8; blocks * n_out];
+        let mut scratch = vec![0f32; k];
+        for (o, row) in rows.chunks_exact(k).enumerate() {
+            let mut c = Vec::with_capacity(k);
+            let mut sc = Vec::with_capacity(blocks);
+            q.quantize(row, None, &mut scratch, Some(&mut c), Some(&mut sc));
+            for (i, code) in c.iter().enumerate() {
+                // element (i, o) of [K, N], or (o, i) of [N, K]
+                let at = if k_axis == 0 {
+                    i * n_out + o
+                } else {
+                    o * k + i
+                };
+                codes[at] = code.clamp(&0, &15).to_owned() as u8;
+            }
+            for (b, (scale, zero)) in sc.iter().enumerate() {
+                let at = if k_axis == 0 {
+                    b * n_out + o
+                } else {
+                    o * blocks + b
+                };
+                scales[at] = *scale;
+                zeros[at] = (*zero).clamp(0, 15) as u8;
+            }
+        }
+        let pack = |v: &[u8]| {
+            let mut p = vec![0u8; v.len().div_ceil(2)];
+            for (i, c) in v.iter().enumerate() {
+                p[i / 2] |= c << (4 * (i % 2));
+            }
+            p
+        };
+        let scale_shape = if k_axis == 0 {
+            vec![blocks, n_out]
+        } else {
+            vec![n_out, blocks]
+        };
+        let stored = names.fresh(&format!("{w}_int4"));
+        let scale_name = names.fresh(&format!("{w}_scale"));
+        let zero_name = names.fresh(&format!("{w}_zero_point"));
+        let new = vec![
+            owned(stored.clone(), shape.clone(), DType::U4, pack(&codes))?,
+            owned(
+                scale_name.clone(),
+                scale_shape.clone(),
+                DType::F32,
+                scales.iter().flat_map(|s| s.to_le_bytes()).collect(),
+            )?,
+            owned(zero_name.clone(), scale_shape, DType::U4, pack(&zeros))?,
+        ];
+        let node = Node {
+            name: names.fresh(&format!("{w}_dequantize")),
+            op: Op::DequantizeLinear {
+                axis: k_axis as i64,
+                block_size: block,
+            },
+            inputs: vec![stored, scale_name, zero_name],
+            outputs: vec![w.clone()],
+        };
+        replace(model, w, new, node);
+        changed += 1;
+    }
+    Ok(changed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,6 +55,10 @@ pub struct Args {
     /// ONNX --bits 4: weights per block (a power of two, at least 16).
     #[arg(long, default_value_t = 32, value_name = "N")]
     pub block: usize,
+    /// ONNX --bits 4: onnxruntime's MatMulNBits (fastest there), or standard
+    /// opset-21 DequantizeLinear with block_size on UINT4 weights.
+    #[arg(long, value_enum, default_value = "nbits")]
+    pub int4_format: super::quantize_onnx::Int4Format,
     /// ONNX static int8: how activation ranges are chosen from the data.
     #[arg(long, value_enum, default_value = "mse")]
     pub calib_method: RangeArg,
@@ -116,6 +120,7 @@ pub fn run(args: Args) -> Result<()> {
             &args.output,
             bits,
             args.block,
+            args.int4_format,
             calib,
         );
     }

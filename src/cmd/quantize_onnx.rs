@@ -6,8 +6,9 @@
 //!   weights, int32 biases), which onnxruntime runs in integers.
 //! - `--bits 8`: per-channel symmetric int8 weights behind DequantizeLinear
 //!   (weight-only; activations stay float).
-//! - `--bits 4`: 4-bit blockwise weights in onnxruntime's MatMulNBits for
-//!   every MatMul/Gemm weight (`--block`, default 32).
+//! - `--bits 4`: 4-bit blockwise weights (`--block`, default 32) for every
+//!   MatMul/Gemm weight, in onnxruntime's MatMulNBits or (`--int4-format
+//!   qdq`) as UINT4 behind opset-21 DequantizeLinear with block_size.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -19,6 +20,15 @@ use edgec_passes::{graph_quant, qdq};
 
 use super::UsageError;
 use crate::graph_data::{self, ImageArgs, RangeArg};
+
+/// The storage of 4-bit ONNX weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Int4Format {
+    /// com.microsoft MatMulNBits
+    Nbits,
+    /// DequantizeLinear with block_size (opset 21), UINT4 weights
+    Qdq,
+}
 
 /// Calibration data for static int8.
 pub struct Calib<'a> {
@@ -36,6 +46,7 @@ pub fn run(
     output: &Path,
     bits: u32,
     block: usize,
+    int4: Int4Format,
     calib: Option<Calib>,
 ) -> Result<()> {
     let start = Instant::now();
@@ -90,9 +101,13 @@ pub fn run(
             graph_quant::weights_to_int8(&mut model)?,
             "int8 per-channel weights",
         ),
-        4 => (
+        4 if int4 == Int4Format::Nbits => (
             graph_quant::weights_to_nbits(&mut model, block)?,
             "4-bit MatMulNBits weights",
+        ),
+        4 => (
+            graph_quant::weights_to_int4_blocked(&mut model, block)?,
+            "4-bit blockwise DequantizeLinear weights",
         ),
         b => {
             return Err(UsageError(format!(

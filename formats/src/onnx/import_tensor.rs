@@ -26,6 +26,8 @@ pub(super) fn dtype_of(code: i32) -> Option<DType> {
         data_type::INT32 => DType::I32,
         data_type::INT64 => DType::I64,
         data_type::BOOL => DType::Bool,
+        data_type::INT4 => DType::I4,
+        data_type::UINT4 => DType::U4,
         _ => return None,
     })
 }
@@ -58,12 +60,14 @@ pub(super) fn onnx_type_name(code: i32) -> String {
     name.to_string()
 }
 
-fn elem_size(d: DType) -> usize {
+/// Bytes of `numel` elements (4-bit types pack two per byte); `None` on overflow.
+fn byte_len(d: DType, numel: usize) -> Option<usize> {
     match d {
-        DType::F32 | DType::I32 => 4,
-        DType::F16 | DType::Bf16 => 2,
-        DType::I8 | DType::U8 | DType::Bool => 1,
-        DType::I64 => 8,
+        DType::F32 | DType::I32 => numel.checked_mul(4),
+        DType::F16 | DType::Bf16 => numel.checked_mul(2),
+        DType::I8 | DType::U8 | DType::Bool => Some(numel),
+        DType::I4 | DType::U4 => Some(numel.div_ceil(2)),
+        DType::I64 => numel.checked_mul(8),
         DType::Ggml(_) => unreachable!("ONNX tensors are dense"),
     }
 }
@@ -179,14 +183,14 @@ impl<'a> TensorReader<'a> {
         let numel = shape
             .iter()
             .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-            .filter(|n| n.checked_mul(elem_size(dtype)).is_some())
+            .filter(|&n| byte_len(dtype, n).is_some())
             .ok_or_else(|| {
                 self.err(
                     name,
                     format!("absurd dimensions {:?}: the size overflows", t.dims),
                 )
             })?;
-        let want = numel * elem_size(dtype);
+        let want = byte_len(dtype, numel).expect("checked above");
         let data = match t.data_location {
             data_location::EXTERNAL => self.external(t, name, want)?,
             data_location::DEFAULT => {
@@ -269,6 +273,24 @@ impl<'a> TensorReader<'a> {
             DType::U8 => narrow(0, 255, 1)?,
             DType::Bool => narrow(0, 1, 1)?,
             DType::F16 | DType::Bf16 => narrow(0, 0xffff, 2)?,
+            DType::I4 | DType::U4 => {
+                // int32_data holds two 4-bit elements per entry (low first)
+                if t.int32_data.len() != numel.div_ceil(2) {
+                    return Err(self.err(
+                        name,
+                        format!(
+                            "{dtype} {shape:?} needs {} int32_data entries, has {}",
+                            numel.div_ceil(2),
+                            t.int32_data.len()
+                        ),
+                    ));
+                }
+                t.int32_data
+                    .iter()
+                    .map(|&v| v as u8)
+                    .take(numel.div_ceil(2))
+                    .collect()
+            }
             DType::Ggml(_) => unreachable!("ONNX tensors are dense"),
         })
     }

@@ -38,6 +38,8 @@ pub fn onnx_dtype(dtype: DType) -> Option<i32> {
         DType::I32 => data_type::INT32,
         DType::I64 => data_type::INT64,
         DType::Bool => data_type::BOOL,
+        DType::I4 => data_type::INT4,
+        DType::U4 => data_type::UINT4,
         DType::Ggml(_) => return None,
     })
 }
@@ -443,6 +445,7 @@ fn scalar_bytes(dtype: DType, value: f64) -> Option<Vec<u8>> {
         DType::U8 | DType::Bool => vec![value as u8],
         DType::I32 => (value as i32).to_le_bytes().to_vec(),
         DType::I64 => (value as i64).to_le_bytes().to_vec(),
+        DType::I4 | DType::U4 => vec![(value as i64 as u8) & 15],
         DType::Ggml(_) => return None,
     })
 }

@@ -59,7 +59,10 @@ pub(crate) fn is_float(dt: DType) -> bool {
 }
 
 pub(crate) fn is_int(dt: DType) -> bool {
-    matches!(dt, DType::I8 | DType::U8 | DType::I32 | DType::I64)
+    matches!(
+        dt,
+        DType::I4 | DType::U4 | DType::I8 | DType::U8 | DType::I32 | DType::I64
+    )
 }
 
 /// The candle dtype a value of ONNX dtype `dt` is held in.
@@ -75,6 +78,8 @@ pub(crate) fn storage(dt: DType) -> CDType {
 /// C cast does.
 pub(crate) fn wrap(v: i64, dt: DType) -> i64 {
     match dt {
+        DType::I4 => ((v as i8) << 4 >> 4) as i64,
+        DType::U4 => v & 15,
         DType::I8 => v as i8 as i64,
         DType::U8 => v as u8 as i64,
         DType::I32 => v as i32 as i64,
@@ -85,6 +90,8 @@ pub(crate) fn wrap(v: i64, dt: DType) -> i64 {
 /// The range of a quantized integer type.
 pub(crate) fn int_range(dt: DType) -> OpResult<(i64, i64)> {
     Ok(match dt {
+        DType::I4 => (-8, 7),
+        DType::U4 => (0, 15),
         DType::I8 => (-128, 127),
         DType::U8 => (0, 255),
         DType::I32 => (i32::MIN as i64, i32::MAX as i64),
@@ -211,6 +218,14 @@ pub(crate) fn from_model_tensor(t: &crate::Tensor) -> OpResult<Value> {
         )
     }
     Ok(match t.dtype {
+        DType::I4 | DType::U4 => Value::new(
+            ints(
+                (0..t.numel())
+                    .map(|i| crate::tensor::nibble(t.dtype, b, i))
+                    .collect(),
+            )?,
+            t.dtype,
+        ),
         DType::I8 => Value::new(
             ints(b.iter().map(|&x| x as i8 as i64).collect())?,
             DType::I8,
@@ -258,6 +273,14 @@ pub(crate) fn to_model_tensor(name: &str, v: &Value) -> OpResult<crate::Tensor> 
             .flat_map(|x| bf16::from_f32(x).to_le_bytes())
             .collect(),
         DType::I8 | DType::U8 | DType::Bool => v.to_i64s()?.into_iter().map(|x| x as u8).collect(),
+        DType::I4 | DType::U4 => {
+            let codes = v.to_i64s()?;
+            let mut packed = vec![0u8; codes.len().div_ceil(2)];
+            for (i, c) in codes.iter().enumerate() {
+                packed[i / 2] |= ((*c as u8) & 15) << (4 * (i % 2));
+            }
+            packed
+        }
         DType::I32 => v
             .to_i64s()?
             .into_iter()
