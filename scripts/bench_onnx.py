@@ -17,7 +17,7 @@
    subprocesses).
 2. all-MiniLM-L6-v2: edgec convert gives the f32 ONNX; onnxruntime's
    quantize_dynamic(QInt8, per_channel) on it vs edgec quantize --bits 8 (weight-only)
-   and --mode dynamic. Judged by the cosine of mean-pooled embeddings to f32 over
+   and --dynamic. Judged by the cosine of mean-pooled embeddings to f32 over
    100 lines of GPL-3, one sentence at a time.
 
 Targets (EfficientNet): KLD edgec / KLD onnxruntime <= 0.5, top-1 agreement edgec -
@@ -351,7 +351,7 @@ def bench_minilm(args, work):
     rows.append(run_quantizer("onnxruntime quantize_dynamic", [sys.executable, me, "ort-worker", "dynamic", fp32, out],
                               out))
     for label, flags, name in (("edgec quantize --bits 8 (weight-only)", [], "minilm.edgec.w8.onnx"),
-                               ("edgec quantize --bits 8 --mode dynamic", ["--mode", "dynamic"],
+                               ("edgec quantize --bits 8 --dynamic", ["--dynamic"],
                                 "minilm.edgec.dynamic.onnx")):
         out = work / name
         rows.append(run_quantizer(label, [args.edgec, "--threads", args.threads, "quantize", "--bits", "8", *flags, d,

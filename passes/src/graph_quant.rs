@@ -551,6 +551,263 @@ pub fn weights_to_int4_blocked(model: &mut Model, block: usize) -> Result<usize>
     Ok(changed)
 }
 
+/// Symmetric int8 codes of `row` with one scale (amax / 127); returns the scale.
+fn int8_codes(row: &[f32], codes: &mut Vec<u8>) -> f32 {
+    let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let scale = if amax > 0.0 { amax / 127.0 } else { 1.0 };
+    codes.extend(
+        row.iter()
+            .map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8 as u8),
+    );
+    scale
+}
+
+/// Embedding tables (2-D float constants read only as Gather's data along
+/// axis 0, at least `min_elements` large) stored as int8 rows with one scale
+/// per row: Gather picks the int8 rows and their scales, and a Cast and a
+/// Mul restore floats for the gathered rows only. Returns the tables changed.
+pub fn embeddings_to_int8(model: &mut Model, min_elements: usize) -> Result<usize> {
+    let graph = model.graph.as_ref().ok_or(GraphQuantError::NoGraph)?;
+    let mut names = Names::of(model, graph);
+    let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, n) in graph.nodes.iter().enumerate() {
+        for inp in &n.inputs {
+            readers.entry(inp.as_str()).or_default().push(i);
+        }
+    }
+    let outputs: HashSet<&str> = graph.outputs.iter().map(|v| v.name.as_str()).collect();
+    let mut plans: Vec<(usize, String)> = Vec::new();
+    for (i, n) in graph.nodes.iter().enumerate() {
+        if n.op != (Op::Gather { axis: 0 }) {
+            continue;
+        }
+        let Some(t) = n.inputs.first().and_then(|w| model.tensor(w)) else {
+            continue;
+        };
+        let only_gather = readers[t.name.as_str()].iter().all(|&r| {
+            graph.nodes[r].op == (Op::Gather { axis: 0 }) && graph.nodes[r].inputs[0] == t.name
+        });
+        if t.dtype == DType::F32
+            && t.shape.len() == 2
+            && t.numel() >= min_elements
+            && only_gather
+            && !outputs.contains(t.name.as_str())
+        {
+            plans.push((i, t.name.clone()));
+        }
+    }
+    let mut tables: HashMap<String, (String, String)> = HashMap::new();
+    let mut added = Vec::new();
+    let mut replacements: HashMap<usize, Vec<Node>> = HashMap::new();
+    for (i, w) in &plans {
+        if !tables.contains_key(w) {
+            let t = model.tensor(w).expect("planned");
+            let (rows, cols) = (t.shape[0], t.shape[1]);
+            let v = values(t)?;
+            let mut codes = Vec::with_capacity(v.len());
+            let scales: Vec<f32> = v
+                .chunks_exact(cols.max(1))
+                .map(|row| int8_codes(row, &mut codes))
+                .collect();
+            let qn = names.fresh(&format!("{w}_int8"));
+            let sn = names.fresh(&format!("{w}_row_scale"));
+            added.push(owned(qn.clone(), vec![rows, cols], DType::I8, codes)?);
+            added.push(owned(
+                sn.clone(),
+                vec![rows, 1],
+                DType::F32,
+                scales.iter().flat_map(|s| s.to_le_bytes()).collect(),
+            )?);
+            tables.insert(w.clone(), (qn, sn));
+        }
+        let (qn, sn) = &tables[w];
+        let node = &graph.nodes[*i];
+        let ids = node.inputs[1].clone();
+        let out = node.outputs[0].clone();
+        let g = names.fresh(&format!("{out}_int8"));
+        let gs = names.fresh(&format!("{out}_scale"));
+        let f = names.fresh(&format!("{out}_float"));
+        replacements.insert(
+            *i,
+            vec![
+                Node {
+                    name: node.name.clone(),
+                    op: Op::Gather { axis: 0 },
+                    inputs: vec![qn.clone(), ids.clone()],
+                    outputs: vec![g.clone()],
+                },
+                Node {
+                    name: names.fresh(&format!("{}_scale", node.name)),
+                    op: Op::Gather { axis: 0 },
+                    inputs: vec![sn.clone(), ids],
+                    outputs: vec![gs.clone()],
+                },
+                Node {
+                    name: names.fresh(&format!("{}_cast", node.name)),
+                    op: Op::Cast { to: DType::F32 },
+                    inputs: vec![g],
+                    outputs: vec![f.clone()],
+                },
+                Node {
+                    name: names.fresh(&format!("{}_dequantize", node.name)),
+                    op: Op::Mul,
+                    inputs: vec![f, gs],
+                    outputs: vec![out],
+                },
+            ],
+        );
+    }
+    let graph = model.graph.as_mut().expect("checked above");
+    let old = std::mem::take(&mut graph.nodes);
+    for (i, n) in old.into_iter().enumerate() {
+        match replacements.remove(&i) {
+            Some(r) => graph.nodes.extend(r),
+            None => graph.nodes.push(n),
+        }
+    }
+    model.tensors.retain(|t| !tables.contains_key(&t.name));
+    model.tensors.extend(added);
+    Ok(tables.len())
+}
+
+/// Dynamic int8: every MatMul, or Gemm without `transA` and with alpha =
+/// beta = 1, whose `B` is a 2-D float constant read by nothing else runs as
+/// DynamicQuantizeLinear (uint8 activations, range measured per call) →
+/// MatMulInteger with int8 weights (symmetric, per output column) → Cast →
+/// Mul by the two scales (→ Add of the bias), the form onnxruntime's
+/// quantize_dynamic writes and fuses. Returns the weights changed.
+pub fn dynamic_int8(model: &mut Model) -> Result<usize> {
+    let graph = model.graph.as_ref().ok_or(GraphQuantError::NoGraph)?;
+    let mut names = Names::of(model, graph);
+    let mut readers: HashMap<&str, usize> = HashMap::new();
+    for n in &graph.nodes {
+        for i in &n.inputs {
+            *readers.entry(i.as_str()).or_default() += 1;
+        }
+    }
+    let mut replacements: HashMap<usize, Vec<Node>> = HashMap::new();
+    let mut removed = HashSet::new();
+    let mut added = Vec::new();
+    for (idx, n) in graph.nodes.iter().enumerate() {
+        let trans_b = match &n.op {
+            Op::MatMul => false,
+            Op::Gemm {
+                alpha,
+                beta,
+                trans_a: false,
+                trans_b,
+            } if *alpha == 1.0 && *beta == 1.0 => *trans_b,
+            _ => continue,
+        };
+        let Some(w) = n.inputs.get(1) else { continue };
+        let Some(t) = model.tensor(w) else { continue };
+        if t.dtype != DType::F32 || t.shape.len() != 2 || readers[w.as_str()] != 1 {
+            continue;
+        }
+        let v = values(t)?;
+        // Rows are output columns: [N, K].
+        let (rows, k, n_out) = if trans_b {
+            (v, t.shape[1], t.shape[0])
+        } else {
+            (rows_along(&v, &t.shape, 1), t.shape[0], t.shape[1])
+        };
+        let mut row_codes = Vec::with_capacity(rows.len());
+        let scales: Vec<f32> = rows
+            .chunks_exact(k.max(1))
+            .map(|r| int8_codes(r, &mut row_codes))
+            .collect();
+        // MatMulInteger's B is [K, N].
+        let mut codes = vec![0u8; k * n_out];
+        for o in 0..n_out {
+            for i in 0..k {
+                codes[i * n_out + o] = row_codes[o * k + i];
+            }
+        }
+        let base = n.outputs[0].clone();
+        let wq = names.fresh(&format!("{w}_quantized"));
+        let wz = names.fresh(&format!("{w}_zero_point"));
+        let ws = names.fresh(&format!("{w}_scale"));
+        added.push(owned(wq.clone(), vec![k, n_out], DType::I8, codes)?);
+        added.push(owned(wz.clone(), vec![n_out], DType::I8, vec![0; n_out])?);
+        added.push(owned(
+            ws.clone(),
+            vec![n_out],
+            DType::F32,
+            scales.iter().flat_map(|s| s.to_le_bytes()).collect(),
+        )?);
+        removed.insert(w.clone());
+        let (xq, xs, xz) = (
+            names.fresh(&format!("{base}_input_quantized")),
+            names.fresh(&format!("{base}_input_scale")),
+            names.fresh(&format!("{base}_input_zero_point")),
+        );
+        let (acc, accf, scale, scaled) = (
+            names.fresh(&format!("{base}_int32")),
+            names.fresh(&format!("{base}_int32_float")),
+            names.fresh(&format!("{base}_scale")),
+            names.fresh(&format!("{base}_scaled")),
+        );
+        let bias = n.inputs.get(2).filter(|b| !b.is_empty()).cloned();
+        let mut nodes = vec![
+            Node {
+                name: names.fresh(&format!("{}_quantize_input", n.name)),
+                op: Op::DynamicQuantizeLinear,
+                inputs: vec![n.inputs[0].clone()],
+                outputs: vec![xq.clone(), xs.clone(), xz.clone()],
+            },
+            Node {
+                name: n.name.clone(),
+                op: Op::MatMulInteger,
+                inputs: vec![xq, wq, xz, wz],
+                outputs: vec![acc.clone()],
+            },
+            Node {
+                name: names.fresh(&format!("{}_cast", n.name)),
+                op: Op::Cast { to: DType::F32 },
+                inputs: vec![acc],
+                outputs: vec![accf.clone()],
+            },
+            Node {
+                name: names.fresh(&format!("{}_scales", n.name)),
+                op: Op::Mul,
+                inputs: vec![xs, ws],
+                outputs: vec![scale.clone()],
+            },
+            Node {
+                name: names.fresh(&format!("{}_dequantize", n.name)),
+                op: Op::Mul,
+                inputs: vec![accf, scale],
+                outputs: vec![if bias.is_some() {
+                    scaled.clone()
+                } else {
+                    base.clone()
+                }],
+            },
+        ];
+        if let Some(b) = bias {
+            nodes.push(Node {
+                name: names.fresh(&format!("{}_bias", n.name)),
+                op: Op::Add,
+                inputs: vec![scaled, b],
+                outputs: vec![base],
+            });
+        }
+        replacements.insert(idx, nodes);
+    }
+    let changed = replacements.len();
+    let graph = model.graph.as_mut().expect("checked above");
+    let old = std::mem::take(&mut graph.nodes);
+    for (i, n) in old.into_iter().enumerate() {
+        match replacements.remove(&i) {
+            Some(r) => graph.nodes.extend(r),
+            None => graph.nodes.push(n),
+        }
+    }
+    model.tensors.retain(|t| !removed.contains(&t.name));
+    model.tensors.extend(added);
+    Ok(changed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,6 +55,11 @@ pub struct Args {
     /// ONNX --bits 4: weights per block (a power of two, at least 16).
     #[arg(long, default_value_t = 32, value_name = "N")]
     pub block: usize,
+    /// ONNX --bits 8 without --calib: quantize activations at run time too
+    /// (DynamicQuantizeLinear + MatMulInteger, like onnxruntime's
+    /// quantize_dynamic) instead of int8 weights only.
+    #[arg(long, conflicts_with = "calib")]
+    pub dynamic: bool,
     /// ONNX --bits 4: onnxruntime's MatMulNBits (fastest there), or standard
     /// opset-21 DequantizeLinear with block_size on UINT4 weights.
     #[arg(long, value_enum, default_value = "nbits")]
@@ -121,6 +126,7 @@ pub fn run(args: Args) -> Result<()> {
             bits,
             args.block,
             args.int4_format,
+            args.dynamic,
             calib,
         );
     }

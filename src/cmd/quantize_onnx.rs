@@ -5,7 +5,11 @@
 //!   activations with ranges calibrated on the data, int8 per-channel
 //!   weights, int32 biases), which onnxruntime runs in integers.
 //! - `--bits 8`: per-channel symmetric int8 weights behind DequantizeLinear
-//!   (weight-only; activations stay float).
+//!   (weight-only; activations stay float); `--dynamic`: activations
+//!   quantized at run time, MatMulInteger (onnxruntime's quantize_dynamic form).
+//!
+//! Without --calib, embedding tables of a million or more values become
+//! int8 rows with a scale each (Gather, then Cast and Mul).
 //! - `--bits 4`: 4-bit blockwise weights (`--block`, default 32) for every
 //!   MatMul/Gemm weight, in onnxruntime's MatMulNBits or (`--int4-format
 //!   qdq`) as UINT4 behind opset-21 DequantizeLinear with block_size.
@@ -47,6 +51,7 @@ pub fn run(
     bits: u32,
     block: usize,
     int4: Int4Format,
+    dynamic: bool,
     calib: Option<Calib>,
 ) -> Result<()> {
     let start = Instant::now();
@@ -96,7 +101,16 @@ pub fn run(
         );
         return Ok(());
     }
+    if dynamic && bits != 8 {
+        return Err(UsageError("--dynamic is int8: use --bits 8".into()).into());
+    }
+    // Large embedding tables: int8 rows, gathered before dequantizing.
+    let tables = graph_quant::embeddings_to_int8(&mut model, 1 << 20)?;
     let (changed, what) = match bits {
+        8 if dynamic => (
+            graph_quant::dynamic_int8(&mut model)?,
+            "dynamic int8 (MatMulInteger)",
+        ),
         8 => (
             graph_quant::weights_to_int8(&mut model)?,
             "int8 per-channel weights",
@@ -116,6 +130,7 @@ pub fn run(
             .into())
         }
     };
+    let changed = changed + tables;
     if changed == 0 {
         bail!(
             "{}: no Conv, Gemm or MatMul weight to quantize",
