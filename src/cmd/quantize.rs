@@ -123,10 +123,12 @@ pub fn run(args: Args) -> Result<()> {
             model,
             &args.input,
             &args.output,
-            bits,
-            args.block,
-            args.int4_format,
-            args.dynamic,
+            &super::quantize_onnx::OnnxQuant {
+                bits,
+                block: args.block,
+                int4: args.int4_format,
+                dynamic: args.dynamic,
+            },
             calib,
         );
     }

@@ -44,16 +44,29 @@ pub struct Calib<'a> {
 }
 
 /// Writes `model` quantized to `bits` as ONNX at `output`.
+/// What to write.
+#[derive(Clone, Copy)]
+pub struct OnnxQuant {
+    pub bits: u32,
+    /// Weights per block (4-bit).
+    pub block: usize,
+    pub int4: Int4Format,
+    pub dynamic: bool,
+}
+
 pub fn run(
     model: Model,
     input: &Path,
     output: &Path,
-    bits: u32,
-    block: usize,
-    int4: Int4Format,
-    dynamic: bool,
+    q: &OnnxQuant,
     calib: Option<Calib>,
 ) -> Result<()> {
+    let OnnxQuant {
+        bits,
+        block,
+        int4,
+        dynamic,
+    } = *q;
     let start = Instant::now();
     let mut model = match model.graph {
         Some(_) => model,
