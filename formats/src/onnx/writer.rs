@@ -44,8 +44,15 @@ pub fn onnx_dtype(dtype: DType) -> Option<i32> {
     })
 }
 
-/// Writes `model` (which must have a graph) to `path`.
+/// Writes `model` (which must have a graph) to `path`; constants go to an
+/// external data file `path.data` when they pass 2 GiB.
 pub fn write_model(model: &Model, path: &Path) -> Result<()> {
+    write_model_with(model, path, INLINE_LIMIT)
+}
+
+/// [`write_model`] with the threshold above which constants go to the
+/// external data file (0: always).
+pub fn write_model_with(model: &Model, path: &Path, inline_limit: usize) -> Result<()> {
     let graph = model
         .graph
         .as_ref()
@@ -58,7 +65,7 @@ pub fn write_model(model: &Model, path: &Path) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let initializers = builder.initializers()?;
     let total: usize = initializers.iter().map(|(_, t)| t.bytes().len()).sum();
-    let external = total > INLINE_LIMIT;
+    let external = total > inline_limit;
     let data_name = format!(
         "{}.data",
         path.file_name()
