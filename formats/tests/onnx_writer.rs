@@ -1,21 +1,14 @@
 //! The ONNX writer round-trips through the reader: graph and constants come
 //! back the same, inline or in an external data file.
 
+mod common;
+
 use std::path::PathBuf;
 
 use edgec_formats::onnx::{read_model, writer};
 
 fn effnet() -> PathBuf {
-    let dir = std::env::var_os("EDGEC_SHARED_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/models"));
-    let path = dir.join("efficientnet_lite0.onnx");
-    assert!(
-        path.is_file(),
-        "{} is missing: set EDGEC_SHARED_MODELS to the shared models folder",
-        path.display()
-    );
-    path
+    common::efficientnet()
 }
 
 fn assert_same(a: &edgec_core::Model, b: &edgec_core::Model) {

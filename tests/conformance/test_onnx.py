@@ -21,11 +21,13 @@ from safetensors.numpy import load_file, save_file
 from conftest import REPO, need, run
 
 EFFNET = Path(os.environ.get("EDGEC_SHARED_MODELS", REPO.parent / "shared" / "models")) / "efficientnet_lite0.onnx"
+# (scripts/setup-env.sh's env file sets EDGEC_SHARED_MODELS to the folder it found)
 
 
 @pytest.fixture(scope="module")
 def effnet() -> Path:
-    need(EFFNET.is_file(), f"{EFFNET} is missing (the shared models folder; set EDGEC_SHARED_MODELS to its path)")
+    need(EFFNET.is_file(), f"{EFFNET} is missing: run `bash scripts/setup-env.sh`, then `source ~/.cache/edgec/env.sh` "
+         "(it sets EDGEC_SHARED_MODELS to the shared models folder)")
     return EFFNET
 
 
