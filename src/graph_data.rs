@@ -55,8 +55,23 @@ pub fn samples(
     let is_tensors = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+    let is_idx = path.is_file() && {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
+        name.ends_with("-ubyte") || name.ends_with("-ubyte.gz") || name.ends_with(".idx")
+    };
     let mut out = if is_tensors {
         from_tensors(model, path)?
+    } else if is_idx {
+        let [input] = graph.inputs.as_slice() else {
+            bail!(
+                "{}: IDX images need a model with one image input",
+                path.display()
+            );
+        };
+        from_idx(input, path, img)?
     } else {
         let [input] = graph.inputs.as_slice() else {
             bail!(
@@ -120,6 +135,57 @@ fn from_images(input: &edgec_core::ValueInfo, path: &Path, img: &ImageArgs) -> R
         .collect();
     loaded
         .batch
+        .samples()
+        .map(|s| {
+            let t = Tensor::from_vec(s.to_vec(), shape.as_slice(), &Device::Cpu)?;
+            Ok(vec![(input.name.clone(), t)])
+        })
+        .collect()
+}
+
+/// IDX images (e.g. Fashion-MNIST), one channel, through the pixel transform.
+fn from_idx(input: &edgec_core::ValueInfo, path: &Path, img: &ImageArgs) -> Result<Vec<Sample>> {
+    let (scale, offset) = match img.image_transform {
+        Transform::Unit => (1.0 / 255.0, 0.0),
+        Transform::Efficientnet => (1.0 / 128.0, -127.0 / 128.0),
+        Transform::Signed => (1.0 / 127.5, -1.0),
+        Transform::Imagenet => bail!(
+            "{}: --image-transform imagenet needs colour images",
+            path.display()
+        ),
+    };
+    let dims: Vec<Option<usize>> = input
+        .shape
+        .iter()
+        .map(|d| match d {
+            Dim::Fixed(n) => Some(*n),
+            Dim::Named(_) => None,
+        })
+        .collect();
+    let layout = match dims.as_slice() {
+        [_, Some(1), _, _] => Layout::Nchw,
+        [_, _, _, Some(1)] => Layout::Nhwc,
+        _ => bail!(
+            "{}: the model's input {} is not a one-channel image [N, 1, H, W] or [N, H, W, 1]",
+            path.display(),
+            input.name
+        ),
+    };
+    let batch = edgec_calibration::idx::read_idx_images(path, scale, offset, layout)?;
+    let sample_shape = batch.sample_shape();
+    for (got, want) in sample_shape.iter().zip(&dims[1..]) {
+        if want.is_some_and(|w| w != *got) {
+            bail!(
+                "{}: images of {:?} do not fit the model's input {} {:?}",
+                path.display(),
+                sample_shape,
+                input.name,
+                input.shape
+            );
+        }
+    }
+    let shape: Vec<usize> = std::iter::once(1).chain(sample_shape).collect();
+    batch
         .samples()
         .map(|s| {
             let t = Tensor::from_vec(s.to_vec(), shape.as_slice(), &Device::Cpu)?;

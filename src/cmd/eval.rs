@@ -66,6 +66,10 @@ pub struct Args {
     /// Also write the gates as a JUnit XML report to this file.
     #[arg(long)]
     pub junit: Option<PathBuf>,
+    /// Classifiers: the true class of every sample (an IDX labels file, e.g.
+    /// Fashion-MNIST's), for top-1 accuracy.
+    #[arg(long, value_name = "FILE")]
+    pub labels: Option<PathBuf>,
     /// Classifiers (ONNX graphs): at most this many samples.
     #[arg(long, value_name = "N")]
     pub samples: Option<usize>,
@@ -105,6 +109,9 @@ pub struct Scores {
     pub tokens_per_second: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub samples_per_second: Option<f64>,
+    /// Top-1 accuracy against --labels (classifiers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
 }
 
 #[derive(Serialize, Clone)]
@@ -355,12 +362,14 @@ fn eval_lm(
         ppl: want(Metric::Ppl).then(|| ref_ppl.ppl()),
         tokens_per_second: Some(n_tokens / ref_secs.max(1e-9)),
         samples_per_second: None,
+        accuracy: None,
     };
     let candidate_scores = cand_path.map(|p| Scores {
         path: p.display().to_string(),
         ppl: want(Metric::Ppl).then(|| cand_ppl.ppl()),
         tokens_per_second: Some(n_tokens / cand_secs.max(1e-9)),
         samples_per_second: None,
+        accuracy: None,
     });
     let delta = candidate.map(|_| Delta {
         ppl_increase: want(Metric::Ppl).then(|| cand_ppl.ppl() / ref_ppl.ppl() - 1.0),
@@ -495,12 +504,14 @@ fn eval_encoder(
             ppl: None,
             tokens_per_second: Some(n_tokens as f64 / ref_secs.max(1e-9)),
             samples_per_second: None,
+            accuracy: None,
         },
         candidate: cand_path.map(|p| Scores {
             path: p.display().to_string(),
             ppl: None,
             tokens_per_second: Some(n_tokens as f64 / cand_secs.max(1e-9)),
             samples_per_second: None,
+            accuracy: None,
         }),
         delta: candidate.map(|_| Delta {
             ppl_increase: None,
@@ -577,12 +588,14 @@ fn eval_against_llama(
             ppl: Some(kl.ppl_base()),
             tokens_per_second: None,
             samples_per_second: None,
+            accuracy: None,
         },
         candidate: Some(Scores {
             path: path.display().to_string(),
             ppl: Some(kl.ppl()),
             tokens_per_second: Some((n_chunks * file.n_ctx) as f64 / secs.max(1e-9)),
             samples_per_second: None,
+            accuracy: None,
         }),
         delta: Some(Delta {
             ppl_increase: Some(increase),
@@ -628,6 +641,9 @@ fn text_report(r: &Report) -> String {
     if let Some(n) = r.sentences {
         let _ = writeln!(s, "sentences: {n}");
     }
+    if let Some(n) = r.samples {
+        let _ = writeln!(s, "samples: {n}");
+    }
     for (label, sc) in [
         ("reference", Some(&r.reference)),
         ("candidate", r.candidate.as_ref()),
@@ -637,8 +653,13 @@ fn text_report(r: &Report) -> String {
             let speed = sc
                 .tokens_per_second
                 .map(|t| format!(", {t:.1} tokens/s"))
+                .or_else(|| sc.samples_per_second.map(|t| format!(", {t:.1} samples/s")))
                 .unwrap_or_default();
-            let _ = writeln!(s, "{label}: {} —{ppl}{speed}", sc.path);
+            let acc = sc
+                .accuracy
+                .map(|a| format!(" top-1 accuracy {:.2}%", a * 100.0))
+                .unwrap_or_default();
+            let _ = writeln!(s, "{label}: {} —{ppl}{acc}{speed}", sc.path);
         }
     }
     if let Some(d) = &r.delta {
@@ -650,6 +671,13 @@ fn text_report(r: &Report) -> String {
         }
         if let Some(v) = d.top1_agreement {
             let _ = writeln!(s, "delta: top-1 agreement {:.2}%", v * 100.0);
+        }
+        if let Some(v) = d.top1_agreement_confident {
+            let _ = writeln!(
+                s,
+                "delta: top-1 agreement where the reference is confident (p > 0.5) {:.2}%",
+                v * 100.0
+            );
         }
         if let (Some(m), Some(n)) = (d.cosine_mean, d.cosine_min) {
             let _ = writeln!(s, "delta: cosine mean {m:.6}, min {n:.6}");
@@ -736,22 +764,38 @@ fn eval_classifier(
     if args.max_ppl_increase.is_some() || args.min_cosine.is_some() {
         return Err(UsageError("classifiers are gated by --max-kld and --min-top1".into()).into());
     }
-    let (Some(cand_path), Some(candidate)) = (cand_path, candidate) else {
+    if candidate.is_none() && args.labels.is_none() {
         return Err(UsageError(
-            "a classifier is judged against a reference: give --reference and --candidate".into(),
+            "a classifier is judged on --labels, or against a --reference with --candidate".into(),
         )
         .into());
-    };
-    if candidate.graph.is_none() {
-        bail!(
-            "{}: the candidate is not a graph model",
-            cand_path.display()
-        );
+    }
+    if let (Some(c), Some(p)) = (candidate, cand_path) {
+        if c.graph.is_none() {
+            bail!("{}: the candidate is not a graph model", p.display());
+        }
     }
     let data = args.data.as_deref().expect("clap requires --data here");
     let samples = graph_data::samples(reference, data, &args.image, args.samples)?;
+    let labels = args
+        .labels
+        .as_deref()
+        .map(|p| -> Result<Vec<u32>> {
+            let l = edgec_calibration::idx::read_idx_labels(p)?;
+            if l.len() < samples.len() {
+                bail!(
+                    "{}: {} labels for {} samples",
+                    p.display(),
+                    l.len(),
+                    samples.len()
+                );
+            }
+            Ok(l)
+        })
+        .transpose()?;
     let ref_rt = GraphRuntime::new(reference)?;
-    let cand_rt = GraphRuntime::new(candidate)?;
+    let cand_rt = candidate.map(GraphRuntime::new).transpose()?;
+    let (mut ref_correct, mut cand_correct) = (0usize, 0usize);
     let mut kl = KlAccumulator::new();
     let (mut confident, mut confident_agree) = (0usize, 0usize);
     let (mut ref_secs, mut cand_secs) = (0f64, 0f64);
@@ -769,9 +813,16 @@ fn eval_classifier(
             .to_vec1()?;
         Ok::<_, anyhow::Error>(v)
     };
-    for s in &samples {
+    for (i, s) in samples.iter().enumerate() {
         let r = first_output(&ref_rt, s, &mut ref_secs, ref_path)?;
-        let c = first_output(&cand_rt, s, &mut cand_secs, cand_path)?;
+        let label = labels.as_ref().map(|l| l[i] as usize);
+        ref_correct += usize::from(label == Some(edgec_calibration::metrics::argmax(&r)));
+        let (Some(cand_rt), Some(cand_path)) = (&cand_rt, cand_path) else {
+            bar.inc(1);
+            continue;
+        };
+        let c = first_output(cand_rt, s, &mut cand_secs, cand_path)?;
+        cand_correct += usize::from(label == Some(edgec_calibration::metrics::argmax(&c)));
         if r.len() != c.len() || r.is_empty() {
             bail!(
                 "{}: the candidate gives {} outputs, the reference {}",
@@ -824,14 +875,16 @@ fn eval_classifier(
             ppl: None,
             tokens_per_second: None,
             samples_per_second: Some(n / ref_secs.max(1e-9)),
+            accuracy: labels.as_ref().map(|_| ref_correct as f64 / n),
         },
-        candidate: Some(Scores {
-            path: cand_path.display().to_string(),
+        candidate: cand_path.map(|p| Scores {
+            path: p.display().to_string(),
             ppl: None,
             tokens_per_second: None,
             samples_per_second: Some(n / cand_secs.max(1e-9)),
+            accuracy: labels.as_ref().map(|_| cand_correct as f64 / n),
         }),
-        delta: Some(Delta {
+        delta: candidate.map(|_| Delta {
             ppl_increase: None,
             kld: want(Metric::Kld).then(|| kl.mean_kld()),
             top1_agreement: want(Metric::Top1).then(|| kl.top1_agreement()),

@@ -314,3 +314,47 @@ def test_static_int8_from_tensors(edgec_bin, effnet, tmp_path):
     proc = run([edgec_bin, "quantize", "--bits", "8", effnet, tmp_path / "x.onnx", "--calib", bad], check_exit=False)
     assert proc.returncode == 1 and b"no tensor named input" in proc.stderr, proc.stderr
     assert not (tmp_path / "x.onnx").exists()
+
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(scope="module")
+def fashion(models_dir) -> tuple[Path, Path]:
+    model = models_dir / "fashion-mlp.onnx"
+    need(model.is_file() and (FASHION / "t10k-images-idx3-ubyte.gz").is_file(),
+         "the Fashion-MNIST data or classifier is missing: run `bash fixtures/fetch-images.sh` (as root)")
+    return model, FASHION
+
+
+def idx_array(path: Path) -> np.ndarray:
+    import gzip
+    data = gzip.decompress(path.read_bytes())
+    rank = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(rank)]
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * rank).reshape(dims)
+
+
+def test_fashion_accuracy_and_int8_from_idx(edgec_bin, fashion, tmp_path):
+    """Top-1 accuracy on labeled IDX data equals onnxruntime's on the same
+    images; static int8 calibrated on IDX training images runs in
+    onnxruntime and keeps the accuracy within half a point."""
+    model, data = fashion
+    images, labels = data / "t10k-images-idx3-ubyte.gz", data / "t10k-labels-idx1-ubyte.gz"
+    x = (idx_array(images).astype(np.float32) / 255.0)[:, None]
+    y = idx_array(labels)
+    ref_acc = float((ort_run(model, {"input": x})[0].argmax(1) == y).mean())
+    proc = run([edgec_bin, "eval", model, "--data", images, "--labels", labels, "--json"])
+    report = json.loads(proc.stdout)
+    assert report["samples"] == 10000
+    assert report["reference"]["accuracy"] == pytest.approx(ref_acc, abs=2e-4), (report["reference"], ref_acc)
+    out = tmp_path / "fashion.int8.onnx"
+    run([edgec_bin, "quantize", "--bits", "8", model, out, "--calib", data / "train-images-idx3-ubyte.gz",
+         "--calib-samples", "1000"])
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+    q_acc = float((ort_run(out, {"input": x})[0].argmax(1) == y).mean())
+    assert abs(q_acc - ref_acc) < 0.005, (q_acc, ref_acc)
+    proc = run([edgec_bin, "eval", "--reference", model, "--candidate", out, "--data", images,
+                "--labels", labels, "--json", "--min-top1", "0.98"])
+    report = json.loads(proc.stdout)
+    assert report["passed"] and report["candidate"]["accuracy"] == pytest.approx(q_acc, abs=0.002)
