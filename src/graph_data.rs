@@ -32,13 +32,83 @@ pub enum Transform {
 /// Image preprocessing flags.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ImageArgs {
-    /// Pixel transform for image data.
+    /// Pixel transform for image data (a preset; --image-scale/--image-offset
+    /// or --image-mean/--image-std set one explicitly).
     #[arg(long, value_enum, default_value = "unit")]
     pub image_transform: Transform,
+    /// Pixel transform x · S + O on 0..255 values (with --image-offset).
+    #[arg(long, value_name = "S", allow_hyphen_values = true)]
+    pub image_scale: Option<f32>,
+    /// See --image-scale.
+    #[arg(
+        long,
+        value_name = "O",
+        allow_hyphen_values = true,
+        requires = "image_scale"
+    )]
+    pub image_offset: Option<f32>,
+    /// Pixel transform (x/255 − mean[c]) / std[c]: three means (with --image-std).
+    #[arg(long, value_name = "R,G,B", value_parser = parse_triple,
+          requires = "image_std", conflicts_with = "image_scale")]
+    pub image_mean: Option<[f32; 3]>,
+    /// See --image-mean.
+    #[arg(long, value_name = "R,G,B", value_parser = parse_triple, requires = "image_mean")]
+    pub image_std: Option<[f32; 3]>,
+    /// How photos become the input size: `crop` resizes the shorter side to
+    /// size/0.875 and cuts the centre (ImageNet's convention), `stretch`
+    /// resizes to the input size ignoring the aspect ratio.
+    #[arg(long, value_enum, default_value = "crop")]
+    pub resize: Resize,
     /// Samples per photo: 1 is the centre crop; K > 1 takes K crops at
     /// fixed positions (more samples from few photos).
     #[arg(long, default_value_t = 1, value_name = "K")]
     pub crops: u32,
+}
+
+/// Three comma-separated numbers (per-channel means or standard deviations).
+fn parse_triple(s: &str) -> Result<[f32; 3], String> {
+    let v: Vec<f32> = s
+        .split(',')
+        .map(|x| {
+            x.trim()
+                .parse::<f32>()
+                .map_err(|_| format!("{x:?} is not a number"))
+        })
+        .collect::<Result<_, _>>()?;
+    match v.as_slice() {
+        [a, b, c] if v.iter().all(|x| x.is_finite()) => Ok([*a, *b, *c]),
+        _ => Err(format!("{s:?}: give three numbers, R,G,B")),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Resize {
+    Crop,
+    Stretch,
+}
+
+impl ImageArgs {
+    /// The pixel transform the flags ask for.
+    fn transform(&self) -> PixelTransform {
+        if let Some(scale) = self.image_scale {
+            return PixelTransform::ScaleOffset {
+                scale,
+                offset: self.image_offset.unwrap_or(0.0),
+            };
+        }
+        if let (Some(m), Some(s)) = (&self.image_mean, &self.image_std) {
+            return PixelTransform::MeanStd { mean: *m, std: *s };
+        }
+        match self.image_transform {
+            Transform::Unit => PixelTransform::UNIT,
+            Transform::Efficientnet => PixelTransform::EFFICIENTNET_LITE,
+            Transform::Signed => PixelTransform::ScaleOffset {
+                scale: 1.0 / 127.5,
+                offset: -1.0,
+            },
+            Transform::Imagenet => PixelTransform::IMAGENET_MEAN_STD,
+        }
+    }
 }
 
 /// One sample: a tensor per graph input.
@@ -109,17 +179,12 @@ fn from_images(input: &edgec_core::ValueInfo, path: &Path, img: &ImageArgs) -> R
     };
     let channels = w;
     let (height, width) = h;
-    let transform = match img.image_transform {
-        Transform::Unit => PixelTransform::UNIT,
-        Transform::Efficientnet => PixelTransform::EFFICIENTNET_LITE,
-        Transform::Signed => PixelTransform::ScaleOffset {
-            scale: 1.0 / 127.5,
-            offset: -1.0,
-        },
-        Transform::Imagenet => PixelTransform::IMAGENET_MEAN_STD,
-    };
     let prep = ImagePrep {
-        transform,
+        transform: img.transform(),
+        resize: match img.resize {
+            Resize::Crop => images::ResizeMode::ShorterSideCenterCrop { shorter: None },
+            Resize::Stretch => images::ResizeMode::Stretch,
+        },
         layout,
         crops: img.crops,
         channels: if channels == 1 {
@@ -145,14 +210,9 @@ fn from_images(input: &edgec_core::ValueInfo, path: &Path, img: &ImageArgs) -> R
 
 /// IDX images (e.g. Fashion-MNIST), one channel, through the pixel transform.
 fn from_idx(input: &edgec_core::ValueInfo, path: &Path, img: &ImageArgs) -> Result<Vec<Sample>> {
-    let (scale, offset) = match img.image_transform {
-        Transform::Unit => (1.0 / 255.0, 0.0),
-        Transform::Efficientnet => (1.0 / 128.0, -127.0 / 128.0),
-        Transform::Signed => (1.0 / 127.5, -1.0),
-        Transform::Imagenet => bail!(
-            "{}: --image-transform imagenet needs colour images",
-            path.display()
-        ),
+    let (scale, offset) = match img.transform() {
+        PixelTransform::ScaleOffset { scale, offset } => (scale, offset),
+        PixelTransform::MeanStd { mean, std } => (1.0 / (255.0 * std[0]), -mean[0] / std[0]),
     };
     let dims: Vec<Option<usize>> = input
         .shape
@@ -267,6 +327,8 @@ pub enum RangeArg {
     Percentile,
     /// least expected uint8 quantization error
     Mse,
+    /// least KL-divergence between the observed and quantized histograms
+    Entropy,
 }
 
 impl RangeArg {
@@ -275,6 +337,7 @@ impl RangeArg {
             RangeArg::Minmax => RangeMethod::MinMax,
             RangeArg::Percentile => RangeMethod::Percentile(99.99),
             RangeArg::Mse => RangeMethod::Mse,
+            RangeArg::Entropy => RangeMethod::Entropy,
         }
     }
 }

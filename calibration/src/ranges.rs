@@ -17,6 +17,10 @@ pub enum RangeMethod {
     Percentile(f64),
     /// The range with the least expected uint8 quantization error.
     Mse,
+    /// The range whose 256-level quantized histogram is closest to the
+    /// observed one in KL-divergence (TensorRT's entropy calibration, over
+    /// both ends of the range).
+    Entropy,
 }
 
 impl RangeMethod {
@@ -87,6 +91,7 @@ impl RangeCollector {
                 let r = match (&s.hist, method) {
                     (Some(h), RangeMethod::Percentile(p)) => percentile_range(s, h, p),
                     (Some(h), RangeMethod::Mse) => mse_range(s, h),
+                    (Some(h), RangeMethod::Entropy) => entropy_range(s, h),
                     _ => (s.min, s.max),
                 };
                 (name.clone(), r)
@@ -124,9 +129,6 @@ fn percentile_range(s: &Stats, h: &[u64], p: f64) -> (f32, f32) {
 fn mse_range(s: &Stats, h: &[u64]) -> (f32, f32) {
     let (min, max) = (s.min.min(0.0), s.max.max(0.0));
     let mut best = (f64::INFINITY, (s.min, s.max));
-    const GRID: [f32; 16] = [
-        1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25,
-    ];
     for &a in &GRID {
         let lo = min * a;
         if min == 0.0 && a != 1.0 {
@@ -160,6 +162,92 @@ fn mse_range(s: &Stats, h: &[u64]) -> (f32, f32) {
     best.1
 }
 
+/// Shrink factors of each end of the range tried by the searches.
+const GRID: [f32; 16] = [
+    1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25,
+];
+
+/// The range (ends shrunk on [`GRID`], in whole bins) minimising KL(P‖Q):
+/// P is the histogram with what falls outside piled onto the end bins, Q is
+/// P merged into 255 equal steps and spread back evenly over each step's
+/// non-empty bins.
+fn entropy_range(s: &Stats, h: &[u64]) -> (f32, f32) {
+    let width = (s.max - s.min) / BINS as f32;
+    if width <= 0.0 || h.iter().sum::<u64>() == 0 {
+        return (s.min, s.max);
+    }
+    let zero_bin = ((0.0 - s.min) / width).clamp(0.0, BINS as f32) as usize;
+    // Exact zeros (ReLU's, padding's) are exact in any range (the zero
+    // point holds them): their spike would otherwise dominate the
+    // divergence and pull the range in. Their bin takes a neighbour's count.
+    let mut h = h.to_vec();
+    if zero_bin < BINS {
+        let neighbour = if zero_bin + 1 < BINS {
+            zero_bin + 1
+        } else {
+            zero_bin.saturating_sub(1)
+        };
+        h[zero_bin] = h[neighbour];
+    }
+    let h = &h;
+    let mut best = (f64::INFINITY, (s.min, s.max));
+    for &a in &GRID {
+        // the low end moves toward 0 (or stays at the minimum when it is 0)
+        let lo_bin = (zero_bin as f32 * (1.0 - a)) as usize;
+        if s.min >= 0.0 && a != 1.0 {
+            break;
+        }
+        for &b in &GRID {
+            let hi_bin = zero_bin + ((BINS - zero_bin) as f32 * b) as usize;
+            if hi_bin <= lo_bin + 255 {
+                continue;
+            }
+            let kl = kl_after_quantizing(h, lo_bin, hi_bin);
+            if kl < best.0 {
+                best = (
+                    kl,
+                    (s.min + lo_bin as f32 * width, s.min + hi_bin as f32 * width),
+                );
+            }
+        }
+    }
+    best.1
+}
+
+fn kl_after_quantizing(h: &[u64], lo: usize, hi: usize) -> f64 {
+    let mut p: Vec<f64> = h[lo..hi].iter().map(|&c| c as f64).collect();
+    p[0] += h[..lo].iter().sum::<u64>() as f64;
+    let last = p.len() - 1;
+    p[last] += h[hi..].iter().sum::<u64>() as f64;
+    let n = p.len();
+    let mut q = vec![0f64; n];
+    for level in 0..255 {
+        let (start, end) = (
+            level * n / 255,
+            ((level + 1) * n / 255).max(level * n / 255 + 1),
+        );
+        let end = end.min(n);
+        let mass: f64 = p[start..end].iter().sum();
+        let filled = p[start..end].iter().filter(|&&x| x > 0.0).count();
+        if filled > 0 {
+            for i in start..end {
+                if p[i] > 0.0 {
+                    q[i] = mass / filled as f64;
+                }
+            }
+        }
+    }
+    let (sp, sq): (f64, f64) = (p.iter().sum(), q.iter().sum());
+    p.iter()
+        .zip(&q)
+        .filter(|(&a, _)| a > 0.0)
+        .map(|(&a, &b)| {
+            let (a, b) = (a / sp, (b / sq).max(1e-12));
+            a * (a / b).ln()
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +277,23 @@ mod tests {
         let (lo, hi) = collect(&v, RangeMethod::Percentile(99.9));
         assert!(lo >= 0.0 && lo < 0.01, "{lo}");
         assert!(hi > 0.95 && hi < 1.1, "{hi}");
+    }
+
+    #[test]
+    fn entropy_ignores_the_spike_of_exact_zeros() {
+        // half exact zeros (a ReLU's), the rest spread up to 6
+        let mut v: Vec<f32> = vec![0.0; 50_000];
+        v.extend((0..50_000).map(|i| (-((i as f32 + 0.5) / 50_000.0).ln()).min(6.0)));
+        let (_, hi) = collect(&v, RangeMethod::Entropy);
+        assert!(hi > 4.0, "{hi}");
+    }
+
+    #[test]
+    fn entropy_clips_a_long_tail() {
+        let mut t: Vec<f32> = (0..100_000).map(|i| (i % 100) as f32 / 100.0).collect();
+        t.extend([40.0, 40.0]);
+        let (lo, hi) = collect(&t, RangeMethod::Entropy);
+        assert!(lo >= 0.0 && hi < 40.0 && hi >= 0.9, "{lo} {hi}");
     }
 
     #[test]
