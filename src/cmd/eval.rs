@@ -66,6 +66,10 @@ pub struct Args {
     /// Also write the gates as a JUnit XML report to this file.
     #[arg(long)]
     pub junit: Option<PathBuf>,
+    /// Encoders given as ONNX (which carries no tokenizer): the
+    /// tokenizer.json to read the sentences with.
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
     /// Classifiers: the true class of every sample (an IDX labels file, e.g.
     /// Fashion-MNIST's), for top-1 accuracy.
     #[arg(long, value_name = "FILE")]
@@ -209,6 +213,14 @@ pub fn run(args: Args) -> Result<bool> {
             candidate.as_ref(),
             &opts,
         )?,
+        None if reference.graph.is_some() && is_text(args.data.as_deref()) => eval_encoder(
+            &args,
+            &reference_path,
+            &reference,
+            candidate_path.as_deref(),
+            candidate.as_ref(),
+            &opts,
+        )?,
         None if reference.graph.is_some() => eval_classifier(
             &args,
             &reference_path,
@@ -222,6 +234,14 @@ pub fn run(args: Args) -> Result<bool> {
         ),
     };
     finish(&args, report)
+}
+
+/// Whether evaluation data is sentences (text or JSONL) rather than images,
+/// IDX or tensors.
+fn is_text(data: Option<&Path>) -> bool {
+    data.and_then(|d| d.extension())
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .is_some_and(|e| matches!(e.as_str(), "txt" | "jsonl" | "json"))
 }
 
 /// Writes the JUnit file and prints the report; Ok(true) when every gate passed.
@@ -441,15 +461,37 @@ fn eval_encoder(
         .into());
     }
     if let (Some(c), Some(p)) = (candidate, cand_path) {
-        check_same_family(reference, c, p)?;
+        if reference.graph.is_none() && c.graph.is_none() {
+            check_same_family(reference, c, p)?;
+        }
     }
     let data = args.data.as_deref().expect("clap requires --data here");
     let sentences = read_sentences(data)?;
-    let tok = super::tokenizer_of(reference, ref_path)?;
-    let ref_rt = Runtime::new(reference, opts)?;
-    let cand_rt = candidate.map(|c| Runtime::new(c, opts)).transpose()?;
-    let max_pos = match &reference.meta.family {
-        Some(Family::Bert(p)) => p.max_position_embeddings,
+    // The tokenizer: --tokenizer, else whichever model carries one (an ONNX
+    // encoder carries none).
+    let tok = match (
+        &args.tokenizer,
+        &reference.meta.vocab,
+        candidate.and_then(|c| c.meta.vocab.as_ref()),
+    ) {
+        (Some(path), _, _) => {
+            let vocab = edgec_formats::tokenizer::vocab_from_hf(path, None)?;
+            TextTokenizer::from_vocab(&vocab).with_context(|| path.display().to_string())?
+        }
+        (None, Some(_), _) => super::tokenizer_of(reference, ref_path)?,
+        (None, None, Some(v)) => TextTokenizer::from_vocab(v)
+            .with_context(|| format!("{}: tokenizer", cand_path.unwrap_or(ref_path).display()))?,
+        (None, None, None) => {
+            return Err(UsageError(
+                "ONNX encoders carry no tokenizer: give --tokenizer tokenizer.json".into(),
+            )
+            .into())
+        }
+    };
+    let ref_rt = Embedder::new(reference, opts)?;
+    let cand_rt = candidate.map(|c| Embedder::new(c, opts)).transpose()?;
+    let max_pos = match (&reference.meta.family, candidate.map(|c| &c.meta.family)) {
+        (Some(Family::Bert(p)), _) | (_, Some(Some(Family::Bert(p)))) => p.max_position_embeddings,
         _ => usize::MAX,
     };
     let (mut cos, mut n_tokens, mut ref_secs, mut cand_secs) = (Vec::new(), 0usize, 0f64, 0f64);
@@ -896,4 +938,68 @@ fn eval_classifier(
         gates,
         passed,
     })
+}
+
+/// Mean-pooled sentence embeddings from a BERT-family model or an ONNX
+/// encoder graph (inputs `input_ids`, `attention_mask`, optionally
+/// `token_type_ids`; its first output the last hidden state).
+enum Embedder {
+    Family(Runtime),
+    Graph(edgec_core::runtime::graph::GraphRuntime),
+}
+
+impl Embedder {
+    fn new(model: &Model, opts: &RuntimeOptions) -> Result<Self> {
+        Ok(match &model.graph {
+            Some(g) => {
+                if !g.inputs.iter().any(|v| v.name == "input_ids") {
+                    bail!("the graph has no input_ids input; it is not a text encoder");
+                }
+                Embedder::Graph(edgec_core::runtime::graph::GraphRuntime::new(model)?)
+            }
+            None => Embedder::Family(Runtime::new(model, opts)?),
+        })
+    }
+
+    fn embed(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        let rt = match self {
+            Embedder::Family(rt) => return Ok(rt.embed(ids)?),
+            Embedder::Graph(rt) => rt,
+        };
+        use candle_core::{Device, Tensor};
+        let n = ids.len();
+        let ids_t = Tensor::from_vec(
+            ids.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+            (1, n),
+            &Device::Cpu,
+        )?;
+        let mut inputs = vec![("input_ids", ids_t)];
+        for v in rt.inputs() {
+            match v.name.as_str() {
+                "attention_mask" => inputs.push((
+                    "attention_mask",
+                    Tensor::ones((1, n), candle_core::DType::I64, &Device::Cpu)?,
+                )),
+                "token_type_ids" => inputs.push((
+                    "token_type_ids",
+                    Tensor::zeros((1, n), candle_core::DType::I64, &Device::Cpu)?,
+                )),
+                _ => {}
+            }
+        }
+        let out = rt.run(&inputs)?;
+        let (_, hidden) = out.into_iter().next().context("the graph has no output")?;
+        let (_, s, d) = hidden.dims3()?;
+        let v: Vec<f32> = hidden
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        let mut pooled = vec![0f32; d];
+        for row in v.chunks_exact(d) {
+            for (p, x) in pooled.iter_mut().zip(row) {
+                *p += x / s as f32;
+            }
+        }
+        Ok(pooled)
+    }
 }

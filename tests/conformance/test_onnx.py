@@ -358,3 +358,25 @@ def test_fashion_accuracy_and_int8_from_idx(edgec_bin, fashion, tmp_path):
                 "--labels", labels, "--json", "--min-top1", "0.98"])
     report = json.loads(proc.stdout)
     assert report["passed"] and report["candidate"]["accuracy"] == pytest.approx(q_acc, abs=0.002)
+
+
+def test_eval_onnx_encoders(edgec_bin, minilm_dir, minilm_int8, tmp_path):
+    """edgec eval compares an HF encoder with an ONNX one, and two ONNX
+    encoders given their tokenizer: pooled-embedding cosine, gated."""
+    sentences = tmp_path / "sentences.txt"
+    lines = [l.strip() for l in Path("/usr/share/common-licenses/GPL-3").read_text().splitlines() if l.strip()]
+    sentences.write_text("\n".join(lines[:20]) + "\n")
+    proc = run([edgec_bin, "eval", "--reference", minilm_dir, "--candidate", minilm_int8, "--data", sentences,
+                "--json", "--min-cosine", "0.998"])
+    report = json.loads(proc.stdout)
+    assert report["kind"] == "encoder" and report["sentences"] == 20 and report["passed"], report
+    assert report["delta"]["cosine_mean"] > 0.998
+    f32 = tmp_path / "minilm.onnx"
+    run([edgec_bin, "convert", minilm_dir, f32])
+    proc = run([edgec_bin, "eval", "--reference", f32, "--candidate", minilm_int8, "--data", sentences,
+                "--tokenizer", minilm_dir / "tokenizer.json", "--json"])
+    both_onnx = json.loads(proc.stdout)["delta"]["cosine_mean"]
+    assert both_onnx == pytest.approx(report["delta"]["cosine_mean"], abs=1e-5)
+    proc = run([edgec_bin, "eval", "--reference", f32, "--candidate", minilm_int8, "--data", sentences],
+               check_exit=False)
+    assert proc.returncode == 2 and b"--tokenizer" in proc.stderr
