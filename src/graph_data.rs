@@ -342,34 +342,54 @@ impl RangeArg {
     }
 }
 
-/// The range of every float value (graph inputs and node outputs) over
-/// `samples`, by `method`: one pass for the extremes, a second for the
-/// histograms when the method needs them.
-pub fn activation_ranges(
+/// Value name → (min, max) to quantize over.
+pub type Ranges = HashMap<String, (f32, f32)>;
+/// Value name → per-channel means.
+pub type Means = HashMap<String, Vec<f64>>;
+
+/// Calibration statistics of a graph on `samples`: the range of every float
+/// value (graph inputs and node outputs) by `method`, and the per-channel
+/// (axis 1) means of the values in `means_for`. One pass gives the extremes
+/// and the means; a second fills histograms when the method needs them.
+pub fn activation_stats(
     model: &Model,
     samples: &[Sample],
     method: RangeMethod,
-) -> Result<HashMap<String, (f32, f32)>> {
+    means_for: &HashSet<String>,
+) -> Result<(Ranges, Means)> {
     let mut rt = GraphRuntime::new(model)?;
-    let collector = Arc::new(Mutex::new(RangeCollector::default()));
-    let c = Arc::clone(&collector);
-    let observe = move |name: &str, t: &Tensor| {
-        if t.dtype().is_float() {
-            if let Ok(v) = t.flatten_all().and_then(|t| t.to_vec1::<f32>()) {
-                c.lock().expect("range lock").observe(name, &v);
-            }
+    let ranges = Arc::new(Mutex::new(RangeCollector::default()));
+    let sums: Arc<Mutex<ChannelSums>> = Arc::default();
+    let first_pass = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (r, m, f, names) = (
+        Arc::clone(&ranges),
+        Arc::clone(&sums),
+        Arc::clone(&first_pass),
+        means_for.clone(),
+    );
+    let observe = Arc::new(move |name: &str, t: &Tensor| {
+        if !t.dtype().is_float() {
+            return;
         }
-    };
-    let observe = Arc::new(observe);
+        let Ok(v) = t.flatten_all().and_then(|t| t.to_vec1::<f32>()) else {
+            return;
+        };
+        r.lock().expect("range lock").observe(name, &v);
+        if names.contains(name) && f.load(std::sync::atomic::Ordering::Relaxed) {
+            m.lock().expect("means lock").add(name, t.dims(), &v);
+        }
+    });
     let hook = Arc::clone(&observe);
     rt.set_hook(Some(Arc::new(move |name: &str, t: &Tensor| hook(name, t))));
     let passes = if method.needs_histogram() { 2 } else { 1 };
     let bar = progress::bar((samples.len() * passes) as u64, "calibrate");
     for pass in 0..passes {
         if pass == 1 {
-            collector.lock().expect("range lock").start_histograms();
+            ranges.lock().expect("range lock").start_histograms();
+            first_pass.store(false, std::sync::atomic::Ordering::Relaxed);
         }
         for s in samples {
+            // graph inputs are not node outputs: the hook does not see them
             for (name, t) in s {
                 observe(name, t);
             }
@@ -381,39 +401,26 @@ pub fn activation_ranges(
     }
     bar.finish_and_clear();
     rt.set_hook(None);
-    let ranges = collector.lock().expect("range lock").ranges(method);
-    Ok(ranges.into_iter().collect())
+    let ranges = ranges.lock().expect("range lock").ranges(method);
+    let means = std::mem::take(&mut *sums.lock().expect("means lock")).means();
+    Ok((ranges.into_iter().collect(), means))
 }
 
-/// The mean over samples and positions of each output channel (axis 1) of
-/// the values in `names`, as `model` computes them on `samples`.
-pub fn channel_means(
-    model: &Model,
-    samples: &[Sample],
-    names: &HashSet<String>,
-) -> Result<HashMap<String, Vec<f64>>> {
-    let mut rt = GraphRuntime::new(model)?;
-    type Sums = HashMap<String, (Vec<f64>, u64)>;
-    let sums: Arc<Mutex<Sums>> = Arc::default();
-    let s2 = Arc::clone(&sums);
-    let names2 = names.clone();
-    let accumulate = Arc::new(move |name: &str, t: &Tensor| {
-        if !names2.contains(name) {
-            return;
-        }
-        let dims = t.dims().to_vec();
+/// Per-channel (axis 1) sums and counts of observed values.
+#[derive(Default)]
+struct ChannelSums(HashMap<String, (Vec<f64>, u64)>);
+
+impl ChannelSums {
+    fn add(&mut self, name: &str, dims: &[usize], v: &[f32]) {
         let (Some(&n), Some(&c)) = (dims.first(), dims.get(1)) else {
             return;
         };
         let inner: usize = dims[2..].iter().product();
-        let Ok(v) = t.flatten_all().and_then(|t| t.to_vec1::<f32>()) else {
-            return;
-        };
-        let mut sums = s2.lock().expect("means lock");
-        let (acc, count) = sums
+        let (acc, count) = self
+            .0
             .entry(name.to_string())
             .or_insert_with(|| (vec![0.0; c], 0));
-        if acc.len() != c {
+        if acc.len() != c || v.len() != n * c * inner {
             return;
         }
         for b in 0..n {
@@ -426,21 +433,12 @@ pub fn channel_means(
             }
         }
         *count += (n * inner) as u64;
-    });
-    let hook = Arc::clone(&accumulate);
-    rt.set_hook(Some(Arc::new(move |name: &str, t: &Tensor| hook(name, t))));
-    for s in samples {
-        // graph inputs are not node outputs: the hook does not see them
-        for (name, t) in s {
-            accumulate(name, t);
-        }
-        let refs: Vec<(&str, Tensor)> = s.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
-        rt.run(&refs)?;
     }
-    rt.set_hook(None);
-    let sums = std::mem::take(&mut *sums.lock().expect("means lock"));
-    Ok(sums
-        .into_iter()
-        .map(|(k, (acc, n))| (k, acc.iter().map(|a| a / n.max(1) as f64).collect()))
-        .collect())
+
+    fn means(self) -> HashMap<String, Vec<f64>> {
+        self.0
+            .into_iter()
+            .map(|(k, (acc, n))| (k, acc.iter().map(|a| a / n.max(1) as f64).collect()))
+            .collect()
+    }
 }

@@ -80,21 +80,22 @@ pub fn run(
             );
         }
         let samples = graph_data::samples(&model, c.data, c.image, c.samples)?;
-        let ranges = graph_data::activation_ranges(&model, &samples, c.method.method())
-            .map_err(|e| anyhow!("{}: {e:#}", c.data.display()))?;
-        // Bias correction: the per-channel means of every Conv/Gemm input.
-        let means = if c.bias_correction {
-            let inputs: HashSet<String> = model
+        // Bias correction needs the per-channel means of every Conv/Gemm input.
+        let means_for: HashSet<String> = if c.bias_correction {
+            model
                 .graph
                 .iter()
                 .flat_map(|g| &g.nodes)
                 .filter(|n| matches!(n.op, Op::Conv { .. } | Op::Gemm { .. }))
                 .filter_map(|n| n.inputs.first().cloned())
-                .collect();
-            Some(graph_data::channel_means(&model, &samples, &inputs)?)
+                .collect()
         } else {
-            None
+            HashSet::new()
         };
+        let (ranges, means) =
+            graph_data::activation_stats(&model, &samples, c.method.method(), &means_for)
+                .map_err(|e| anyhow!("{}: {e:#}", c.data.display()))?;
+        let means = c.bias_correction.then_some(means);
         let mut quantized = model.clone();
         let report = qdq::quantize_static(&mut quantized, &ranges, means.as_ref())?;
         let model = quantized;

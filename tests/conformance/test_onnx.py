@@ -380,3 +380,13 @@ def test_eval_onnx_encoders(edgec_bin, minilm_dir, minilm_int8, tmp_path):
     proc = run([edgec_bin, "eval", "--reference", f32, "--candidate", minilm_int8, "--data", sentences],
                check_exit=False)
     assert proc.returncode == 2 and b"--tokenizer" in proc.stderr
+
+
+def test_static_int8_is_deterministic_across_threads(edgec_bin, effnet, photos, tmp_path):
+    outs = []
+    for threads in ("1", "2"):
+        out = tmp_path / f"int8.{threads}.onnx"
+        run([edgec_bin, "--threads", threads, "quantize", "--bits", "8", effnet, out, "--calib", photos[0],
+             "--image-transform", "efficientnet", "--calib-samples", "6"])
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
