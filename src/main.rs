@@ -46,6 +46,14 @@ enum Command {
 
 /// Exit codes: 0 ok, 1 error, 2 usage (clap), 3 an accuracy gate failed.
 fn main() -> ExitCode {
+    // Like other Unix tools, end quietly when stdout's reader goes away
+    // (`edgec inspect --json | head`) instead of panicking on the write.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any other
+    // thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
         if n == 0 {
