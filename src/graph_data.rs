@@ -12,7 +12,7 @@ use candle_core::{Device, Tensor};
 use edgec_calibration::images::{self, ImagePrep, Layout, PixelTransform};
 use edgec_calibration::ranges::{RangeCollector, RangeMethod};
 use edgec_core::runtime::graph::GraphRuntime;
-use edgec_core::{DType, Dim, Model};
+use edgec_core::{DType, Model};
 
 use crate::progress;
 
@@ -162,11 +162,7 @@ pub fn samples(
 }
 
 fn from_images(input: &edgec_core::ValueInfo, path: &Path, img: &ImageArgs) -> Result<Vec<Sample>> {
-    let fixed = |d: &Dim| match d {
-        Dim::Fixed(n) => Some(*n),
-        Dim::Named(_) => None,
-    };
-    let dims: Vec<Option<usize>> = input.shape.iter().map(fixed).collect();
+    let dims = input.fixed_dims();
     // [N, 3, H, W] or [N, H, W, 3]: the channel axis is the one of size 1 or 3.
     let (layout, h, w) = match dims.as_slice() {
         [_, Some(c @ (1 | 3)), Some(h), Some(w)] => (Layout::Nchw, (*h, *w), *c),
@@ -214,14 +210,7 @@ fn from_idx(input: &edgec_core::ValueInfo, path: &Path, img: &ImageArgs) -> Resu
         PixelTransform::ScaleOffset { scale, offset } => (scale, offset),
         PixelTransform::MeanStd { mean, std } => (1.0 / (255.0 * std[0]), -mean[0] / std[0]),
     };
-    let dims: Vec<Option<usize>> = input
-        .shape
-        .iter()
-        .map(|d| match d {
-            Dim::Fixed(n) => Some(*n),
-            Dim::Named(_) => None,
-        })
-        .collect();
+    let dims = input.fixed_dims();
     let layout = match dims.as_slice() {
         [_, Some(1), _, _] => Layout::Nchw,
         [_, _, _, Some(1)] => Layout::Nhwc,

@@ -19,12 +19,29 @@ pub enum Dim {
     Named(String),
 }
 
+impl Dim {
+    /// The size of a fixed dimension.
+    pub fn fixed(&self) -> Option<usize> {
+        match self {
+            Dim::Fixed(n) => Some(*n),
+            Dim::Named(_) => None,
+        }
+    }
+}
+
 /// A typed graph input or output.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValueInfo {
     pub name: String,
     pub dtype: DType,
     pub shape: Vec<Dim>,
+}
+
+impl ValueInfo {
+    /// Each dimension's size where it is fixed.
+    pub fn fixed_dims(&self) -> Vec<Option<usize>> {
+        self.shape.iter().map(Dim::fixed).collect()
+    }
 }
 
 /// Padding modes of [`Op::Pad`].

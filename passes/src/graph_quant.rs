@@ -89,11 +89,22 @@ pub fn find_weights(model: &Model) -> Result<Vec<WeightUse>> {
         .collect())
 }
 
+/// Replaces the node at each index of `replacements` by its nodes, in place.
+fn splice(graph: &mut Graph, mut replacements: HashMap<usize, Vec<Node>>) {
+    let old = std::mem::take(&mut graph.nodes);
+    for (i, n) in old.into_iter().enumerate() {
+        match replacements.remove(&i) {
+            Some(r) => graph.nodes.extend(r),
+            None => graph.nodes.push(n),
+        }
+    }
+}
+
 /// Names not yet used by the model.
-struct Names(HashSet<String>);
+pub(crate) struct Names(HashSet<String>);
 
 impl Names {
-    fn of(model: &Model, graph: &Graph) -> Self {
+    pub(crate) fn of(model: &Model, graph: &Graph) -> Self {
         let mut s: HashSet<String> = model.tensors.iter().map(|t| t.name.clone()).collect();
         s.extend(graph.inputs.iter().map(|v| v.name.clone()));
         for n in &graph.nodes {
@@ -103,7 +114,7 @@ impl Names {
         Names(s)
     }
 
-    fn fresh(&mut self, base: &str) -> String {
+    pub(crate) fn fresh(&mut self, base: &str) -> String {
         let mut name = base.to_string();
         let mut k = 1;
         while self.0.contains(&name) {
@@ -411,14 +422,7 @@ pub fn weights_to_nbits(model: &mut Model, block: usize) -> Result<usize> {
         }
         new_nodes.insert(*idx, replacement);
     }
-    let graph = model.graph.as_mut().expect("checked above");
-    let old = std::mem::take(&mut graph.nodes);
-    for (idx, n) in old.into_iter().enumerate() {
-        match new_nodes.remove(&idx) {
-            Some(r) => graph.nodes.extend(r),
-            None => graph.nodes.push(n),
-        }
-    }
+    splice(model.graph.as_mut().expect("checked above"), new_nodes);
     model.tensors.retain(|t| !removed.contains(&t.name));
     model.tensors.extend(added);
     Ok(plans.len())
@@ -657,14 +661,7 @@ pub fn embeddings_to_int8(model: &mut Model, min_elements: usize) -> Result<usiz
             ],
         );
     }
-    let graph = model.graph.as_mut().expect("checked above");
-    let old = std::mem::take(&mut graph.nodes);
-    for (i, n) in old.into_iter().enumerate() {
-        match replacements.remove(&i) {
-            Some(r) => graph.nodes.extend(r),
-            None => graph.nodes.push(n),
-        }
-    }
+    splice(model.graph.as_mut().expect("checked above"), replacements);
     model.tensors.retain(|t| !tables.contains_key(&t.name));
     model.tensors.extend(added);
     Ok(tables.len())
@@ -795,14 +792,7 @@ pub fn dynamic_int8(model: &mut Model) -> Result<usize> {
         replacements.insert(idx, nodes);
     }
     let changed = replacements.len();
-    let graph = model.graph.as_mut().expect("checked above");
-    let old = std::mem::take(&mut graph.nodes);
-    for (i, n) in old.into_iter().enumerate() {
-        match replacements.remove(&i) {
-            Some(r) => graph.nodes.extend(r),
-            None => graph.nodes.push(n),
-        }
-    }
+    splice(model.graph.as_mut().expect("checked above"), replacements);
     model.tensors.retain(|t| !removed.contains(&t.name));
     model.tensors.extend(added);
     Ok(changed)

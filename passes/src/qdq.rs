@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use edgec_core::{DType, Model, Node, Op, Tensor, TensorData};
 
-use crate::graph_quant::GraphQuantError;
+use crate::graph_quant::{GraphQuantError, Names};
 
 type Result<T> = std::result::Result<T, GraphQuantError>;
 
@@ -157,21 +157,7 @@ pub fn quantize_static(
         }
     }
 
-    let mut names: HashSet<String> = constants.clone();
-    for n in &graph.nodes {
-        names.extend(n.outputs.iter().cloned());
-        names.insert(n.name.clone());
-    }
-    let mut fresh = |base: String| {
-        let mut name = base.clone();
-        let mut k = 1;
-        while names.contains(&name) {
-            name = format!("{base}_{k}");
-            k += 1;
-        }
-        names.insert(name.clone());
-        name
-    };
+    let mut names = Names::of(model, graph);
 
     let mut new_tensors: Vec<Tensor> = Vec::new();
     let mut pairs: HashMap<String, Vec<Node>> = HashMap::new(); // value → its Q, DQ
@@ -181,8 +167,8 @@ pub fn quantize_static(
         let (lo, hi) = ranges[v];
         let (scale, zero) = u8_params(lo, hi);
         act_scale.insert(v.clone(), scale);
-        let s = fresh(format!("{v}_scale"));
-        let z = fresh(format!("{v}_zero_point"));
+        let s = names.fresh(&format!("{v}_scale"));
+        let z = names.fresh(&format!("{v}_zero_point"));
         new_tensors.push(owned(
             s.clone(),
             vec![],
@@ -190,13 +176,13 @@ pub fn quantize_static(
             scale.to_le_bytes().to_vec(),
         )?);
         new_tensors.push(owned(z.clone(), vec![], DType::U8, vec![zero])?);
-        let q = fresh(format!("{v}_quantized"));
-        let dq = fresh(format!("{v}_dequantized"));
+        let q = names.fresh(&format!("{v}_quantized"));
+        let dq = names.fresh(&format!("{v}_dequantized"));
         pairs.insert(
             v.clone(),
             vec![
                 Node {
-                    name: fresh(format!("{v}_QuantizeLinear")),
+                    name: names.fresh(&format!("{v}_QuantizeLinear")),
                     op: Op::QuantizeLinear {
                         axis: 1,
                         block_size: 0,
@@ -206,7 +192,7 @@ pub fn quantize_static(
                     outputs: vec![q.clone()],
                 },
                 Node {
-                    name: fresh(format!("{v}_DequantizeLinear")),
+                    name: names.fresh(&format!("{v}_DequantizeLinear")),
                     op: Op::DequantizeLinear {
                         axis: 1,
                         block_size: 0,
@@ -271,7 +257,7 @@ pub fn quantize_static(
             .as_ref()
             .map(|b| b.iter().map(|v| v.abs() / (x_scale * BIAS_LIMIT)).collect());
         if !weight_done.contains_key(w) {
-            let q = quantize_weight(t, axis, min_scales.as_deref(), &mut fresh)?;
+            let q = quantize_weight(t, axis, min_scales.as_deref(), &mut names)?;
             new_tensors.extend(q.tensors);
             weight_nodes.push(q.node);
             weight_done.insert(w.clone(), (q.dequantized, q.scales));
@@ -308,9 +294,9 @@ pub fn quantize_static(
                 (q.clamp(i32::MIN as f32, i32::MAX as f32) as i32).to_le_bytes()
             })
             .collect();
-        let qn = fresh(format!("{b}_quantized"));
-        let sn = fresh(format!("{b}_scale"));
-        let dq = fresh(format!("{b}_dequantized"));
+        let qn = names.fresh(&format!("{b}_quantized"));
+        let sn = names.fresh(&format!("{b}_scale"));
+        let dq = names.fresh(&format!("{b}_dequantized"));
         new_tensors.push(owned(qn.clone(), vec![bias.len()], DType::I32, q)?);
         new_tensors.push(owned(
             sn.clone(),
@@ -319,7 +305,7 @@ pub fn quantize_static(
             scales.iter().flat_map(|s| s.to_le_bytes()).collect(),
         )?);
         weight_nodes.push(Node {
-            name: fresh(format!("{b}_DequantizeLinear")),
+            name: names.fresh(&format!("{b}_DequantizeLinear")),
             op: Op::DequantizeLinear {
                 axis: 0,
                 block_size: 0,
@@ -385,7 +371,7 @@ fn quantize_weight(
     t: &Tensor,
     axis: usize,
     min_scales: Option<&[f32]>,
-    fresh: &mut impl FnMut(String) -> String,
+    names: &mut Names,
 ) -> Result<QuantizedWeight> {
     let v = t
         .to_f32()
@@ -421,10 +407,10 @@ fn quantize_weight(
         .map(|((&c, &s), &w)| c as f32 * s - w)
         .collect();
     let codes: Vec<u8> = codes.iter().map(|&c| c as i8 as u8).collect();
-    let qn = fresh(format!("{}_quantized", t.name));
-    let sn = fresh(format!("{}_scale", t.name));
-    let zn = fresh(format!("{}_zero_point", t.name));
-    let dq = fresh(format!("{}_dequantized", t.name));
+    let qn = names.fresh(&format!("{}_quantized", t.name));
+    let sn = names.fresh(&format!("{}_scale", t.name));
+    let zn = names.fresh(&format!("{}_zero_point", t.name));
+    let dq = names.fresh(&format!("{}_dequantized", t.name));
     let tensors = vec![
         owned(qn.clone(), shape, DType::I8, codes)?,
         owned(
@@ -436,7 +422,7 @@ fn quantize_weight(
         owned(zn.clone(), vec![channels], DType::I8, vec![0; channels])?,
     ];
     let node = Node {
-        name: fresh(format!("{}_DequantizeLinear", t.name)),
+        name: names.fresh(&format!("{}_DequantizeLinear", t.name)),
         op: Op::DequantizeLinear {
             axis: axis as i64,
             block_size: 0,

@@ -520,14 +520,7 @@ pub fn infer_shapes(
         let dims = match inputs.iter().find(|(n, _)| *n == vi.name) {
             Some((_, d)) => d.clone(),
             None => {
-                let fixed: Option<Vec<usize>> = vi
-                    .shape
-                    .iter()
-                    .map(|d| match d {
-                        Dim::Fixed(n) => Some(*n),
-                        Dim::Named(_) => None,
-                    })
-                    .collect();
+                let fixed: Option<Vec<usize>> = vi.fixed_dims().into_iter().collect();
                 match fixed {
                     Some(d) => d,
                     None => {

@@ -307,14 +307,7 @@ fn import(path: &Path, d: Decoded, reader: &TensorReader) -> Result<Model> {
     }
     let mut shapes: HashMap<String, Shape> = HashMap::new();
     for v in &inputs {
-        let s = v
-            .shape
-            .iter()
-            .map(|d| match d {
-                Dim::Fixed(n) => Some(*n),
-                Dim::Named(_) => None,
-            })
-            .collect();
+        let s = v.fixed_dims();
         shapes.insert(v.name.clone(), s);
     }
     let domains: HashMap<String, i64> = d
