@@ -196,7 +196,18 @@ pub fn run(args: Args) -> Result<bool> {
         .as_deref()
         .map(edgec_formats::read_model)
         .transpose()?;
+    // BERT models, and ONNX encoders given sentences
+    let encoder = matches!(reference.meta.family, Some(Family::Bert(_)))
+        || (reference.graph.is_some() && is_text(args.data.as_deref()));
     let report = match reference.meta.family {
+        _ if encoder => eval_encoder(
+            &args,
+            &reference_path,
+            &reference,
+            candidate_path.as_deref(),
+            candidate.as_ref(),
+            &opts,
+        )?,
         Some(Family::Llama(_)) => eval_lm(
             &args,
             &reference_path,
@@ -205,30 +216,14 @@ pub fn run(args: Args) -> Result<bool> {
             candidate.as_ref(),
             &opts,
         )?,
-        Some(Family::Bert(_)) => eval_encoder(
-            &args,
-            &reference_path,
-            &reference,
-            candidate_path.as_deref(),
-            candidate.as_ref(),
-            &opts,
-        )?,
-        None if reference.graph.is_some() && is_text(args.data.as_deref()) => eval_encoder(
-            &args,
-            &reference_path,
-            &reference,
-            candidate_path.as_deref(),
-            candidate.as_ref(),
-            &opts,
-        )?,
-        None if reference.graph.is_some() => eval_classifier(
+        _ if reference.graph.is_some() => eval_classifier(
             &args,
             &reference_path,
             &reference,
             candidate_path.as_deref(),
             candidate.as_ref(),
         )?,
-        None => bail!(
+        _ => bail!(
             "{}: the model has no architecture to run",
             reference_path.display()
         ),
