@@ -164,17 +164,15 @@ pub fn samples(
 fn from_images(input: &edgec_core::ValueInfo, path: &Path, img: &ImageArgs) -> Result<Vec<Sample>> {
     let dims = input.fixed_dims();
     // [N, 3, H, W] or [N, H, W, 3]: the channel axis is the one of size 1 or 3.
-    let (layout, h, w) = match dims.as_slice() {
-        [_, Some(c @ (1 | 3)), Some(h), Some(w)] => (Layout::Nchw, (*h, *w), *c),
-        [_, Some(h), Some(w), Some(c @ (1 | 3))] => (Layout::Nhwc, (*h, *w), *c),
+    let (layout, channels, height, width) = match dims.as_slice() {
+        [_, Some(c @ (1 | 3)), Some(h), Some(w)] => (Layout::Nchw, *c, *h, *w),
+        [_, Some(h), Some(w), Some(c @ (1 | 3))] => (Layout::Nhwc, *c, *h, *w),
         _ => bail!(
             "{}: the model's input {} is not an image tensor [N, C, H, W] or [N, H, W, C] with fixed sizes",
             path.display(),
             input.name
         ),
     };
-    let channels = w;
-    let (height, width) = h;
     let prep = ImagePrep {
         transform: img.transform(),
         resize: match img.resize {
@@ -243,47 +241,75 @@ fn from_idx(input: &edgec_core::ValueInfo, path: &Path, img: &ImageArgs) -> Resu
         .collect()
 }
 
-fn from_tensors(model: &Model, path: &Path) -> Result<Vec<Sample>> {
-    let graph = model.graph.as_ref().expect("checked by the caller");
+/// The tensors of a .safetensors file, in file order, as candle tensors:
+/// F32 as f32, I32 and I64 as i64 (the graph runtime's integer type).
+pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
     let file = safetensors::SafeTensors::deserialize(&bytes)
         .with_context(|| format!("{}: not a safetensors file", path.display()))?;
-    let mut per_input: Vec<(String, Vec<Tensor>)> = Vec::new();
-    let mut count = None;
-    for input in &graph.inputs {
-        let view = file.tensor(&input.name).with_context(|| {
-            format!(
-                "{}: no tensor named {} (a graph input)",
-                path.display(),
-                input.name
-            )
-        })?;
-        let shape = view.shape().to_vec();
-        let Some(&n) = shape.first() else {
-            bail!("{}: {} has no sample axis", path.display(), input.name);
-        };
-        let data = view.data();
-        let all = match (view.dtype(), input.dtype) {
-            (safetensors::Dtype::F32, DType::F32) => Tensor::from_vec(
+    let mut out = Vec::new();
+    for (name, view) in file.tensors() {
+        let (shape, data) = (view.shape().to_vec(), view.data());
+        let t = match view.dtype() {
+            safetensors::Dtype::F32 => Tensor::from_vec(
                 data.chunks_exact(4)
                     .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                     .collect::<Vec<_>>(),
-                shape.as_slice(),
+                shape,
                 &Device::Cpu,
             )?,
-            (safetensors::Dtype::I64, DType::I64) => Tensor::from_vec(
+            safetensors::Dtype::I64 => Tensor::from_vec(
                 data.chunks_exact(8)
                     .map(|c| i64::from_le_bytes(c.try_into().expect("chunks of 8")))
                     .collect::<Vec<_>>(),
-                shape.as_slice(),
+                shape,
                 &Device::Cpu,
             )?,
-            (d, want) => bail!(
-                "{}: {} is {d:?}, the graph input wants {want}",
-                path.display(),
-                input.name
+            safetensors::Dtype::I32 => Tensor::from_vec(
+                data.chunks_exact(4)
+                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
+                    .collect::<Vec<_>>(),
+                shape,
+                &Device::Cpu,
+            )?,
+            d => bail!(
+                "{}: {name} is {d:?}; give F32, I64 or I32 tensors",
+                path.display()
             ),
         };
+        out.push((name, t));
+    }
+    Ok(out)
+}
+
+fn from_tensors(model: &Model, path: &Path) -> Result<Vec<Sample>> {
+    let graph = model.graph.as_ref().expect("checked by the caller");
+    let tensors = read_tensors(path)?;
+    let mut per_input: Vec<(String, Vec<Tensor>)> = Vec::new();
+    let mut count = None;
+    for input in &graph.inputs {
+        let (_, all) = tensors
+            .iter()
+            .find(|(n, _)| *n == input.name)
+            .with_context(|| {
+                format!(
+                    "{}: no tensor named {} (a graph input)",
+                    path.display(),
+                    input.name
+                )
+            })?;
+        let Some(&n) = all.dims().first() else {
+            bail!("{}: {} has no sample axis", path.display(), input.name);
+        };
+        if all.dtype().is_float() != (input.dtype == DType::F32) {
+            bail!(
+                "{}: {} is {:?}, the graph input wants {}",
+                path.display(),
+                input.name,
+                all.dtype(),
+                input.dtype
+            );
+        }
         if count.is_some_and(|c| c != n) {
             bail!(
                 "{}: the inputs have different sample counts",

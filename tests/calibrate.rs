@@ -1,31 +1,11 @@
 //! Calibration end to end on the tiny fixtures: `quantize --calib` and its
 //! methods, `calibrate` and `quantize --imatrix`, determinism, bad input.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
-}
+use std::path::Path;
 
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edgec"))
-        .args(args)
-        .output()
-        .expect("edgec runs")
-}
-
-fn ok(args: &[&str]) -> Output {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "edgec {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+use common::*;
 
 fn fails(args: &[&str], code: i32, needles: &[&str]) {
     let out = run(args);
@@ -34,10 +14,6 @@ fn fails(args: &[&str], code: i32, needles: &[&str]) {
     for n in needles {
         assert!(err.contains(n), "edgec {args:?}: stderr lacks {n:?}: {err}");
     }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 const TEXT: &str = "/usr/share/common-licenses/GPL-3";

@@ -1,34 +1,12 @@
 //! End-to-end tests of the `edgec` binary on the tiny fixture models.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::path::Path;
+
+use common::*;
 use edgec_core::{DType, Family, GgmlType, LlamaVariant};
 use edgec_formats::{gguf, hf};
-
-fn edgec() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_edgec"))
-}
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
-}
-
-fn run(args: &[&str]) -> Output {
-    edgec().args(args).output().expect("edgec runs")
-}
-
-fn ok(args: &[&str]) -> Output {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "edgec {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 /// Runs a command that must fail with exit code 1 and a message containing
 /// every `needles`; returns stderr.
@@ -56,10 +34,6 @@ fn assert_clean(dir: &Path, allowed: &[&str]) {
             dir.display()
         );
     }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 fn copy_dir(from: &Path, to: &Path) {

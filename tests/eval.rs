@@ -1,21 +1,11 @@
 //! `edgec eval` end to end on the tiny fixtures: metrics, gates and their
 //! exit codes, the JSON and JUnit reports, bad data.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edgec"))
-        .args(args)
-        .output()
-        .expect("edgec runs")
-}
+use common::*;
 
 fn code(args: &[&str]) -> (i32, String, String) {
     let o = run(args);
@@ -24,10 +14,6 @@ fn code(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&o.stdout).into_owned(),
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 const TEXT: &str = "/usr/share/common-licenses/GPL-3";

@@ -8,10 +8,10 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use edgec_core::runtime::graph::GraphRuntime;
 use edgec_core::runtime::{Runtime, RuntimeOptions};
-use safetensors::{Dtype, SafeTensors};
+use safetensors::Dtype;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -27,43 +27,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let model = super::read_input(&args.model, &args.output)?;
-    let bytes =
-        std::fs::read(&args.inputs).with_context(|| format!("{}", args.inputs.display()))?;
-    let file = SafeTensors::deserialize(&bytes)
-        .with_context(|| format!("{}: not a safetensors file", args.inputs.display()))?;
-    let mut inputs = Vec::new();
-    for (name, view) in file.tensors() {
-        let shape = view.shape().to_vec();
-        let data = view.data();
-        let t = match view.dtype() {
-            Dtype::F32 => Tensor::from_vec(
-                data.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect::<Vec<_>>(),
-                shape,
-                &Device::Cpu,
-            )?,
-            Dtype::I64 => Tensor::from_vec(
-                data.chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().expect("chunks of 8")))
-                    .collect::<Vec<_>>(),
-                shape,
-                &Device::Cpu,
-            )?,
-            Dtype::I32 => Tensor::from_vec(
-                data.chunks_exact(4)
-                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
-                    .collect::<Vec<_>>(),
-                shape,
-                &Device::Cpu,
-            )?,
-            d => bail!(
-                "{}: input {name} is {d:?}; give F32, I64 or I32 tensors",
-                args.inputs.display()
-            ),
-        };
-        inputs.push((name, t));
-    }
+    let inputs = crate::graph_data::read_tensors(&args.inputs)?;
     let outputs = if model.graph.is_some() {
         let rt = GraphRuntime::new(&model).with_context(|| format!("{}", args.model.display()))?;
         let refs: Vec<(&str, Tensor)> = inputs
