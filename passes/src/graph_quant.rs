@@ -556,6 +556,9 @@ pub fn weights_to_int4_blocked(model: &mut Model, block: usize) -> Result<usize>
 }
 
 /// Symmetric int8 codes of `row` with one scale (amax / 127); returns the scale.
+/// Unlike the QDQ pass's weight rounding, no shrunken range is searched:
+/// on MiniLM that search lowered the dynamic model's cosine to f32 (mean
+/// 0.99254 → 0.99234, min 0.984 → 0.979), as clipped rows hurt more here.
 fn int8_codes(row: &[f32], codes: &mut Vec<u8>) -> f32 {
     let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
     let scale = if amax > 0.0 { amax / 127.0 } else { 1.0 };
