@@ -96,9 +96,7 @@ pub fn run(
             graph_data::activation_stats(&model, &samples, c.method.method(), &means_for)
                 .map_err(|e| anyhow!("{}: {e:#}", c.data.display()))?;
         let means = c.bias_correction.then_some(means);
-        let mut quantized = model.clone();
-        let report = qdq::quantize_static(&mut quantized, &ranges, means.as_ref())?;
-        let model = quantized;
+        let report = qdq::quantize_static(&mut model, &ranges, means.as_ref())?;
         edgec_formats::onnx::writer::write_model(&model, output)?;
         let bytes = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
         println!(

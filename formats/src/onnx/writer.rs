@@ -57,13 +57,13 @@ pub fn write_model_with(model: &Model, path: &Path, inline_limit: usize) -> Resu
         .graph
         .as_ref()
         .ok_or_else(|| FormatError::invalid(path, "the model has no graph to write as ONNX"))?;
-    let mut builder = Builder::new(model, graph, path)?;
+    let mut builder = Builder::new(model, graph, path);
     let nodes = graph
         .nodes
         .iter()
         .map(|n| builder.node(n))
         .collect::<Result<Vec<_>>>()?;
-    let initializers = builder.initializers()?;
+    let initializers = builder.initializers();
     let total: usize = initializers.iter().map(|(_, t)| t.bytes().len()).sum();
     let external = total > inline_limit;
     let data_name = format!(
@@ -215,7 +215,7 @@ struct Builder<'a> {
 }
 
 impl<'a> Builder<'a> {
-    fn new(model: &'a Model, graph: &'a Graph, path: &'a Path) -> Result<Self> {
+    fn new(model: &'a Model, graph: &'a Graph, path: &'a Path) -> Self {
         let mut names: HashSet<String> = model.tensors.iter().map(|t| t.name.clone()).collect();
         for n in &graph.nodes {
             names.extend(n.outputs.iter().cloned());
@@ -233,7 +233,7 @@ impl<'a> Builder<'a> {
         for v in &graph.outputs {
             b.note_use(&v.name);
         }
-        Ok(b)
+        b
     }
 
     fn note_use(&mut self, name: &str) {
@@ -266,14 +266,14 @@ impl<'a> Builder<'a> {
         Ok(name)
     }
 
-    fn initializers(&self) -> Result<Vec<(String, &Tensor)>> {
+    fn initializers(&self) -> Vec<(String, &Tensor)> {
         let mut out: Vec<(String, &Tensor)> = Vec::new();
         for name in &self.used {
             let t = self.model.tensor(name).expect("noted only when present");
             out.push((name.clone(), t));
         }
         out.extend(self.added.iter().map(|t| (t.name.clone(), t)));
-        Ok(out)
+        out
     }
 
     fn node(&mut self, n: &Node) -> Result<proto::NodeProto> {
