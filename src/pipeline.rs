@@ -154,11 +154,11 @@ pub fn encode_tensor(
         .par_chunks_mut(out_row * ROWS_PER_TASK)
         .enumerate()
         .map(|(chunk, dst)| {
-            let mut row = vec![0f32; row_len];
-            let mut encoded = Vec::with_capacity(out_row);
-            for (k, dst_row) in dst.chunks_mut(out_row).enumerate() {
+            let n = dst.len() / out_row;
+            let mut rows = vec![0f32; row_len * n];
+            for (k, row) in rows.chunks_exact_mut(row_len).enumerate() {
                 let r = source_row(chunk * ROWS_PER_TASK + k);
-                t.row_to_f32(r, &mut row).map_err(|e| e.to_string())?;
+                t.row_to_f32(r, row).map_err(|e| e.to_string())?;
                 if !allow_nonfinite {
                     if let Some(c) = row.iter().position(|v| !v.is_finite()) {
                         return Err(format!(
@@ -168,14 +168,17 @@ pub fn encode_tensor(
                         ));
                     }
                 }
-                encoded.clear();
-                match hessian {
-                    Some(h) => h.quantize_row(ty, &row, importance, &mut encoded),
-                    None => quantize_row(ty, &row, importance, &mut encoded),
-                }
-                .map_err(|e| format!("tensor {}: {e}", t.name))?;
-                dst_row.copy_from_slice(&encoded);
             }
+            let mut encoded = Vec::with_capacity(dst.len());
+            match hessian {
+                // the task's rows together: GPTQ's update is a matrix product
+                Some(h) => h.quantize_rows(ty, &rows, importance, &mut encoded),
+                None => rows
+                    .chunks_exact(row_len)
+                    .try_for_each(|row| quantize_row(ty, row, importance, &mut encoded)),
+            }
+            .map_err(|e| format!("tensor {}: {e}", t.name))?;
+            dst.copy_from_slice(&encoded);
             Ok(())
         })
         .collect();

@@ -21,7 +21,8 @@ pub struct ChannelStats {
     pub sum_abs: Vec<f64>,
     pub sum_sq: Vec<f64>,
     /// Σ x·xᵀ, row-major `[in, in]`, over `gram_count` tokens spread evenly
-    /// over the data (f32: the matrices are large).
+    /// over the data (f32: the matrices are large). Only the upper triangle
+    /// is summed; [`ChannelStats::gram_mean`] gives the whole matrix.
     pub gram: Option<Vec<f32>>,
     pub gram_count: u64,
     /// The layer whose input this is too (q for k and v, gate for up).
@@ -48,9 +49,14 @@ impl ChannelStats {
     /// The mean of x·xᵀ, when collected.
     pub fn gram_mean(&self) -> Option<Vec<f32>> {
         let n = self.gram_count.max(1) as f64;
-        self.gram
-            .as_ref()
-            .map(|g| g.iter().map(|v| (*v as f64 / n) as f32).collect())
+        let mut g: Vec<f32> = self
+            .gram
+            .as_ref()?
+            .iter()
+            .map(|v| (*v as f64 / n) as f32)
+            .collect();
+        edgec_core::linalg::mirror_upper(&mut g, self.channels());
+        Some(g)
     }
 
     fn add(&mut self, x: &[f32], cols: usize, gram_step: Option<usize>) {

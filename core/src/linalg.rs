@@ -66,9 +66,74 @@ pub fn matmul_nt(a: &[f32], m: usize, k: usize, b: &[f32], n: usize) -> Vec<f32>
     out
 }
 
+/// `dst[i, j] −= Σ_k a[i, k]·b[k, j]` for `i < m`, `j < n`, `k < inner`, on
+/// row-major operands with row strides `ld_dst`, `ld_a`, `ld_b`. Runs on
+/// the calling thread (for callers that are already parallel), so the
+/// result does not depend on the thread count.
+///
+/// # Panics
+/// When an operand is shorter than its shape and stride.
+#[allow(clippy::too_many_arguments)]
+pub fn sub_matmul(
+    dst: &mut [f32],
+    ld_dst: usize,
+    a: &[f32],
+    ld_a: usize,
+    b: &[f32],
+    ld_b: usize,
+    m: usize,
+    inner: usize,
+    n: usize,
+) {
+    if m == 0 || n == 0 || inner == 0 {
+        return;
+    }
+    let fits = |len: usize, rows: usize, ld: usize, cols: usize| {
+        ld >= cols && len >= (rows - 1) * ld + cols
+    };
+    assert!(
+        fits(dst.len(), m, ld_dst, n)
+            && fits(a.len(), m, ld_a, inner)
+            && fits(b.len(), inner, ld_b, n),
+        "sub_matmul: operands too short"
+    );
+    // SAFETY: the asserts above bound every index gemm reads or writes:
+    // dst (i, j) at i·ld_dst + j, a (i, k) at i·ld_a + k, b (k, j) at
+    // k·ld_b + j.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            inner,
+            dst.as_mut_ptr(),
+            1,
+            ld_dst as isize,
+            true,
+            a.as_ptr(),
+            1,
+            ld_a as isize,
+            b.as_ptr(),
+            1,
+            ld_b as isize,
+            1.0,
+            -1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
 /// `acc += Σ_t x_t·x_tᵀ` over rows `t = 0, step, 2·step, …` of row-major
 /// `x` `[rows, cols]`; `acc` is row-major `[cols, cols]`. Returns the rows
 /// summed.
+///
+/// Only the upper triangle (`i ≤ j`) is guaranteed: the product is
+/// symmetric, so it is computed in bands of rows from the diagonal right,
+/// about half the flops of the full product (what BLAS's syrk does; gemm
+/// has no syrk). Entries below the diagonal are partly updated; call
+/// [`mirror_upper`] before reading the whole matrix.
 ///
 /// # Panics
 /// When `x` or `acc` is shorter than its shape, or `step` is 0.
@@ -82,34 +147,52 @@ pub fn gram_accumulate(x: &[f32], rows: usize, cols: usize, step: usize, acc: &m
     if n == 0 || cols == 0 {
         return 0;
     }
-    // SAFETY: lhs = xᵀ over the chosen rows ([cols, n]: element (i, t) at
-    // x[t·step·cols + i]), rhs = those rows ([n, cols]); the largest index
-    // read is (n−1)·step·cols + cols − 1 < rows·cols. acc is [cols, cols],
-    // read and written (read_dst, alpha 1).
-    unsafe {
-        gemm::gemm(
-            cols,
-            cols,
-            n,
-            acc.as_mut_ptr(),
-            1,
-            cols as isize,
-            true,
-            x.as_ptr(),
-            (step * cols) as isize,
-            1,
-            x.as_ptr(),
-            1,
-            (step * cols) as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism(),
-        );
+    // Bands of 128 rows keep gemm's kernels busy while skipping most of the
+    // lower triangle.
+    const BAND: usize = 128;
+    for i0 in (0..cols).step_by(BAND) {
+        let i1 = (i0 + BAND).min(cols);
+        // SAFETY: lhs = xᵀ over the chosen rows, channels i0..i1 ([i1−i0, n]:
+        // element (i, t) at x[t·step·cols + i0 + i]); rhs = those rows,
+        // channels i0..cols ([n, cols−i0]: element (t, j) at
+        // x[t·step·cols + i0 + j]); the largest index read is
+        // (n−1)·step·cols + cols − 1 < rows·cols. dst = acc[i0.., i0..]
+        // ([i1−i0, cols−i0], row stride cols), read and written (alpha 1).
+        unsafe {
+            gemm::gemm(
+                i1 - i0,
+                cols - i0,
+                n,
+                acc.as_mut_ptr().add(i0 * cols + i0),
+                1,
+                cols as isize,
+                true,
+                x.as_ptr().add(i0),
+                (step * cols) as isize,
+                1,
+                x.as_ptr().add(i0),
+                1,
+                (step * cols) as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism(),
+            );
+        }
     }
     n
+}
+
+/// Copies the upper triangle of the row-major `[cols, cols]` matrix `m`
+/// onto its lower triangle.
+pub fn mirror_upper(m: &mut [f32], cols: usize) {
+    for i in 0..cols {
+        for j in 0..i {
+            m[i * cols + j] = m[j * cols + i];
+        }
+    }
 }
 
 #[cfg(test)]
@@ -120,6 +203,7 @@ mod tests {
         let x: Vec<f32> = (0..rows * cols).map(|i| (i % 9) as f32 - 4.0).collect();
         let mut acc = vec![1f32; cols * cols];
         assert_eq!(super::gram_accumulate(&x, rows, cols, step, &mut acc), 4);
+        super::mirror_upper(&mut acc, cols);
         for i in 0..cols {
             for j in 0..cols {
                 let want: f32 = 1.0
@@ -128,6 +212,48 @@ mod tests {
                         .map(|t| x[t * cols + i] * x[t * cols + j])
                         .sum::<f32>();
                 assert_eq!(acc[i * cols + j], want);
+            }
+        }
+    }
+
+    #[test]
+    fn gram_accumulate_bands_cover_the_upper_triangle() {
+        // more channels than one band, so the banded product is exercised
+        let (rows, cols, step) = (9, 300, 1);
+        let x: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7) % 13) as f32 - 6.0)
+            .collect();
+        let mut acc = vec![0.5f32; cols * cols];
+        super::gram_accumulate(&x, rows, cols, step, &mut acc);
+        super::mirror_upper(&mut acc, cols);
+        for i in 0..cols {
+            for j in 0..cols {
+                let want: f32 = 0.5
+                    + (0..rows)
+                        .map(|t| x[t * cols + i] * x[t * cols + j])
+                        .sum::<f32>();
+                assert!((acc[i * cols + j] - want).abs() < 1e-3, "({i}, {j})");
+            }
+        }
+    }
+
+    #[test]
+    fn sub_matmul_matches_loops() {
+        // strided views: a 3x2 block of a, a 2x4 block of b, into a 3x4
+        // block of a wider dst
+        let (m, inner, n) = (3, 2, 4);
+        let a: Vec<f32> = (0..m * 5).map(|i| i as f32 - 4.0).collect();
+        let b: Vec<f32> = (0..inner * 6).map(|i| (i % 4) as f32 + 0.5).collect();
+        let mut dst = vec![2f32; m * 7];
+        super::sub_matmul(&mut dst, 7, &a, 5, &b, 6, m, inner, n);
+        for i in 0..m {
+            for j in 0..7 {
+                let want = if j < n {
+                    2.0 - (0..inner).map(|k| a[i * 5 + k] * b[k * 6 + j]).sum::<f32>()
+                } else {
+                    2.0
+                };
+                assert_eq!(dst[i * 7 + j], want, "({i}, {j})");
             }
         }
     }

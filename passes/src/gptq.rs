@@ -18,7 +18,6 @@
 
 use edgec_core::ggml::dequant::{dequantize, KVALUES_IQ4NL};
 use edgec_core::GgmlType;
-use faer::linalg::solvers::DenseSolveCore;
 use faer::{Mat, Side};
 
 use crate::ggml_quant::{quantize_row, QuantError};
@@ -49,7 +48,14 @@ impl Hessian {
             .sum::<f64>()
             / cols as f64;
         let lambda = damp * mean_diag.max(1e-12);
+        // U comes from one Cholesky factorisation of H with its channel
+        // order reversed, P·H·P = L·Lᵀ (P the reversal), and one triangular
+        // inverse: H⁻¹ = (P·L⁻ᵀ·P)·(P·L⁻¹·P), so U = P·L⁻¹·P. That is a third
+        // of the work of factorising H, inverting it and factorising the
+        // inverse.
+        let rev = |i: usize| cols - 1 - i;
         let h = Mat::<f64>::from_fn(cols, cols, |i, j| {
+            let (i, j) = (rev(i), rev(j));
             if dead[i] || dead[j] {
                 if i == j {
                     1.0
@@ -60,19 +66,19 @@ impl Hessian {
                 gram[i * cols + j] as f64 + if i == j { lambda } else { 0.0 }
             }
         });
-        let hinv = h
+        let llt = h
             .llt(Side::Lower)
-            .map_err(|_| "the Hessian is not positive definite".to_string())?
-            .inverse();
-        let l = hinv
-            .llt(Side::Lower)
-            .map_err(|_| "the inverse Hessian is not positive definite".to_string())?;
-        let l = l.L();
-        // U = Lᵀ
+            .map_err(|_| "the Hessian is not positive definite".to_string())?;
+        let mut l_inv = Mat::<f64>::zeros(cols, cols);
+        faer::linalg::triangular_inverse::invert_lower_triangular(
+            l_inv.as_mut(),
+            llt.L(),
+            faer::Par::Seq,
+        );
         let mut u = vec![0f32; cols * cols];
         for i in 0..cols {
             for j in i..cols {
-                u[i * cols + j] = l[(j, i)] as f32;
+                u[i * cols + j] = l_inv[(rev(i), rev(j))] as f32;
             }
         }
         Ok(Hessian { cols, u, dead })
@@ -92,43 +98,84 @@ impl Hessian {
         importance: Option<&[f32]>,
         out: &mut Vec<u8>,
     ) -> Result<(), QuantError> {
+        self.quantize_rows(ty, row, importance, out)
+    }
+
+    /// [`Hessian::quantize_row`] for several rows at once (row-major,
+    /// `rows.len()` a multiple of the columns), appending their bytes in
+    /// order. Within a block each column's error moves only the block's
+    /// later columns; the block's errors then move the rest of every row
+    /// in one matrix product (GPTQ's lazy batch update), which reads `U`
+    /// once for all the rows instead of once per row.
+    pub fn quantize_rows(
+        &self,
+        ty: GgmlType,
+        rows: &[f32],
+        importance: Option<&[f32]>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), QuantError> {
         let cols = self.cols;
         let block = ty.block_size();
-        if row.len() != cols || !ty.is_quantized() {
-            return quantize_row(ty, row, importance, out);
+        if rows.is_empty() || !rows.len().is_multiple_of(cols) || !ty.is_quantized() {
+            return quantize_row(ty, rows, importance, out);
         }
-        let mut w: Vec<f32> = row
+        let n = rows.len() / cols;
+        let mut w: Vec<f32> = rows
             .iter()
-            .zip(&self.dead)
-            .map(|(&v, &d)| if d { 0.0 } else { v })
+            .enumerate()
+            .map(|(i, &v)| if self.dead[i % cols] { 0.0 } else { v })
             .collect();
+        let mut encoded: Vec<Vec<u8>> = vec![Vec::new(); n];
+        // this block's errors, [n, block], already divided by U's diagonal
+        let mut err = vec![0f32; n * block];
         let mut bytes = Vec::with_capacity(ty.type_size());
         let mut q = vec![0f32; block];
         for c0 in (0..cols).step_by(block) {
             let c1 = (c0 + block).min(cols);
-            bytes.clear();
-            quantize_row(ty, &w[c0..c1], importance.map(|i| &i[c0..c1]), &mut bytes)?;
-            let grid = Grid::of(ty, &bytes);
-            if grid.is_none() {
-                dequantize(ty, &bytes, &mut q[..c1 - c0]).expect("the encoder's own bytes decode");
-            }
-            for j in c0..c1 {
-                if let Some(g) = &grid {
-                    // GPTQ proper: this column is rounded after the columns
-                    // before it pushed their errors onto it, on the grid of
-                    // the block's scales.
-                    let code = g.nearest(w[j]);
-                    q[j - c0] = g.value(code);
-                    g.set_code(ty, &mut bytes, j - c0, code);
+            for (r, wr) in w.chunks_exact_mut(cols).enumerate() {
+                bytes.clear();
+                quantize_row(ty, &wr[c0..c1], importance.map(|i| &i[c0..c1]), &mut bytes)?;
+                let grid = Grid::of(ty, &bytes);
+                if grid.is_none() {
+                    dequantize(ty, &bytes, &mut q[..c1 - c0])
+                        .expect("the encoder's own bytes decode");
                 }
-                let err = (w[j] - q[j - c0]) / self.u[j * cols + j];
-                axpy(
-                    &mut w[j + 1..],
-                    err,
-                    &self.u[j * cols + j + 1..(j + 1) * cols],
+                for j in c0..c1 {
+                    if let Some(g) = &grid {
+                        // GPTQ proper: this column is rounded after the
+                        // columns before it pushed their errors onto it, on
+                        // the grid of the block's scales.
+                        let code = g.nearest(wr[j]);
+                        q[j - c0] = g.value(code);
+                        g.set_code(ty, &mut bytes, j - c0, code);
+                    }
+                    let e = (wr[j] - q[j - c0]) / self.u[j * cols + j];
+                    err[r * block + j - c0] = e;
+                    axpy(
+                        &mut wr[j + 1..c1],
+                        e,
+                        &self.u[j * cols + j + 1..j * cols + c1],
+                    );
+                }
+                encoded[r].extend_from_slice(&bytes);
+            }
+            if c1 < cols {
+                // W[:, c1..] −= E · U[c0..c1, c1..]
+                edgec_core::linalg::sub_matmul(
+                    &mut w[c1..],
+                    cols,
+                    &err,
+                    block,
+                    &self.u[c0 * cols + c1..],
+                    cols,
+                    n,
+                    c1 - c0,
+                    cols - c1,
                 );
             }
-            out.extend_from_slice(&bytes);
+        }
+        for e in encoded {
+            out.extend_from_slice(&e);
         }
         Ok(())
     }
@@ -310,6 +357,38 @@ mod tests {
     }
 
     #[test]
+    fn the_factor_inverts_the_dampened_hessian() {
+        // Uᵀ·U·(H + λI) = I, with λ = damp · mean diagonal
+        let cols = 40;
+        let (_, g, _) = setup(cols, 200, 1);
+        let damp = 0.01;
+        let h = Hessian::new(&g, cols, damp).unwrap();
+        let lambda = damp * (0..cols).map(|j| g[j * cols + j] as f64).sum::<f64>() / cols as f64;
+        for i in 0..cols {
+            for j in 0..i {
+                assert_eq!(h.u[i * cols + j], 0.0, "U is upper triangular");
+            }
+        }
+        let hinv = |i: usize, j: usize| -> f64 {
+            (0..cols)
+                .map(|k| h.u[k * cols + i] as f64 * h.u[k * cols + j] as f64)
+                .sum()
+        };
+        for i in 0..cols {
+            for j in 0..cols {
+                let v: f64 = (0..cols)
+                    .map(|k| {
+                        let hk = g[k * cols + j] as f64 + if k == j { lambda } else { 0.0 };
+                        hinv(i, k) * hk
+                    })
+                    .sum();
+                let want = if i == j { 1.0 } else { 0.0 };
+                assert!((v - want).abs() < 1e-3, "({i}, {j}): {v}");
+            }
+        }
+    }
+
+    #[test]
     fn error_feedback_lowers_the_output_error() {
         let cols = 128;
         let (x, g, w) = setup(cols, 512, 16);
@@ -339,6 +418,18 @@ mod tests {
                 output_error(&x, &w, &fed, cols),
             );
             assert!(ef < 0.95 * ep, "{ty}: feedback {ef} vs plain {ep}");
+            // all rows at once: the lazy batch update is the same update
+            let mut all = Vec::new();
+            h.quantize_rows(ty, &w, Some(&imp), &mut all).unwrap();
+            let mut batched = vec![0f32; w.len()];
+            for (bytes, q) in all.chunks(all.len() / 16).zip(batched.chunks_mut(cols)) {
+                dequantize(ty, bytes, q).unwrap();
+            }
+            let eb = output_error(&x, &w, &batched, cols);
+            assert!(
+                (eb - ef).abs() <= 0.02 * ef,
+                "{ty}: batched {eb} vs one row at a time {ef}"
+            );
         }
     }
 
