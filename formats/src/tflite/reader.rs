@@ -1,0 +1,1151 @@
+//! TFLite reader: a `.tflite` file into an IR graph model that edgec's
+//! interpreter runs.
+//!
+//! The flatbuffer is checked by the generated verifier (after the `TFL3`
+//! identifier); every tensor, buffer and operator index, every shape and
+//! every data length (inline or at Buffer.offset/size) is checked before
+//! use. Graph inputs and outputs take their SignatureDef names when there
+//! is one. Tensors keep TFLite's layout: NHWC convolutions and pools become
+//! Transpose → Conv/Pool (NCHW) → Transpose, with the transposes made only
+//! where another op needs the NHWC value; weights are permuted to ONNX's
+//! order at read. DEQUANTIZE of a constant (float16, or int8 with scales)
+//! is folded into an f32 constant. Fused activations become Relu or Clip
+//! nodes.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use edgec_core::{
+    DType, Dim, Graph, Model, ModelMeta, Node, Op, PadMode, Tensor, TensorData, ValueInfo, Window,
+};
+use memmap2::Mmap;
+
+use super::model::{
+    elem_size, ir_type, transpose_bytes, Act, BuiltinOperator as B, Padding, TensorType,
+};
+use super::schema as fb;
+use crate::{FormatError, Result};
+
+type Res<T> = std::result::Result<T, String>;
+
+/// Reads a `.tflite` file into a graph model.
+pub fn read_model(path: &Path) -> Result<Model> {
+    let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
+    let len = file.metadata().map_err(|e| FormatError::io(path, e))?.len();
+    if len < 8 {
+        return Err(FormatError::invalid(path, "too short to be a TFLite file"));
+    }
+    // SAFETY: read-only map; see the ONNX reader.
+    let map = Arc::new(unsafe { Mmap::map(&file) }.map_err(|e| FormatError::io(path, e))?);
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut model = parse(&map, name).map_err(|e| FormatError::invalid(path, e))?;
+    edgec_core::runtime::graph::fold_constants(&mut model)
+        .map_err(|e| FormatError::invalid(path, format!("folding constants: {e}")))?;
+    Ok(model)
+}
+
+/// A checked tensor of the file.
+struct TInfo {
+    shape: Vec<usize>,
+    dtype: TensorType,
+    /// (offset, len) of constant data in the file.
+    data: Option<(usize, usize)>,
+    quant: Option<(Vec<f32>, Vec<i64>, usize)>,
+}
+
+fn parse(map: &Arc<Mmap>, name: String) -> Res<Model> {
+    let buf: &[u8] = map;
+    if &buf[4..8] != b"TFL3" {
+        return Err("not a TFLite file (no TFL3 identifier)".into());
+    }
+    let fb_len = buf.len().min(i32::MAX as usize);
+    let opts = flatbuffers::VerifierOptions {
+        max_tables: 100_000_000,
+        ..Default::default()
+    };
+    let model = fb::root_as_model_with_opts(&opts, &buf[..fb_len]).map_err(|e| {
+        let msg = e.to_string();
+        let lines: Vec<&str> = msg
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        format!("invalid TFLite flatbuffer: {}", lines.join("; "))
+    })?;
+    let subgraphs = model.subgraphs().ok_or("the model has no subgraph")?;
+    if subgraphs.is_empty() {
+        return Err("the model has no subgraph".into());
+    }
+    let sg = subgraphs.get(0);
+    let buffers = model.buffers();
+    let nbuf = buffers.map_or(0, |b| b.len());
+    let ftensors = sg.tensors().ok_or("the subgraph has no tensors")?;
+
+    let mut infos = Vec::with_capacity(ftensors.len());
+    let mut tnames = Vec::with_capacity(ftensors.len());
+    for (i, t) in ftensors.iter().enumerate() {
+        let tname = t.name().unwrap_or("").to_string();
+        let what = || format!("tensor {i} ({tname})");
+        let shape: Vec<usize> = match t.shape() {
+            Some(s) => s
+                .iter()
+                .map(|d| usize::try_from(d).map_err(|_| format!("{}: dimension {d}", what())))
+                .collect::<Res<_>>()?,
+            None => vec![],
+        };
+        let numel = edgec_core::tensor::checked_numel(&shape)
+            .filter(|&n| n < 1 << 40)
+            .ok_or_else(|| format!("{}: shape {shape:?} is too large", what()))?;
+        let dtype = t.type_();
+        let b = t.buffer() as usize;
+        if b >= nbuf.max(1) && b != 0 {
+            return Err(format!("{}: buffer {b} of {nbuf}", what()));
+        }
+        let mut data = None;
+        if b != 0 {
+            let buffer = buffers.expect("counted").get(b);
+            let (off, len) = match buffer.data() {
+                Some(d) if !d.is_empty() => {
+                    let off = d.bytes().as_ptr() as usize - buf.as_ptr() as usize;
+                    (off, d.len())
+                }
+                _ if buffer.offset() > 1 => {
+                    let (o, s) = (buffer.offset(), buffer.size());
+                    if o.checked_add(s).is_none_or(|end| end > buf.len() as u64) {
+                        return Err(format!(
+                            "{}: buffer {b} at offset {o} size {s} is past the end of the file ({} bytes)",
+                            what(),
+                            buf.len()
+                        ));
+                    }
+                    (o as usize, s as usize)
+                }
+                _ => (0, 0),
+            };
+            if len > 0 || (numel == 0 && buffer.offset() > 1) {
+                let elem = elem_size(dtype)
+                    .ok_or_else(|| format!("{}: type {:?} is not supported", what(), dtype))?;
+                if numel * elem != len {
+                    return Err(format!(
+                        "{}: {:?} {shape:?} needs {} bytes, its buffer has {len}",
+                        what(),
+                        dtype,
+                        numel * elem
+                    ));
+                }
+                data = Some((off, len));
+            }
+        }
+        let quant = t.quantization().and_then(|q| {
+            let scale: Vec<f32> = q.scale()?.iter().collect();
+            let zp: Vec<i64> = q
+                .zero_point()
+                .map(|z| z.iter().collect())
+                .unwrap_or_default();
+            Some((scale, zp, q.quantized_dimension().max(0) as usize))
+        });
+        infos.push(TInfo {
+            shape,
+            dtype,
+            data,
+            quant,
+        });
+        tnames.push(tname);
+    }
+
+    // operator codes: max(builtin_code, deprecated_builtin_code)
+    let codes: Vec<B> = model
+        .operator_codes()
+        .map(|v| {
+            v.iter()
+                .map(|c| {
+                    if c.custom_code().is_some() {
+                        B(-1)
+                    } else {
+                        B(c.builtin_code().0.max(c.deprecated_builtin_code() as i32))
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+
+    // names: signature names for the graph's inputs and outputs
+    let n = infos.len();
+    let idx = |v: i32, what: &str| -> Res<usize> {
+        usize::try_from(v)
+            .ok()
+            .filter(|&v| v < n)
+            .ok_or_else(|| format!("{what} refers to tensor {v} of {n}"))
+    };
+    let inputs: Vec<usize> = sg
+        .inputs()
+        .map(|v| {
+            v.iter()
+                .map(|t| idx(t, "a graph input"))
+                .collect::<Res<_>>()
+        })
+        .transpose()?
+        .unwrap_or_default();
+    let outputs: Vec<usize> = sg
+        .outputs()
+        .map(|v| {
+            v.iter()
+                .map(|t| idx(t, "a graph output"))
+                .collect::<Res<_>>()
+        })
+        .transpose()?
+        .unwrap_or_default();
+    let mut sig_name: HashMap<usize, String> = HashMap::new();
+    if let Some(sigs) = model.signature_defs() {
+        if let Some(sig) = sigs.iter().find(|s| s.subgraph_index() == 0) {
+            for list in [sig.inputs(), sig.outputs()].into_iter().flatten() {
+                for m in list {
+                    let t = m.tensor_index() as usize;
+                    if t < n {
+                        if let Some(nm) = m.name() {
+                            sig_name.insert(t, nm.to_string());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut used: HashSet<String> = HashSet::new();
+    let mut names = vec![String::new(); n];
+    for &t in inputs.iter().chain(&outputs) {
+        if names[t].is_empty() {
+            let base = sig_name
+                .get(&t)
+                .cloned()
+                .unwrap_or_else(|| tnames[t].clone());
+            names[t] = unique(
+                &mut used,
+                if base.is_empty() {
+                    format!("t{t}")
+                } else {
+                    base
+                },
+            );
+        }
+    }
+    for t in 0..n {
+        if names[t].is_empty() {
+            let base = if tnames[t].is_empty() {
+                format!("t{t}")
+            } else {
+                tnames[t].clone()
+            };
+            names[t] = unique(&mut used, base);
+        }
+    }
+
+    let mut r = Reader {
+        map: map.clone(),
+        infos,
+        names,
+        used,
+        canon: vec![None; n],
+        nchw: vec![None; n],
+        consts: vec![None; n],
+        tensors: Vec::new(),
+        nodes: Vec::new(),
+    };
+    let mut graph_inputs = Vec::new();
+    for &t in &inputs {
+        let info = &r.infos[t];
+        let dtype = ir_type(info.dtype).ok_or_else(|| {
+            format!(
+                "input {}: type {:?} is not supported",
+                r.names[t], info.dtype
+            )
+        })?;
+        graph_inputs.push(ValueInfo {
+            name: r.names[t].clone(),
+            dtype,
+            shape: info.shape.iter().map(|&d| Dim::Fixed(d)).collect(),
+        });
+        r.canon[t] = Some(r.names[t].clone());
+    }
+    let ops = sg
+        .operators()
+        .map(|o| o.iter().collect::<Vec<_>>())
+        .unwrap_or_default();
+    for (k, op) in ops.iter().enumerate() {
+        let ci = op.opcode_index() as usize;
+        let code = *codes
+            .get(ci)
+            .ok_or_else(|| format!("operator {k} has opcode index {ci} of {}", codes.len()))?;
+        let ins: Vec<Option<usize>> = op
+            .inputs()
+            .map(|v| {
+                v.iter()
+                    .map(|t| {
+                        if t < 0 {
+                            Ok(None)
+                        } else {
+                            idx(t, &format!("operator {k}")).map(Some)
+                        }
+                    })
+                    .collect::<Res<_>>()
+            })
+            .transpose()?
+            .unwrap_or_default();
+        let outs: Vec<usize> = op
+            .outputs()
+            .map(|v| {
+                v.iter()
+                    .map(|t| idx(t, &format!("operator {k}")))
+                    .collect::<Res<_>>()
+            })
+            .transpose()?
+            .unwrap_or_default();
+        if outs.len() != 1 {
+            return Err(format!(
+                "operator {k} ({}) has {} outputs (one supported)",
+                op_name(code),
+                outs.len()
+            ));
+        }
+        r.op(code, *op, &ins, outs[0])
+            .map_err(|e| format!("operator {k} ({}): {e}", op_name(code)))?;
+    }
+    let mut graph_outputs = Vec::new();
+    for &t in &outputs {
+        let v = r.val(t)?;
+        let info = &r.infos[t];
+        let dtype = ir_type(info.dtype).ok_or_else(|| {
+            format!(
+                "output {}: type {:?} is not supported",
+                r.names[t], info.dtype
+            )
+        })?;
+        if v != r.names[t] {
+            let out = r.names[t].clone();
+            r.nodes.push(Node {
+                name: out.clone(),
+                op: Op::Identity,
+                inputs: vec![v],
+                outputs: vec![out],
+            });
+        }
+        graph_outputs.push(ValueInfo {
+            name: r.names[t].clone(),
+            dtype,
+            shape: info.shape.iter().map(|&d| Dim::Fixed(d)).collect(),
+        });
+    }
+    Ok(Model {
+        meta: ModelMeta {
+            name,
+            family: None,
+            vocab: None,
+        },
+        tensors: r.tensors,
+        graph: Some(Graph {
+            inputs: graph_inputs,
+            outputs: graph_outputs,
+            nodes: r.nodes,
+        }),
+    })
+}
+
+fn unique(used: &mut HashSet<String>, base: String) -> String {
+    let mut n = base.clone();
+    let mut k = 1;
+    while used.contains(&n) {
+        n = format!("{base}_{k}");
+        k += 1;
+    }
+    used.insert(n.clone());
+    n
+}
+
+fn op_name(code: B) -> String {
+    code.variant_name().map(str::to_string).unwrap_or_else(|| {
+        if code.0 < 0 {
+            "custom op".into()
+        } else {
+            format!("builtin op {}", code.0)
+        }
+    })
+}
+
+struct Reader {
+    map: Arc<Mmap>,
+    infos: Vec<TInfo>,
+    names: Vec<String>,
+    used: HashSet<String>,
+    /// The IR value holding tensor t in TFLite's layout.
+    canon: Vec<Option<String>>,
+    /// The IR value holding a 4-D tensor t in NCHW.
+    nchw: Vec<Option<String>>,
+    /// The index in `tensors` of a constant (or folded) tensor.
+    consts: Vec<Option<usize>>,
+    tensors: Vec<Tensor>,
+    nodes: Vec<Node>,
+}
+
+fn f32s_of(t: &Tensor) -> Res<Vec<f32>> {
+    t.to_f32().map_err(|e| e.to_string())
+}
+
+fn owned(v: Vec<u8>) -> TensorData {
+    TensorData::Owned(Arc::new(v))
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+impl Reader {
+    fn fresh(&mut self, base: &str) -> String {
+        unique(&mut self.used, base.to_string())
+    }
+
+    fn emit(&mut self, op: Op, inputs: Vec<String>, out: String) {
+        self.nodes.push(Node {
+            name: out.clone(),
+            op,
+            inputs,
+            outputs: vec![out],
+        });
+    }
+
+    fn add_const(
+        &mut self,
+        name: String,
+        shape: Vec<usize>,
+        dtype: DType,
+        data: TensorData,
+    ) -> Res<String> {
+        let t = Tensor::new(name.clone(), shape, dtype, data).map_err(|e| e.to_string())?;
+        self.tensors.push(t);
+        Ok(name)
+    }
+
+    fn const_i64(&mut self, base: &str, v: &[i64]) -> Res<String> {
+        let name = self.fresh(base);
+        self.add_const(
+            name,
+            vec![v.len()],
+            DType::I64,
+            owned(v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        )
+    }
+
+    fn const_scalar(&mut self, base: &str, v: f32) -> Res<String> {
+        let name = self.fresh(base);
+        self.add_const(name, vec![], DType::F32, owned(v.to_le_bytes().to_vec()))
+    }
+
+    fn is_const(&self, t: usize) -> bool {
+        self.consts[t].is_some() || self.infos[t].data.is_some()
+    }
+
+    /// The model tensor of constant t (its raw type).
+    fn const_tensor(&mut self, t: usize) -> Res<Tensor> {
+        if let Some(k) = self.consts[t] {
+            return Ok(self.tensors[k].clone());
+        }
+        let info = &self.infos[t];
+        let (off, len) = info
+            .data
+            .ok_or_else(|| format!("tensor {} is not a constant", self.names[t]))?;
+        let dtype = ir_type(info.dtype).ok_or_else(|| {
+            format!(
+                "constant {}: type {:?} is not supported",
+                self.names[t], info.dtype
+            )
+        })?;
+        let tensor = Tensor::new(
+            self.names[t].clone(),
+            info.shape.clone(),
+            dtype,
+            TensorData::Mapped {
+                map: self.map.clone(),
+                offset: off,
+                len,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        self.tensors.push(tensor.clone());
+        self.consts[t] = Some(self.tensors.len() - 1);
+        Ok(tensor)
+    }
+
+    fn ints(&mut self, t: usize) -> Res<Vec<i64>> {
+        let c = self.const_tensor(t)?;
+        let b = c.bytes();
+        Ok(match c.dtype {
+            DType::I32 => b
+                .chunks_exact(4)
+                .map(|x| i32::from_le_bytes(x.try_into().expect("4")) as i64)
+                .collect(),
+            DType::I64 => b
+                .chunks_exact(8)
+                .map(|x| i64::from_le_bytes(x.try_into().expect("8")))
+                .collect(),
+            d => return Err(format!("tensor {} holds {d}, not integers", self.names[t])),
+        })
+    }
+
+    /// Tensor t in TFLite's layout.
+    fn val(&mut self, t: usize) -> Res<String> {
+        if let Some(v) = &self.canon[t] {
+            return Ok(v.clone());
+        }
+        if self.is_const(t) {
+            let v = self.const_tensor(t)?.name;
+            self.canon[t] = Some(v.clone());
+            return Ok(v);
+        }
+        if let Some(x) = self.nchw[t].clone() {
+            let out = self.names[t].clone();
+            self.emit(
+                Op::Transpose {
+                    perm: vec![0, 2, 3, 1],
+                },
+                vec![x],
+                out.clone(),
+            );
+            self.canon[t] = Some(out.clone());
+            return Ok(out);
+        }
+        Err(format!(
+            "tensor {} is read before it is computed",
+            self.names[t]
+        ))
+    }
+
+    /// 4-D tensor t (NHWC in the file) as NCHW.
+    fn val_nchw(&mut self, t: usize) -> Res<String> {
+        if let Some(v) = &self.nchw[t] {
+            return Ok(v.clone());
+        }
+        if self.infos[t].shape.len() != 4 {
+            return Err(format!("tensor {} is not 4-D", self.names[t]));
+        }
+        let x = self.val(t)?;
+        let out = self.fresh(&format!("{}.nchw", self.names[t]));
+        self.emit(
+            Op::Transpose {
+                perm: vec![0, 3, 1, 2],
+            },
+            vec![x],
+            out.clone(),
+        );
+        self.nchw[t] = Some(out.clone());
+        Ok(out)
+    }
+
+    /// Emits `op` into output tensor `o` (in TFLite layout unless `nchw`),
+    /// followed by its fused activation.
+    fn finish(&mut self, op: Op, inputs: Vec<String>, o: usize, act: Act, nchw: bool) -> Res<()> {
+        let target = if nchw {
+            self.fresh(&format!("{}.nchw", self.names[o]))
+        } else {
+            self.names[o].clone()
+        };
+        if act == Act::NONE {
+            self.emit(op, inputs, target.clone());
+        } else {
+            let raw = self.fresh(&format!("{target}.pre"));
+            self.emit(op, inputs, raw.clone());
+            match act {
+                Act::RELU => self.emit(Op::Relu, vec![raw], target.clone()),
+                Act::RELU6 | Act::RELU_N1_TO_1 => {
+                    let (lo, hi) = if act == Act::RELU6 {
+                        (0.0, 6.0)
+                    } else {
+                        (-1.0, 1.0)
+                    };
+                    let lo = self.const_scalar("edgec.clip_min", lo)?;
+                    let hi = self.const_scalar("edgec.clip_max", hi)?;
+                    self.emit(Op::Clip, vec![raw, lo, hi], target.clone());
+                }
+                Act::TANH => self.emit(Op::Tanh, vec![raw], target.clone()),
+                other => return Err(format!("fused activation {other:?} is not supported")),
+            }
+        }
+        if nchw {
+            self.nchw[o] = Some(target);
+        } else {
+            self.canon[o] = Some(target);
+        }
+        Ok(())
+    }
+
+    fn input(&self, ins: &[Option<usize>], k: usize) -> Res<usize> {
+        ins.get(k)
+            .copied()
+            .flatten()
+            .ok_or_else(|| format!("input {k} is missing"))
+    }
+
+    fn op(&mut self, code: B, op: fb::Operator, ins: &[Option<usize>], o: usize) -> Res<()> {
+        let unary = |r: &mut Self, ir: Op| -> Res<()> {
+            let x = r.input(ins, 0)?;
+            let x = r.val(x)?;
+            r.finish(ir, vec![x], o, Act::NONE, false)
+        };
+        let binary = |r: &mut Self, ir: Op, act: Act| -> Res<()> {
+            let a = r.input(ins, 0)?;
+            let b = r.input(ins, 1)?;
+            let (a, b) = (r.val(a)?, r.val(b)?);
+            r.finish(ir, vec![a, b], o, act, false)
+        };
+        match code {
+            B::ADD => binary(
+                self,
+                Op::Add,
+                op.builtin_options_as_add_options()
+                    .map_or(Act::NONE, |x| x.fused_activation_function()),
+            ),
+            B::SUB => binary(
+                self,
+                Op::Sub,
+                op.builtin_options_as_sub_options()
+                    .map_or(Act::NONE, |x| x.fused_activation_function()),
+            ),
+            B::MUL => binary(
+                self,
+                Op::Mul,
+                op.builtin_options_as_mul_options()
+                    .map_or(Act::NONE, |x| x.fused_activation_function()),
+            ),
+            B::DIV => binary(
+                self,
+                Op::Div,
+                op.builtin_options_as_div_options()
+                    .map_or(Act::NONE, |x| x.fused_activation_function()),
+            ),
+            B::POW => binary(self, Op::Pow, Act::NONE),
+            B::MAXIMUM => binary(self, Op::Max, Act::NONE),
+            B::MINIMUM => binary(self, Op::Min, Act::NONE),
+            B::EQUAL => binary(self, Op::Equal, Act::NONE),
+            B::LESS => binary(self, Op::Less, Act::NONE),
+            B::LESS_EQUAL => binary(self, Op::LessOrEqual, Act::NONE),
+            B::GREATER => binary(self, Op::Greater, Act::NONE),
+            B::GREATER_EQUAL => binary(self, Op::GreaterOrEqual, Act::NONE),
+            B::LOGICAL_AND => binary(self, Op::And, Act::NONE),
+            B::LOGICAL_OR => binary(self, Op::Or, Act::NONE),
+            B::LOGICAL_NOT => unary(self, Op::Not),
+            B::RELU => unary(self, Op::Relu),
+            B::LOGISTIC => unary(self, Op::Sigmoid),
+            B::TANH => unary(self, Op::Tanh),
+            B::EXP => unary(self, Op::Exp),
+            B::LOG => unary(self, Op::Log),
+            B::SQRT => unary(self, Op::Sqrt),
+            B::NEG => unary(self, Op::Neg),
+            B::ABS => unary(self, Op::Abs),
+            B::HARD_SWISH => unary(self, Op::HardSwish),
+            B::GELU => {
+                let tanh = op
+                    .builtin_options_as_gelu_options()
+                    .is_some_and(|g| g.approximate());
+                unary(self, Op::Gelu { tanh })
+            }
+            B::RELU6 => {
+                let x = self.input(ins, 0)?;
+                let x = self.val(x)?;
+                let lo = self.const_scalar("edgec.clip_min", 0.0)?;
+                let hi = self.const_scalar("edgec.clip_max", 6.0)?;
+                self.finish(Op::Clip, vec![x, lo, hi], o, Act::NONE, false)
+            }
+            B::RSQRT => {
+                let x = self.input(ins, 0)?;
+                let x = self.val(x)?;
+                let s = self.fresh(&format!("{}.sqrt", self.names[o]));
+                self.emit(Op::Sqrt, vec![x], s.clone());
+                self.finish(Op::Reciprocal, vec![s], o, Act::NONE, false)
+            }
+            B::SELECT_V2 => {
+                let c = self.input(ins, 0)?;
+                let a = self.input(ins, 1)?;
+                let b = self.input(ins, 2)?;
+                let v = vec![self.val(c)?, self.val(a)?, self.val(b)?];
+                self.finish(Op::Where, v, o, Act::NONE, false)
+            }
+            B::CAST => {
+                let to = ir_type(self.infos[o].dtype).ok_or("unsupported output type")?;
+                unary(self, Op::Cast { to })
+            }
+            B::DEQUANTIZE => self.dequantize(ins, o),
+            B::CONV_2D | B::DEPTHWISE_CONV_2D => self.conv(code, op, ins, o),
+            B::AVERAGE_POOL_2D | B::MAX_POOL_2D => self.pool(code, op, ins, o),
+            B::FULLY_CONNECTED => self.fully_connected(op, ins, o),
+            B::BATCH_MATMUL => {
+                let (adj_x, adj_y) = op
+                    .builtin_options_as_batch_mat_mul_options()
+                    .map_or((false, false), |b| (b.adj_x(), b.adj_y()));
+                let mut v = Vec::new();
+                for (k, adj) in [(0, adj_x), (1, adj_y)] {
+                    let t = self.input(ins, k)?;
+                    let x = self.val(t)?;
+                    if adj {
+                        let r = self.infos[t].shape.len();
+                        if r < 2 {
+                            return Err("adjoint of an operand of rank < 2".into());
+                        }
+                        let mut perm: Vec<usize> = (0..r).collect();
+                        perm.swap(r - 1, r - 2);
+                        let out = self.fresh(&format!("{x}.adj"));
+                        self.emit(Op::Transpose { perm }, vec![x], out.clone());
+                        v.push(out);
+                    } else {
+                        v.push(x);
+                    }
+                }
+                self.finish(Op::MatMul, v, o, Act::NONE, false)
+            }
+            B::SOFTMAX => {
+                let beta = op
+                    .builtin_options_as_softmax_options()
+                    .map_or(1.0, |s| s.beta());
+                let x = self.input(ins, 0)?;
+                let mut x = self.val(x)?;
+                if beta != 1.0 {
+                    let b = self.const_scalar("edgec.beta", beta)?;
+                    let out = self.fresh(&format!("{x}.beta"));
+                    self.emit(Op::Mul, vec![x, b], out.clone());
+                    x = out;
+                }
+                self.finish(Op::Softmax { axis: -1 }, vec![x], o, Act::NONE, false)
+            }
+            B::MEAN | B::SUM => {
+                let keep_dims = op
+                    .builtin_options_as_reducer_options()
+                    .is_some_and(|r| r.keep_dims());
+                let x = self.input(ins, 0)?;
+                let a = self.input(ins, 1)?;
+                let axes = self.ints(a)?;
+                let xv = self.val(x)?;
+                let ir = if code == B::MEAN {
+                    Op::ReduceMean { axes, keep_dims }
+                } else {
+                    Op::ReduceSum { axes, keep_dims }
+                };
+                self.finish(ir, vec![xv], o, Act::NONE, false)
+            }
+            B::RESHAPE | B::SQUEEZE | B::EXPAND_DIMS => {
+                let x = self.input(ins, 0)?;
+                let xv = self.val(x)?;
+                let shape: Vec<i64> = self.infos[o].shape.iter().map(|&d| d as i64).collect();
+                let s = self.const_i64(&format!("{}.shape", self.names[o]), &shape)?;
+                self.finish(
+                    Op::Reshape { allow_zero: false },
+                    vec![xv, s],
+                    o,
+                    Act::NONE,
+                    false,
+                )
+            }
+            B::TRANSPOSE => {
+                let x = self.input(ins, 0)?;
+                let p = self.input(ins, 1)?;
+                let perm = self.ints(p)?;
+                let r = self.infos[x].shape.len();
+                let mut seen = vec![false; r];
+                let mut out = Vec::with_capacity(r);
+                for &a in &perm {
+                    let a = usize::try_from(a)
+                        .ok()
+                        .filter(|&a| a < r && !seen[a])
+                        .ok_or("invalid permutation")?;
+                    seen[a] = true;
+                    out.push(a);
+                }
+                if out.len() != r {
+                    return Err("invalid permutation".into());
+                }
+                let xv = self.val(x)?;
+                self.finish(Op::Transpose { perm: out }, vec![xv], o, Act::NONE, false)
+            }
+            B::CONCATENATION => {
+                let (axis, act) = op
+                    .builtin_options_as_concatenation_options()
+                    .map_or((0, Act::NONE), |c| {
+                        (c.axis(), c.fused_activation_function())
+                    });
+                let mut v = Vec::new();
+                for k in 0..ins.len() {
+                    let t = self.input(ins, k)?;
+                    v.push(self.val(t)?);
+                }
+                self.finish(Op::Concat { axis: axis as i64 }, v, o, act, false)
+            }
+            B::GATHER => {
+                let (axis, batch_dims) = op
+                    .builtin_options_as_gather_options()
+                    .map_or((0, 0), |g| (g.axis(), g.batch_dims()));
+                if batch_dims != 0 {
+                    return Err("GATHER with batch_dims is not supported".into());
+                }
+                let d = self.input(ins, 0)?;
+                let i = self.input(ins, 1)?;
+                let v = vec![self.val(d)?, self.val(i)?];
+                self.finish(Op::Gather { axis: axis as i64 }, v, o, Act::NONE, false)
+            }
+            B::PAD => {
+                let x = self.input(ins, 0)?;
+                let p = self.input(ins, 1)?;
+                let rows = self.ints(p)?;
+                let r = self.infos[x].shape.len();
+                if rows.len() != 2 * r {
+                    return Err(format!("paddings of {} values for rank {r}", rows.len()));
+                }
+                let pads: Vec<i64> = (0..r)
+                    .map(|a| rows[2 * a])
+                    .chain((0..r).map(|a| rows[2 * a + 1]))
+                    .collect();
+                let xv = self.val(x)?;
+                let pv = self.const_i64(&format!("{}.pads", self.names[o]), &pads)?;
+                self.finish(
+                    Op::Pad {
+                        mode: PadMode::Constant,
+                    },
+                    vec![xv, pv],
+                    o,
+                    Act::NONE,
+                    false,
+                )
+            }
+            B::STRIDED_SLICE => self.strided_slice(op, ins, o),
+            other => Err(format!("{} is not supported", op_name(other))),
+        }
+    }
+
+    fn dequantize(&mut self, ins: &[Option<usize>], o: usize) -> Res<()> {
+        let x = self.input(ins, 0)?;
+        if !self.is_const(x) {
+            let xv = self.val(x)?;
+            return self.finish(Op::Cast { to: DType::F32 }, vec![xv], o, Act::NONE, false);
+        }
+        let t = self.const_tensor(x)?;
+        let mut v = f32s_of(&t)?;
+        if let Some((scale, zp, axis)) = self.infos[x].quant.clone() {
+            if matches!(t.dtype, DType::I8 | DType::U8 | DType::I32) && !scale.is_empty() {
+                let shape = &t.shape;
+                // per tensor: one channel; per axis: channel c of `dim`, each
+                // a run of `inner` values
+                let (dim, inner) = if scale.len() == 1 {
+                    (1, v.len())
+                } else {
+                    if axis >= shape.len() || shape[axis] != scale.len() {
+                        return Err(format!(
+                            "{} scales for axis {axis} of {shape:?}",
+                            scale.len()
+                        ));
+                    }
+                    let inner: usize = shape[axis + 1..].iter().product();
+                    (shape[axis], inner)
+                };
+                for (k, x) in v.iter_mut().enumerate() {
+                    let c = (k / inner.max(1)) % dim.max(1);
+                    let z = zp.get(c).or(zp.first()).copied().unwrap_or(0) as f32;
+                    *x = (*x - z) * scale[c];
+                }
+            }
+        }
+        let name = self.names[o].clone();
+        self.add_const(name, t.shape.clone(), DType::F32, owned(f32_bytes(&v)))?;
+        self.consts[o] = Some(self.tensors.len() - 1);
+        Ok(())
+    }
+
+    /// ONNX pads `[top, left, bottom, right]` of a TFLite padding mode.
+    fn pads(
+        &self,
+        padding: Padding,
+        input: &[usize],
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        dil: [usize; 2],
+    ) -> Vec<usize> {
+        if padding != Padding::SAME {
+            return vec![0; 4];
+        }
+        let mut p = vec![0; 4];
+        for k in 0..2 {
+            let eff = kernel[k]
+                .saturating_sub(1)
+                .saturating_mul(dil[k])
+                .saturating_add(1);
+            let out = input[k].div_ceil(stride[k].max(1));
+            let total = out
+                .saturating_sub(1)
+                .saturating_mul(stride[k])
+                .saturating_add(eff)
+                .saturating_sub(input[k]);
+            p[k] = total / 2;
+            p[k + 2] = total - total / 2;
+        }
+        p
+    }
+
+    fn conv(&mut self, code: B, op: fb::Operator, ins: &[Option<usize>], o: usize) -> Res<()> {
+        let x = self.input(ins, 0)?;
+        let w = self.input(ins, 1)?;
+        let xs = self.infos[x].shape.clone();
+        let ws = self.infos[w].shape.clone();
+        if xs.len() != 4 || ws.len() != 4 {
+            return Err("input and filter must be 4-D".into());
+        }
+        let (padding, stride, dil, act) = if code == B::CONV_2D {
+            let c = op
+                .builtin_options_as_conv_2_doptions()
+                .ok_or("missing options")?;
+            (
+                c.padding(),
+                [c.stride_h(), c.stride_w()],
+                [c.dilation_h_factor(), c.dilation_w_factor()],
+                c.fused_activation_function(),
+            )
+        } else {
+            let c = op
+                .builtin_options_as_depthwise_conv_2_doptions()
+                .ok_or("missing options")?;
+            (
+                c.padding(),
+                [c.stride_h(), c.stride_w()],
+                [c.dilation_h_factor(), c.dilation_w_factor()],
+                c.fused_activation_function(),
+            )
+        };
+        let pos = |v: i32| {
+            usize::try_from(v)
+                .ok()
+                .filter(|&v| v > 0)
+                .ok_or_else(|| format!("stride or dilation {v}"))
+        };
+        let stride = [pos(stride[0])?, pos(stride[1])?];
+        let dil = [pos(dil[0])?, pos(dil[1])?];
+        let wt = self
+            .const_tensor(w)
+            .map_err(|_| "the filter must be constant".to_string())?;
+        let wv = f32s_of(&wt)?;
+        let wb = f32_bytes(&wv);
+        let c_in = xs[3];
+        let (oihw, shape, group) = if code == B::CONV_2D {
+            // OHWI → OIHW
+            if ws[3] == 0 || !c_in.is_multiple_of(ws[3]) {
+                return Err(format!("filter {ws:?} does not fit {c_in} input channels"));
+            }
+            (
+                transpose_bytes(&wb, &ws, &[0, 3, 1, 2], 4),
+                vec![ws[0], ws[3], ws[1], ws[2]],
+                c_in / ws[3],
+            )
+        } else {
+            // [1, kh, kw, C·m] → [C·m, 1, kh, kw]
+            if ws[0] != 1 || c_in == 0 || !ws[3].is_multiple_of(c_in) {
+                return Err(format!(
+                    "depthwise filter {ws:?} does not fit {c_in} input channels"
+                ));
+            }
+            (
+                transpose_bytes(&wb, &ws, &[3, 0, 1, 2], 4),
+                vec![ws[3], 1, ws[1], ws[2]],
+                c_in,
+            )
+        };
+        let (kh, kw) = (ws[1], ws[2]);
+        if kh == 0 || kw == 0 || xs.contains(&0) {
+            return Err(format!("empty input {xs:?} or filter {ws:?}"));
+        }
+        let wname = self.fresh(&format!("{}.oihw", self.names[w]));
+        self.add_const(wname.clone(), shape, DType::F32, owned(oihw))?;
+        let mut inputs = vec![self.val_nchw(x)?, wname];
+        if let Some(b) = ins.get(2).copied().flatten() {
+            let bt = self
+                .const_tensor(b)
+                .map_err(|_| "the bias must be constant".to_string())?;
+            let bname = if bt.dtype == DType::F32 {
+                bt.name.clone()
+            } else {
+                let v = f32s_of(&bt)?;
+                let n = self.fresh(&format!("{}.f32", bt.name));
+                self.add_const(n, bt.shape.clone(), DType::F32, owned(f32_bytes(&v)))?
+            };
+            inputs.push(bname);
+        }
+        let window = Window {
+            kernel: vec![kh, kw],
+            strides: stride.to_vec(),
+            pads: self.pads(padding, &xs[1..3], [kh, kw], stride, dil),
+            dilations: dil.to_vec(),
+        };
+        self.finish(Op::Conv { window, group }, inputs, o, act, true)
+    }
+
+    fn pool(&mut self, code: B, op: fb::Operator, ins: &[Option<usize>], o: usize) -> Res<()> {
+        let x = self.input(ins, 0)?;
+        let xs = self.infos[x].shape.clone();
+        if xs.len() != 4 {
+            return Err("input must be 4-D".into());
+        }
+        if xs.contains(&0) {
+            return Err(format!("empty input {xs:?}"));
+        }
+        let p = op
+            .builtin_options_as_pool_2_doptions()
+            .ok_or("missing options")?;
+        let pos = |v: i32| {
+            usize::try_from(v)
+                .ok()
+                .filter(|&v| v > 0)
+                .ok_or_else(|| format!("stride or filter size {v}"))
+        };
+        let stride = [pos(p.stride_h())?, pos(p.stride_w())?];
+        let kernel = [pos(p.filter_height())?, pos(p.filter_width())?];
+        let window = Window {
+            kernel: kernel.to_vec(),
+            strides: stride.to_vec(),
+            pads: self.pads(p.padding(), &xs[1..3], kernel, stride, [1, 1]),
+            dilations: vec![1, 1],
+        };
+        let ir = if code == B::MAX_POOL_2D {
+            Op::MaxPool { window }
+        } else {
+            Op::AveragePool {
+                window,
+                count_include_pad: false,
+            }
+        };
+        let xv = self.val_nchw(x)?;
+        self.finish(ir, vec![xv], o, p.fused_activation_function(), true)
+    }
+
+    fn fully_connected(&mut self, op: fb::Operator, ins: &[Option<usize>], o: usize) -> Res<()> {
+        let (act, keep) = op
+            .builtin_options_as_fully_connected_options()
+            .map_or((Act::NONE, false), |f| {
+                (f.fused_activation_function(), f.keep_num_dims())
+            });
+        let x = self.input(ins, 0)?;
+        let w = self.input(ins, 1)?;
+        let ws = self.infos[w].shape.clone();
+        let xs = self.infos[x].shape.clone();
+        if ws.len() != 2 || ws[1] == 0 || xs.is_empty() || xs.iter().product::<usize>() % ws[1] != 0
+        {
+            return Err(format!("weights {ws:?} do not fit input {xs:?}"));
+        }
+        let k = ws[1];
+        let mut xv = self.val(x)?;
+        let wv = self.val(w)?;
+        let bias = match ins.get(2).copied().flatten() {
+            Some(b) => Some(self.val(b)?),
+            None => None,
+        };
+        if xs.len() == 2 && xs[1] == k || !keep {
+            if !(xs.len() == 2 && xs[1] == k) {
+                let s = self.const_i64(&format!("{}.rows", self.names[o]), &[-1, k as i64])?;
+                let out = self.fresh(&format!("{}.2d", self.names[x]));
+                self.emit(Op::Reshape { allow_zero: false }, vec![xv, s], out.clone());
+                xv = out;
+            }
+            let mut inputs = vec![xv, wv];
+            inputs.extend(bias);
+            let gemm = Op::Gemm {
+                alpha: 1.0,
+                beta: 1.0,
+                trans_a: false,
+                trans_b: true,
+            };
+            if self.infos[o].shape.len() == 2 {
+                return self.finish(gemm, inputs, o, act, false);
+            }
+            let out = self.fresh(&format!("{}.gemm", self.names[o]));
+            self.emit(gemm, inputs, out.clone());
+            let shape: Vec<i64> = self.infos[o].shape.iter().map(|&d| d as i64).collect();
+            let s = self.const_i64(&format!("{}.shape", self.names[o]), &shape)?;
+            return self.finish(
+                Op::Reshape { allow_zero: false },
+                vec![out, s],
+                o,
+                act,
+                false,
+            );
+        }
+        // keep_num_dims: x·Wᵀ (+ b) on the last axis
+        let wt = self.fresh(&format!("{wv}.t"));
+        self.emit(Op::Transpose { perm: vec![1, 0] }, vec![wv], wt.clone());
+        match bias {
+            None => self.finish(Op::MatMul, vec![xv, wt], o, act, false),
+            Some(b) => {
+                let mm = self.fresh(&format!("{}.matmul", self.names[o]));
+                self.emit(Op::MatMul, vec![xv, wt], mm.clone());
+                self.finish(Op::Add, vec![mm, b], o, act, false)
+            }
+        }
+    }
+
+    fn strided_slice(&mut self, op: fb::Operator, ins: &[Option<usize>], o: usize) -> Res<()> {
+        let s = op.builtin_options_as_strided_slice_options();
+        let (bm, em, shrink) = s.map_or((0, 0, 0), |s| {
+            (s.begin_mask(), s.end_mask(), s.shrink_axis_mask())
+        });
+        if s.is_some_and(|s| s.ellipsis_mask() != 0 || s.new_axis_mask() != 0 || s.offset()) {
+            return Err("ellipsis, new-axis and offset slices are not supported".into());
+        }
+        let x = self.input(ins, 0)?;
+        let xs = self.infos[x].shape.clone();
+        let r = xs.len();
+        if r > 16 {
+            return Err(format!("rank {r} is too large"));
+        }
+        let (bt, et, st) = (
+            self.input(ins, 1)?,
+            self.input(ins, 2)?,
+            self.input(ins, 3)?,
+        );
+        let (begin, end, strides) = (self.ints(bt)?, self.ints(et)?, self.ints(st)?);
+        if begin.len() != r || end.len() != r || strides.len() != r {
+            return Err("begin, end and strides must have one value per axis".into());
+        }
+        let mut starts = Vec::new();
+        let mut ends = Vec::new();
+        for a in 0..r {
+            if strides[a] <= 0 {
+                return Err("strides ≤ 0 are not supported".into());
+            }
+            let dim = xs[a] as i64;
+            let b = if bm >> a & 1 == 1 { 0 } else { begin[a] };
+            let e = if shrink >> a & 1 == 1 {
+                let b0 = if b < 0 { b + dim } else { b };
+                b0 + 1
+            } else if em >> a & 1 == 1 {
+                dim
+            } else {
+                end[a]
+            };
+            starts.push(b);
+            ends.push(e);
+        }
+        let xv = self.val(x)?;
+        let name = self.names[o].clone();
+        let sv = self.const_i64(&format!("{name}.starts"), &starts)?;
+        let ev = self.const_i64(&format!("{name}.ends"), &ends)?;
+        let av = self.const_i64(&format!("{name}.axes"), &(0..r as i64).collect::<Vec<_>>())?;
+        let pv = self.const_i64(&format!("{name}.steps"), &strides)?;
+        if shrink == 0 {
+            return self.finish(Op::Slice, vec![xv, sv, ev, av, pv], o, Act::NONE, false);
+        }
+        let sl = self.fresh(&format!("{name}.slice"));
+        self.emit(Op::Slice, vec![xv, sv, ev, av, pv], sl.clone());
+        let shape: Vec<i64> = self.infos[o].shape.iter().map(|&d| d as i64).collect();
+        let s = self.const_i64(&format!("{name}.shape"), &shape)?;
+        self.finish(
+            Op::Reshape { allow_zero: false },
+            vec![sl, s],
+            o,
+            Act::NONE,
+            false,
+        )
+    }
+}
