@@ -47,7 +47,7 @@ const fn build_lut() -> [u8; 1024] {
 
 /// Index of the codebook value nearest to `v` (NaN → 0).
 #[inline(always)]
-fn best_index(v: f32) -> usize {
+pub(crate) fn best_index(v: f32) -> usize {
     let h = (2.0 * v + 512.0).clamp(0.0, 1023.0) as usize; // NaN -> 0
     LUT[h.min(1023)] as usize
 }

@@ -12,7 +12,7 @@
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 mod float;
-mod iq4nl;
+pub(crate) mod iq4nl;
 mod kquants;
 mod legacy;
 mod search;
