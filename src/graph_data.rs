@@ -272,8 +272,14 @@ pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
                 shape,
                 &Device::Cpu,
             )?,
+            // int8 inputs of integer models (a .tflite with int8 I/O)
+            safetensors::Dtype::I8 => Tensor::from_vec(
+                data.iter().map(|&b| b as i8 as i64).collect::<Vec<_>>(),
+                shape,
+                &Device::Cpu,
+            )?,
             d => bail!(
-                "{}: {name} is {d:?}; give F32, I64 or I32 tensors",
+                "{}: {name} is {d:?}; give F32, I64, I32 or I8 tensors",
                 path.display()
             ),
         };

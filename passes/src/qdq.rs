@@ -76,6 +76,39 @@ pub fn u8_params(lo: f32, hi: f32) -> (f32, u8) {
     (scale, zero)
 }
 
+/// TFLite's int8 activation parameters for `[lo, hi]`: the uint8 ones of
+/// [`u8_params`] with the zero point moved by −128 (the same grid, so a
+/// TFLite int8 model and the ONNX QDQ model quantize alike).
+pub fn tflite_int8_params(lo: f32, hi: f32) -> (f32, i32) {
+    let (scale, zero) = u8_params(lo, hi);
+    (scale, zero as i32 - 128)
+}
+
+/// int8 symmetric codes (±127, zero point 0) of a float weight per channel
+/// along `axis`, with the QDQ pass's error-minimising scale per channel
+/// (at least `min_scales[c]`); returns (codes in the weight's layout,
+/// scales). The TFLite writer rounds its weights with this.
+pub fn int8_per_channel(
+    values: &[f32],
+    shape: &[usize],
+    axis: usize,
+    min_scales: Option<&[f32]>,
+) -> (Vec<i8>, Vec<f32>) {
+    let channels = shape.get(axis).copied().unwrap_or(1).max(1);
+    let rows = crate::graph_quant::rows_along(values, shape, axis);
+    let len = (rows.len() / channels).max(1);
+    let mut codes = vec![0i32; rows.len()];
+    let mut scales = Vec::with_capacity(channels);
+    for (row, out) in rows.chunks_exact(len).zip(codes.chunks_exact_mut(len)) {
+        let floor = min_scales
+            .and_then(|m| m.get(scales.len()).copied())
+            .unwrap_or(0.0);
+        scales.push(int8_row(row, floor, out));
+    }
+    let codes = crate::graph_quant::scatter_rows(&codes, shape, axis);
+    (codes.iter().map(|&c| c as i8).collect(), scales)
+}
+
 /// What [`quantize_static`] did.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct QdqReport {

@@ -202,3 +202,67 @@ fn the_quantized_graph_stays_close_and_bias_correction_does_not_hurt() {
         "{err_corrected} vs {err_plain}"
     );
 }
+
+/// The same ranges and weight rounding written as a full-int8 TFLite file
+/// (int8 grid = the uint8 grid shifted by 128) and read back as edgec's
+/// integer simulation: within one step of the output's scale of the ONNX
+/// QDQ graph (which leaves the graph output float; TFLite quantizes it).
+#[test]
+fn tflite_full_int8_reads_back_within_one_step_of_the_qdq_graph() {
+    use edgec_formats::tflite::{lower, quant, read_model, writer};
+    use edgec_passes::qdq::{int8_per_channel, tflite_int8_params};
+    let float = model();
+    let mut r = ranges();
+    let ys: Vec<f32> = (0..4).flat_map(|s| run(&float, &input(s))).collect();
+    let lo = ys.iter().copied().fold(0f32, f32::min);
+    let hi = ys.iter().copied().fold(0f32, f32::max);
+    r.insert("y".into(), (lo, hi));
+    let mut qdq = float.clone();
+    quantize_static(&mut qdq, &r, None).unwrap();
+
+    let tfl = lower::lower(&float, &Default::default()).unwrap();
+    let params: quant::ActParams = r
+        .iter()
+        .map(|(k, &(a, b))| (k.clone(), tflite_int8_params(a, b)))
+        .collect();
+    let (tfl, report) = quant::full_int8(
+        &tfl,
+        &params,
+        &quant::Int8Options {
+            int8_io: false,
+            weights: &int8_per_channel,
+        },
+    )
+    .unwrap();
+    assert_eq!(report.weights, 2);
+    assert!(report.float_ops.is_empty(), "{:?}", report.float_ops);
+    let path = std::env::temp_dir().join(format!("edgec-qdq-{}.tflite", std::process::id()));
+    writer::write_tfl(&tfl, &path, writer::INLINE_LIMIT).unwrap();
+    let back = read_model(&path);
+    std::fs::remove_file(&path).ok();
+    let back = back.unwrap();
+    let step = tflite_int8_params(lo, hi).0;
+    for s in 0..4 {
+        let x = input(s);
+        let want = run(&qdq, &x);
+        let nhwc = x.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap();
+        let rt = GraphRuntime::new(&back).unwrap();
+        let got = rt.run(&[("x", nhwc)]).unwrap();
+        let got: Vec<f32> = got[0]
+            .1
+            .permute((0, 3, 1, 2))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let worst = want
+            .iter()
+            .zip(&got)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            worst <= step * 1.001,
+            "sample {s}: {worst} > one step {step}"
+        );
+    }
+}

@@ -814,6 +814,28 @@ fn eval_classifier(
     }
     let data = args.data.as_deref().expect("clap requires --data here");
     let samples = graph_data::samples(reference, data, &args.image, args.samples)?;
+    // each model reads the data in its own input layout (a .tflite is NHWC
+    // where the ONNX original is NCHW): the same pixels, loaded again
+    let input_shapes = |m: &Model| {
+        m.graph
+            .as_ref()
+            .map(|g| g.inputs.iter().map(|v| v.shape.clone()).collect::<Vec<_>>())
+    };
+    let cand_samples = match candidate {
+        Some(c) if input_shapes(c) != input_shapes(reference) => {
+            let s = graph_data::samples(c, data, &args.image, args.samples)?;
+            if s.len() != samples.len() {
+                bail!(
+                    "{}: {} samples for the candidate, {} for the reference",
+                    data.display(),
+                    s.len(),
+                    samples.len()
+                );
+            }
+            Some(s)
+        }
+        _ => None,
+    };
     let labels = args
         .labels
         .as_deref()
@@ -858,7 +880,8 @@ fn eval_classifier(
             bar.inc(1);
             continue;
         };
-        let c = first_output(cand_rt, s, &mut cand_secs, cand_path)?;
+        let cs = cand_samples.as_ref().map_or(s, |v| &v[i]);
+        let c = first_output(cand_rt, cs, &mut cand_secs, cand_path)?;
         cand_correct += usize::from(label == Some(edgec_calibration::metrics::argmax(&c)));
         if r.len() != c.len() || r.is_empty() {
             bail!(

@@ -15,7 +15,7 @@ use crate::pipeline::{self, GgufOptions};
 pub struct Args {
     /// Input model: a Hugging Face folder, a .safetensors file or a .gguf file.
     pub input: PathBuf,
-    /// Output file; the format comes from its extension (.gguf or .onnx).
+    /// Output file; the format comes from its extension (.gguf, .onnx or .tflite).
     pub output: PathBuf,
     /// Bits per weight: 2 (Q2_K), 3 (Q3_K_M), 4 (Q4_K_M), 5 (Q5_K_M), 6 (Q6_K), 8 (Q8_0).
     #[arg(long, conflicts_with = "type")]
@@ -71,6 +71,10 @@ pub struct Args {
     /// output's per-channel mean back onto the float model's).
     #[arg(long)]
     pub no_bias_correction: bool,
+    /// TFLite full-integer int8 (--calib): int8 graph inputs and outputs
+    /// instead of float ones behind QUANTIZE/DEQUANTIZE.
+    #[arg(long)]
+    pub int8_io: bool,
     #[command(flatten)]
     pub image: ImageArgs,
 }
@@ -98,6 +102,12 @@ pub fn preset_from_args(bits: Option<u32>, ty: Option<&str>, default: &str) -> R
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if Format::of(&args.output) == Some(Format::Tflite) {
+        return run_tflite(args);
+    }
+    if args.int8_io {
+        return Err(UsageError("--int8-io is for TFLite output (.tflite)".into()).into());
+    }
     if Format::of(&args.output) == Some(Format::Onnx) {
         let Some(bits) = args.bits else {
             return Err(UsageError("ONNX output: give --bits 8 or --bits 4".into()).into());
@@ -137,7 +147,7 @@ pub fn run(args: Args) -> Result<()> {
     match Format::of(&args.output) {
         Some(Format::Gguf) => {}
         _ => bail!(
-            "{}: quantize writes .gguf or .onnx files (TFLite output is not implemented yet)",
+            "{}: quantize writes .gguf, .onnx or .tflite files",
             args.output.display()
         ),
     }
@@ -236,4 +246,55 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `.tflite` output: int8 only (dynamic range, or full integer with --calib).
+fn run_tflite(args: Args) -> Result<()> {
+    match args.bits {
+        Some(8) => {}
+        Some(b) => {
+            return Err(UsageError(format!(
+                "--bits {b}: TFLite output is int8 (--bits 8); for float16 weights use `edgec convert --dtype f16`"
+            ))
+            .into())
+        }
+        None => return Err(UsageError("TFLite output: give --bits 8".into()).into()),
+    }
+    if args.ty.is_some() || args.imatrix.is_some() || args.pure || args.method.is_some() {
+        return Err(UsageError(
+            "TFLite output takes --bits 8, --dynamic or --calib; --type, --imatrix, --method and --pure are for GGUF".into(),
+        )
+        .into());
+    }
+    if args.int8_io && args.calib.is_none() {
+        return Err(UsageError(
+            "--int8-io needs full-integer quantization: give --calib DATA (dynamic range keeps float inputs and outputs)".into(),
+        )
+        .into());
+    }
+    if let Some(c) = &args.calib {
+        if !c.exists() {
+            bail!("{}: the calibration data does not exist", c.display());
+        }
+    }
+    let model = super::read_input(&args.input, &args.output)?;
+    let calib = args
+        .calib
+        .as_deref()
+        .map(|data| super::quantize_onnx::Calib {
+            data,
+            bias_correction: false,
+            samples: args.calib_samples,
+            method: args.calib_method,
+            image: &args.image,
+        });
+    super::quantize_onnx::run_tflite(
+        model,
+        &args.input,
+        &args.output,
+        super::quantize_onnx::TfliteQuant {
+            calib,
+            int8_io: args.int8_io,
+        },
+    )
 }

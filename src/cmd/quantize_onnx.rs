@@ -159,3 +159,90 @@ pub fn run(
     );
     Ok(())
 }
+
+/// What to write as TFLite.
+pub struct TfliteQuant<'a> {
+    /// Calibration data: full-integer int8; without it dynamic range.
+    pub calib: Option<Calib<'a>>,
+    /// Full int8: int8 graph inputs and outputs (no QUANTIZE/DEQUANTIZE).
+    pub int8_io: bool,
+}
+
+/// `edgec quantize --bits 8 IN OUT.tflite`: dynamic-range int8 (int8
+/// per-channel weights, hybrid kernels), or with `--calib` full-integer
+/// int8 by the TFLite quantization spec (activation ranges calibrated on the
+/// data as for ONNX static int8, on the same uint8 grid shifted to int8).
+pub fn run_tflite(model: Model, input: &Path, output: &Path, q: TfliteQuant) -> Result<()> {
+    use edgec_formats::tflite::{lower, quant, writer};
+    let start = Instant::now();
+    let model = match model.graph {
+        Some(_) => model,
+        None => edgec_core::lowering::to_graph(&model)
+            .map_err(|e| anyhow!("{}: {e}", input.display()))?,
+    };
+    let tfl = lower::lower(&model, &lower::LowerOptions::default())
+        .map_err(|e| anyhow!("{}: {e}", input.display()))?;
+    let weights: quant::WeightQuantizer = &qdq::int8_per_channel;
+    let (tfl, report, what) = match &q.calib {
+        None => {
+            let mut tfl = tfl;
+            let report = quant::dynamic_range(&mut tfl, weights);
+            if report.weights == 0 {
+                bail!(
+                    "{}: no CONV_2D, DEPTHWISE_CONV_2D or FULLY_CONNECTED weight to quantize",
+                    input.display()
+                );
+            }
+            (tfl, report, "dynamic-range int8".to_string())
+        }
+        Some(c) => {
+            let samples = graph_data::samples(&model, c.data, c.image, c.samples)?;
+            let (ranges, _) =
+                graph_data::activation_stats(&model, &samples, c.method.method(), &HashSet::new())
+                    .map_err(|e| anyhow!("{}: {e:#}", c.data.display()))?;
+            let params: quant::ActParams = ranges
+                .iter()
+                .map(|(k, &(lo, hi))| (k.clone(), qdq::tflite_int8_params(lo, hi)))
+                .collect();
+            let (tfl, report) = quant::full_int8(
+                &tfl,
+                &params,
+                &quant::Int8Options {
+                    int8_io: q.int8_io,
+                    weights,
+                },
+            )
+            .map_err(|e| anyhow!("{}: {e}", input.display()))?;
+            let what = format!(
+                "full-integer int8{}, {:?} ranges from {} samples",
+                if q.int8_io { ", int8 I/O" } else { "" },
+                c.method,
+                samples.len()
+            );
+            (tfl, report, what)
+        }
+    };
+    writer::write_tfl(&tfl, output, writer::INLINE_LIMIT)?;
+    let bytes = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
+    let float_note = if report.float_ops.is_empty() {
+        String::new()
+    } else {
+        let mut names = report.float_ops.clone();
+        names.sort();
+        names.dedup();
+        format!(
+            ", {} ops left in float ({})",
+            report.float_ops.len(),
+            names.join(", ")
+        )
+    };
+    println!(
+        "wrote {} (TFLite, {what}): {} int8 weights, {} int8 ops{float_note}, {:.1} MiB, {:.2}s",
+        output.display(),
+        report.weights,
+        report.int8_ops,
+        bytes as f64 / (1 << 20) as f64,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -1293,6 +1293,7 @@ impl Lower {
             Options::FullyConnected {
                 act,
                 keep_num_dims: false,
+                asymmetric_quantize_inputs: false,
             },
         );
         Ok(())
@@ -1328,6 +1329,7 @@ impl Lower {
                 Options::FullyConnected {
                     act,
                     keep_num_dims: keep,
+                    asymmetric_quantize_inputs: false,
                 },
             );
             return Ok(());

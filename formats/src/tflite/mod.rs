@@ -7,10 +7,15 @@
 //! float16 (DEQUANTIZE ops), and serialises it. Reading:
 //! [`reader::read_model`] turns a `.tflite` file back into an IR graph that
 //! edgec's interpreter runs (NHWC convolutions become Transpose + Conv +
-//! Transpose; DEQUANTIZE of constants is folded).
+//! Transpose; DEQUANTIZE of constants is folded). Quantized files ([`quant`]:
+//! dynamic-range and full-integer int8) read back as their integer
+//! simulation: int8 activations pass through QuantizeLinear →
+//! DequantizeLinear around float ops, int8 weights and int32 biases are
+//! DequantizeLinear of integer constants.
 
 pub mod lower;
 pub mod model;
+pub mod quant;
 pub mod reader;
 pub mod writer;
 

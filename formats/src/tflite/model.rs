@@ -62,6 +62,9 @@ pub enum Options {
     FullyConnected {
         act: Act,
         keep_num_dims: bool,
+        /// Hybrid (dynamic-range) kernels quantize the float input
+        /// asymmetrically at run time (TF sets it for dynamic range).
+        asymmetric_quantize_inputs: bool,
     },
     Softmax {
         beta: f32,

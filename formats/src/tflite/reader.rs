@@ -11,6 +11,16 @@
 //! order at read. DEQUANTIZE of a constant (float16, or int8 with scales)
 //! is folded into an f32 constant. Fused activations become Relu or Clip
 //! nodes.
+//!
+//! Quantized files read back as their integer simulation: an int8 (or
+//! int16) activation is the float op's output through QuantizeLinear →
+//! DequantizeLinear with the tensor's parameters, so consumers read the
+//! exact values the integer tensor holds; int8 weights and int32 biases are
+//! DequantizeLinear of the integer constants (per channel where the file
+//! has per-axis parameters). QUANTIZE is that pair; DEQUANTIZE of an
+//! activation an identity. Hybrid (dynamic-range) ops are the float op on
+//! the dequantized weights. Integer graph inputs are dequantized first, and
+//! integer graph outputs quantized last.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -49,13 +59,16 @@ pub fn read_model(path: &Path) -> Result<Model> {
     Ok(model)
 }
 
+/// Scales, zero points and the axis they run along.
+type QuantParams = (Vec<f32>, Vec<i64>, usize);
+
 /// A checked tensor of the file.
 struct TInfo {
     shape: Vec<usize>,
     dtype: TensorType,
     /// (offset, len) of constant data in the file.
     data: Option<(usize, usize)>,
-    quant: Option<(Vec<f32>, Vec<i64>, usize)>,
+    quant: Option<QuantParams>,
 }
 
 fn parse(map: &Arc<Mmap>, name: String) -> Res<Model> {
@@ -270,6 +283,31 @@ fn parse(map: &Arc<Mmap>, name: String) -> Res<Model> {
             shape: info.shape.iter().map(|&d| Dim::Fixed(d)).collect(),
         });
         r.canon[t] = Some(r.names[t].clone());
+        // an integer input is dequantized for the float ops
+        if let Some((scale, zp, dt)) = r.act_quant(t)? {
+            let x = r.names[t].clone();
+            let out = r.fresh(&format!("{x}.dequantized"));
+            let dq = r.qdq_params(&x, scale, zp, dt)?;
+            r.nodes.push(Node {
+                name: out.clone(),
+                op: Op::DequantizeLinear {
+                    axis: 1,
+                    block_size: 0,
+                },
+                inputs: [vec![x], dq].concat(),
+                outputs: vec![out.clone()],
+            });
+            r.canon[t] = Some(out);
+        }
+    }
+    // integer outputs: the float value under another name, quantized last
+    let mut int_outputs: HashMap<usize, String> = HashMap::new();
+    for &t in &outputs {
+        if r.act_quant(t)?.is_some() && !int_outputs.contains_key(&t) && !inputs.contains(&t) {
+            let orig = r.names[t].clone();
+            r.names[t] = r.fresh(&format!("{orig}.dequantized"));
+            int_outputs.insert(t, orig);
+        }
     }
     let ops = sg
         .operators()
@@ -317,13 +355,33 @@ fn parse(map: &Arc<Mmap>, name: String) -> Res<Model> {
     let mut graph_outputs = Vec::new();
     for &t in &outputs {
         let v = r.val(t)?;
-        let info = &r.infos[t];
-        let dtype = ir_type(info.dtype).ok_or_else(|| {
+        let shape: Vec<Dim> = r.infos[t].shape.iter().map(|&d| Dim::Fixed(d)).collect();
+        let dtype = ir_type(r.infos[t].dtype).ok_or_else(|| {
             format!(
                 "output {}: type {:?} is not supported",
-                r.names[t], info.dtype
+                r.names[t], r.infos[t].dtype
             )
         })?;
+        if let Some(orig) = int_outputs.get(&t) {
+            let (scale, zp, dt) = r.act_quant(t)?.expect("checked above");
+            let params = r.qdq_params(orig, scale, zp, dt)?;
+            r.nodes.push(Node {
+                name: orig.clone(),
+                op: Op::QuantizeLinear {
+                    axis: 1,
+                    block_size: 0,
+                    out: dt,
+                },
+                inputs: [vec![v], params].concat(),
+                outputs: vec![orig.clone()],
+            });
+            graph_outputs.push(ValueInfo {
+                name: orig.clone(),
+                dtype,
+                shape,
+            });
+            continue;
+        }
         if v != r.names[t] {
             let out = r.names[t].clone();
             r.nodes.push(Node {
@@ -336,7 +394,7 @@ fn parse(map: &Arc<Mmap>, name: String) -> Res<Model> {
         graph_outputs.push(ValueInfo {
             name: r.names[t].clone(),
             dtype,
-            shape: info.shape.iter().map(|&d| Dim::Fixed(d)).collect(),
+            shape,
         });
     }
     Ok(Model {
@@ -388,6 +446,16 @@ struct Reader {
     consts: Vec<Option<usize>>,
     tensors: Vec<Tensor>,
     nodes: Vec<Node>,
+}
+
+/// An integer type the simulation quantizes activations to (the IR has no
+/// int16, so 16x8 files are not read yet).
+fn int_act_type(t: TensorType) -> Option<DType> {
+    match t {
+        TensorType::INT8 => Some(DType::I8),
+        TensorType::UINT8 => Some(DType::U8),
+        _ => None,
+    }
 }
 
 fn f32s_of(t: &Tensor) -> Res<Vec<f32>> {
@@ -478,6 +546,129 @@ impl Reader {
         Ok(tensor)
     }
 
+    /// (scale, zero point, integer type) of a quantized activation tensor.
+    fn act_quant(&self, t: usize) -> Res<Option<(f32, i64, DType)>> {
+        let info = &self.infos[t];
+        let Some(dt) = int_act_type(info.dtype) else {
+            return Ok(None);
+        };
+        if info.data.is_some() {
+            return Ok(None);
+        }
+        let Some((scale, zp, _)) = &info.quant else {
+            return Ok(None);
+        };
+        match scale.as_slice() {
+            [] => Ok(None),
+            [s] if s.is_finite() && *s > 0.0 => {
+                Ok(Some((*s, zp.first().copied().unwrap_or(0), dt)))
+            }
+            [s] => Err(format!("tensor {}: scale {s}", self.names[t])),
+            _ => Err(format!(
+                "tensor {}: per-axis parameters on an activation are not supported",
+                self.names[t]
+            )),
+        }
+    }
+
+    /// Scale (and zero point, when not 0) constants of a per-tensor
+    /// Quantize/DequantizeLinear.
+    fn qdq_params(&mut self, base: &str, scale: f32, zp: i64, dt: DType) -> Res<Vec<String>> {
+        let s = self.const_scalar(&format!("{base}.scale"), scale)?;
+        if zp == 0 {
+            return Ok(vec![s]);
+        }
+        let (lo, hi) = match dt {
+            DType::I8 => (i8::MIN as i64, i8::MAX as i64),
+            _ => (0, u8::MAX as i64),
+        };
+        if zp < lo || zp > hi {
+            return Err(format!("{base}: zero point {zp} is out of range for {dt}"));
+        }
+        let bytes = vec![zp as u8];
+        let name = self.fresh(&format!("{base}.zero_point"));
+        let z = self.add_const(name, vec![], dt, owned(bytes))?;
+        Ok(vec![s, z])
+    }
+
+    /// DequantizeLinear of integer constant `codes` (shape `shape`) with
+    /// parameters per tensor or along `axis`.
+    fn dequantize_codes(
+        &mut self,
+        base: &str,
+        codes: String,
+        quant: &QuantParams,
+        axis: usize,
+        dt: DType,
+    ) -> Res<String> {
+        let (scale, zp, _) = quant;
+        let shape = if scale.len() == 1 {
+            vec![]
+        } else {
+            vec![scale.len()]
+        };
+        if scale.iter().any(|s| !s.is_finite()) {
+            return Err(format!("{base}: scales must be finite"));
+        }
+        let sn = self.fresh(&format!("{base}.scale"));
+        self.add_const(
+            sn.clone(),
+            shape.clone(),
+            DType::F32,
+            owned(f32_bytes(scale)),
+        )?;
+        let mut inputs = vec![codes, sn];
+        if zp.iter().any(|&z| z != 0) {
+            if !matches!(dt, DType::I8 | DType::U8) {
+                return Err(format!(
+                    "{base}: zero points on {dt} constants are not supported"
+                ));
+            }
+            let z: Vec<u8> = (0..scale.len())
+                .map(|c| zp.get(c).or(zp.first()).copied().unwrap_or(0) as u8)
+                .collect();
+            let zn = self.fresh(&format!("{base}.zero_point"));
+            self.add_const(zn.clone(), shape, dt, owned(z))?;
+            inputs.push(zn);
+        }
+        let out = self.fresh(&format!("{base}.dequantized"));
+        self.emit(
+            Op::DequantizeLinear {
+                axis: axis as i64,
+                block_size: 0,
+            },
+            inputs,
+            out.clone(),
+        );
+        Ok(out)
+    }
+
+    /// The quantization of integer constant t, checked against its shape.
+    fn const_quant(&self, t: usize) -> Res<Option<QuantParams>> {
+        let info = &self.infos[t];
+        if info.data.is_none()
+            || !matches!(
+                info.dtype,
+                TensorType::INT8 | TensorType::UINT8 | TensorType::INT16 | TensorType::INT32
+            )
+        {
+            return Ok(None);
+        }
+        let Some(q) = info.quant.clone().filter(|q| !q.0.is_empty()) else {
+            return Ok(None);
+        };
+        if q.0.len() > 1 && info.shape.get(q.2) != Some(&q.0.len()) {
+            return Err(format!(
+                "constant {}: {} scales for axis {} of {:?}",
+                self.names[t],
+                q.0.len(),
+                q.2,
+                info.shape
+            ));
+        }
+        Ok(Some(q))
+    }
+
     fn ints(&mut self, t: usize) -> Res<Vec<i64>> {
         let c = self.const_tensor(t)?;
         let b = c.bytes();
@@ -500,7 +691,14 @@ impl Reader {
             return Ok(v.clone());
         }
         if self.is_const(t) {
-            let v = self.const_tensor(t)?.name;
+            let c = self.const_tensor(t)?;
+            let v = match self.const_quant(t)? {
+                Some(q) => {
+                    let axis = q.2;
+                    self.dequantize_codes(&c.name, c.name.clone(), &q, axis, c.dtype)?
+                }
+                None => c.name,
+            };
             self.canon[t] = Some(v.clone());
             return Ok(v);
         }
@@ -546,10 +744,15 @@ impl Reader {
     /// Emits `op` into output tensor `o` (in TFLite layout unless `nchw`),
     /// followed by its fused activation.
     fn finish(&mut self, op: Op, inputs: Vec<String>, o: usize, act: Act, nchw: bool) -> Res<()> {
-        let target = if nchw {
+        let last = if nchw {
             self.fresh(&format!("{}.nchw", self.names[o]))
         } else {
             self.names[o].clone()
+        };
+        let quant = self.act_quant(o)?;
+        let target = match quant {
+            Some(_) => self.fresh(&format!("{last}.float")),
+            None => last.clone(),
         };
         if act == Act::NONE {
             self.emit(op, inputs, target.clone());
@@ -572,10 +775,34 @@ impl Reader {
                 other => return Err(format!("fused activation {other:?} is not supported")),
             }
         }
+        if let Some((scale, zp, dt)) = quant {
+            // the integer tensor, as consumers see it
+            let params = self.qdq_params(&last, scale, zp, dt)?;
+            let q = self.fresh(&format!("{last}.quantized"));
+            self.nodes.push(Node {
+                name: q.clone(),
+                op: Op::QuantizeLinear {
+                    axis: 1,
+                    block_size: 0,
+                    out: dt,
+                },
+                inputs: [vec![target], params.clone()].concat(),
+                outputs: vec![q.clone()],
+            });
+            self.nodes.push(Node {
+                name: last.clone(),
+                op: Op::DequantizeLinear {
+                    axis: 1,
+                    block_size: 0,
+                },
+                inputs: [vec![q], params].concat(),
+                outputs: vec![last.clone()],
+            });
+        }
         if nchw {
-            self.nchw[o] = Some(target);
+            self.nchw[o] = Some(last);
         } else {
-            self.canon[o] = Some(target);
+            self.canon[o] = Some(last);
         }
         Ok(())
     }
@@ -676,6 +903,7 @@ impl Reader {
                 unary(self, Op::Cast { to })
             }
             B::DEQUANTIZE => self.dequantize(ins, o),
+            B::QUANTIZE => unary(self, Op::Identity),
             B::CONV_2D | B::DEPTHWISE_CONV_2D => self.conv(code, op, ins, o),
             B::AVERAGE_POOL_2D | B::MAX_POOL_2D => self.pool(code, op, ins, o),
             B::FULLY_CONNECTED => self.fully_connected(op, ins, o),
@@ -824,7 +1052,13 @@ impl Reader {
         let x = self.input(ins, 0)?;
         if !self.is_const(x) {
             let xv = self.val(x)?;
-            return self.finish(Op::Cast { to: DType::F32 }, vec![xv], o, Act::NONE, false);
+            // a quantized activation is already its dequantized value
+            let op = if self.act_quant(x)?.is_some() {
+                Op::Identity
+            } else {
+                Op::Cast { to: DType::F32 }
+            };
+            return self.finish(op, vec![xv], o, Act::NONE, false);
         }
         let t = self.const_tensor(x)?;
         let mut v = f32s_of(&t)?;
@@ -928,8 +1162,15 @@ impl Reader {
         let wt = self
             .const_tensor(w)
             .map_err(|_| "the filter must be constant".to_string())?;
-        let wv = f32s_of(&wt)?;
-        let wb = f32_bytes(&wv);
+        let wquant = self.const_quant(w)?;
+        // integer filters keep their codes (permuted), dequantized below
+        let (wb, elem, wdtype) = match &wquant {
+            Some(_) => {
+                let e = elem_size(self.infos[w].dtype).ok_or("unsupported filter type")?;
+                (wt.bytes().to_vec(), e, wt.dtype)
+            }
+            None => (f32_bytes(&f32s_of(&wt)?), 4, DType::F32),
+        };
         let c_in = xs[3];
         let (oihw, shape, group) = if code == B::CONV_2D {
             // OHWI → OIHW
@@ -937,7 +1178,7 @@ impl Reader {
                 return Err(format!("filter {ws:?} does not fit {c_in} input channels"));
             }
             (
-                transpose_bytes(&wb, &ws, &[0, 3, 1, 2], 4),
+                transpose_bytes(&wb, &ws, &[0, 3, 1, 2], elem),
                 vec![ws[0], ws[3], ws[1], ws[2]],
                 c_in / ws[3],
             )
@@ -949,7 +1190,7 @@ impl Reader {
                 ));
             }
             (
-                transpose_bytes(&wb, &ws, &[3, 0, 1, 2], 4),
+                transpose_bytes(&wb, &ws, &[3, 0, 1, 2], elem),
                 vec![ws[3], 1, ws[1], ws[2]],
                 c_in,
             )
@@ -959,13 +1200,29 @@ impl Reader {
             return Err(format!("empty input {xs:?} or filter {ws:?}"));
         }
         let wname = self.fresh(&format!("{}.oihw", self.names[w]));
-        self.add_const(wname.clone(), shape, DType::F32, owned(oihw))?;
+        self.add_const(wname.clone(), shape, wdtype, owned(oihw))?;
+        let wname = match &wquant {
+            Some(q) => {
+                // the output channel axis: 0 of OHWI, 3 of [1, kh, kw, C·m]
+                let want = if code == B::CONV_2D { 0 } else { 3 };
+                if q.0.len() > 1 && q.2 != want {
+                    return Err(format!(
+                        "filter parameters run along axis {}, not the output channels",
+                        q.2
+                    ));
+                }
+                self.dequantize_codes(&wname.clone(), wname, q, 0, wdtype)?
+            }
+            None => wname,
+        };
         let mut inputs = vec![self.val_nchw(x)?, wname];
         if let Some(b) = ins.get(2).copied().flatten() {
             let bt = self
                 .const_tensor(b)
                 .map_err(|_| "the bias must be constant".to_string())?;
-            let bname = if bt.dtype == DType::F32 {
+            let bname = if self.const_quant(b)?.is_some() {
+                self.val(b)?
+            } else if bt.dtype == DType::F32 {
                 bt.name.clone()
             } else {
                 let v = f32s_of(&bt)?;

@@ -484,12 +484,17 @@ fn options(
             );
             (T::Pool2DOptions, some(t.as_union_value()))
         }
-        Options::FullyConnected { act, keep_num_dims } => {
+        Options::FullyConnected {
+            act,
+            keep_num_dims,
+            asymmetric_quantize_inputs,
+        } => {
             let t = fb::FullyConnectedOptions::create(
                 b,
                 &fb::FullyConnectedOptionsArgs {
                     fused_activation_function: *act,
                     keep_num_dims: *keep_num_dims,
+                    asymmetric_quantize_inputs: *asymmetric_quantize_inputs,
                     ..Default::default()
                 },
             );

@@ -1,0 +1,267 @@
+"""Quantized TFLite conformance: every int8 .tflite edgec writes loads and
+runs in LiteRT (ai-edge-litert's Interpreter, default resolver with
+XNNPACK), and edgec's own integer simulation (`edgec run` on the file) agrees.
+
+- EfficientNet-Lite0 dynamic range (int8 per-channel weights, hybrid
+  kernels) and full int8 calibrated on ~/.cache/edgec/images/calib: top-1
+  agrees with onnxruntime fp32 on the held-out photos (measured 18/18 for
+  both; gate 0.9), `edgec eval` of the ONNX against the .tflite works;
+- full int8 LiteRT vs the simulation: the Fashion MLP (3 int8 ops) matches
+  exactly (gate: 1 output step). EfficientNet (61 int8 ops) measured max 2-3
+  steps with 1.4-2.8% of logits beyond 1 step: the simulation requantizes each
+  layer from an f32 computation and LiteRT from int32 accumulators
+  (XNNPACK's fixed-point ADD/MEAN), so rare near-tie activations differ by
+  one step inside the network and the difference propagates through 60
+  layers. Gate: max 4 steps, at most 5% beyond 1 step;
+- int8 I/O: integer input and output tensors, codes within 1 of the
+  simulation's;
+- bad flags are clear errors, exit non-zero, and write no file.
+"""
+
+import gzip
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from conftest import CACHE, REPO, SETUP_HINT, need, run
+
+EFFNET = Path(os.environ.get("EDGEC_SHARED_MODELS", REPO.parent / "shared" / "models")) / "efficientnet_lite0.onnx"
+IMAGES = CACHE / "images"
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+TOP1_MIN = 0.9
+
+
+@pytest.fixture(scope="session")
+def litert():
+    try:
+        from ai_edge_litert import interpreter
+    except ImportError:
+        need(False, f"ai-edge-litert is not installed in this Python: {SETUP_HINT} "
+             "(it pins ai-edge-litert==2.3.0), and run pytest with $EDGEC_PY")
+    return interpreter
+
+
+@pytest.fixture(scope="module")
+def effnet() -> Path:
+    need(EFFNET.is_file(), f"{EFFNET} is missing: run `bash scripts/setup-env.sh`, then `source ~/.cache/edgec/env.sh`")
+    return EFFNET
+
+
+@pytest.fixture(scope="module")
+def photos() -> tuple[Path, Path]:
+    calib, heldout = IMAGES / "calib", IMAGES / "heldout"
+    need(calib.is_dir() and heldout.is_dir(), f"{IMAGES} is missing its photos: run `bash fixtures/fetch-images.sh`")
+    return calib, heldout
+
+
+def load_photo(path: Path) -> np.ndarray:
+    """Shorter side to 256, centre 224 crop, (p − 127) / 128, NHWC."""
+    from PIL import Image
+    im = Image.open(path).convert("RGB")
+    w, h = im.size
+    s = 256 / min(w, h)
+    im = im.resize((round(w * s), round(h * s)), Image.BILINEAR)
+    w, h = im.size
+    left, top = (w - 224) // 2, (h - 224) // 2
+    im = im.crop((left, top, left + 224, top + 224))
+    return ((np.asarray(im, np.float32) - 127) / 128)[None]
+
+
+def heldout_images(heldout: Path) -> list:
+    files = sorted(p for p in heldout.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    need(len(files) >= 10, f"{heldout} has {len(files)} photos: run `bash fixtures/fetch-images.sh`")
+    return [load_photo(p) for p in files]
+
+
+def interp(litert, path: Path):
+    it = litert.Interpreter(model_path=str(path), num_threads=2)
+    it.allocate_tensors()
+    return it
+
+
+def litert_run(it, x: np.ndarray) -> np.ndarray:
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    it.set_tensor(inp["index"], x)
+    it.invoke()
+    return it.get_tensor(out["index"]).copy()
+
+
+def op_counts(it) -> Counter:
+    return Counter(d["op_name"] for d in it._get_ops_details())
+
+
+def output_scale(it) -> float:
+    """The scale of the int8 tensor the final DEQUANTIZE reads."""
+    tensors = {d["index"]: d for d in it.get_tensor_details()}
+    deq = [o for o in it._get_ops_details() if o["op_name"] == "DEQUANTIZE"]
+    return float(tensors[deq[-1]["inputs"][0]]["quantization"][0])
+
+
+def edgec_run(edgec_bin, model: Path, name: str, x: np.ndarray, tmp: Path) -> np.ndarray:
+    inputs, outputs = tmp / "x.safetensors", tmp / "y.safetensors"
+    save_file({name: np.ascontiguousarray(x)}, str(inputs))
+    run([edgec_bin, "run", model, "--inputs", inputs, "--output", outputs])
+    (y,) = load_file(str(outputs)).values()
+    return y
+
+
+def ort_session(model: Path):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+
+
+def quantize(edgec_bin, src: Path, out: Path, *extra, check_exit=True):
+    return run([edgec_bin, "quantize", "--bits", "8", src, out, *extra], check_exit=check_exit)
+
+
+@pytest.fixture(scope="module")
+def effnet_dyn(edgec_bin, effnet, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tflq") / "effnet.dyn.tflite"
+    quantize(edgec_bin, effnet, out, "--dynamic")
+    return out
+
+
+@pytest.fixture(scope="module")
+def effnet_int8(edgec_bin, effnet, photos, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tflq") / "effnet.int8.tflite"
+    quantize(edgec_bin, effnet, out, "--calib", photos[0], "--image-transform", "efficientnet")
+    return out
+
+
+def top1_agreement(litert, model: Path, effnet: Path, images: list) -> float:
+    it, sess = interp(litert, model), ort_session(effnet)
+    agree = 0
+    for x in images:
+        ref = sess.run(None, {"input": x.transpose(0, 3, 1, 2).copy()})[0]
+        agree += int(litert_run(it, x).argmax() == ref.argmax())
+    return agree / len(images)
+
+
+def test_effnet_dynamic_range(litert, effnet, effnet_dyn, photos):
+    it = interp(litert, effnet_dyn)
+    ops = op_counts(it)
+    assert "QUANTIZE" not in ops and "DEQUANTIZE" not in ops, ops
+    # (the hybrid kernels add int8 scratch tensors of their own)
+    weights = [t for t in it.get_tensor_details() if t["dtype"] == np.int8 and t["name"].endswith("_int8")]
+    assert len(weights) == 50 and all(len(t["quantization_parameters"]["scales"]) > 1 for t in weights)
+    assert it.get_input_details()[0]["dtype"] == np.float32
+    assert effnet_dyn.stat().st_size < 0.3 * effnet.stat().st_size
+    agree = top1_agreement(litert, effnet_dyn, effnet, heldout_images(photos[1]))
+    print(f"EfficientNet-Lite0 dynamic range: top-1 agreement with fp32 {agree:.3f}, "
+          f"{effnet_dyn.stat().st_size / 2**20:.2f} MiB")
+    assert agree >= TOP1_MIN
+
+
+def test_effnet_full_int8_in_litert(litert, effnet, effnet_int8, photos):
+    it = interp(litert, effnet_int8)
+    ops = op_counts(it)
+    assert ops["QUANTIZE"] == 1 and ops["DEQUANTIZE"] == 1, ops
+    details = it.get_tensor_details()
+    floats = [t["name"] for t in details if t["dtype"] == np.float32]
+    assert len(floats) == 2, floats  # the input and the output only
+    agree = top1_agreement(litert, effnet_int8, effnet, heldout_images(photos[1]))
+    print(f"EfficientNet-Lite0 full int8: top-1 agreement with fp32 {agree:.3f}, "
+          f"{effnet_int8.stat().st_size / 2**20:.2f} MiB")
+    assert agree >= TOP1_MIN
+
+
+def test_effnet_full_int8_matches_the_simulation(litert, edgec_bin, effnet_int8, photos, tmp_path):
+    it = interp(litert, effnet_int8)
+    scale = output_scale(it)
+    worst, beyond, total = 0.0, 0, 0
+    for x in heldout_images(photos[1])[:4]:
+        got = litert_run(it, x)
+        ours = edgec_run(edgec_bin, effnet_int8, "input", x, tmp_path)
+        steps = np.abs(ours.astype(np.float64) - got) / scale
+        worst = max(worst, float(steps.max()))
+        beyond += int((steps > 1.001).sum())
+        total += steps.size
+        assert ours.argmax() == got.argmax()
+    print(f"EfficientNet-Lite0 int8 LiteRT vs edgec simulation: max {worst:.2f} steps, "
+          f"{beyond}/{total} logits beyond 1 step")
+    assert worst <= 4.001 and beyond <= 0.05 * total
+
+
+def test_edgec_eval_onnx_against_int8_tflite(edgec_bin, effnet, effnet_int8, photos):
+    proc = run([edgec_bin, "eval", "--reference", effnet, "--candidate", effnet_int8, "--data", photos[1],
+                "--image-transform", "efficientnet", "--json"])
+    report = json.loads(proc.stdout)
+    delta = report["delta"]
+    print(f"edgec eval ONNX fp32 vs int8 .tflite: KLD {delta['kld']:.4f}, top-1 {delta['top1_agreement']:.3f}")
+    assert delta["top1_agreement"] >= TOP1_MIN and delta["kld"] < 0.2
+
+
+@pytest.fixture(scope="module")
+def fashion(models_dir) -> tuple[Path, Path]:
+    model = models_dir / "fashion-mlp.onnx"
+    need(model.is_file() and (FASHION / "train-images-idx3-ubyte.gz").is_file(),
+         "the Fashion-MNIST data or classifier is missing: run `bash fixtures/fetch-images.sh` (as root)")
+    return model, FASHION
+
+
+def fashion_images(n: int) -> np.ndarray:
+    raw = gzip.open(FASHION / "t10k-images-idx3-ubyte.gz").read()
+    return np.frombuffer(raw[16:], np.uint8).reshape(-1, 1, 28, 28)[:n].astype(np.float32) / 255.0
+
+
+def test_fashion_full_int8_matches_the_simulation(litert, edgec_bin, fashion, tmp_path):
+    model, data = fashion
+    out = tmp_path / "fashion.int8.tflite"
+    quantize(edgec_bin, model, out, "--calib", data / "train-images-idx3-ubyte.gz", "--calib-samples", "1000")
+    it = interp(litert, out)
+    inp = it.get_input_details()[0]
+    scale = output_scale(it)
+    sess = ort_session(model)
+    worst, agree, xs = 0.0, 0, fashion_images(20)
+    for x in xs:
+        x = x[None].reshape(inp["shape"])
+        got = litert_run(it, x)
+        ours = edgec_run(edgec_bin, out, inp["name"], x, tmp_path)
+        worst = max(worst, float((np.abs(ours.astype(np.float64) - got) / scale).max()))
+        agree += int(got.argmax() == sess.run(None, {inp["name"]: x})[0].argmax())
+    print(f"Fashion MLP int8 LiteRT vs edgec simulation: max {worst:.2f} steps; top-1 with fp32 {agree}/{len(xs)}")
+    assert worst <= 1.001
+    assert agree >= 0.9 * len(xs)
+
+
+def test_fashion_int8_io(litert, edgec_bin, fashion, tmp_path):
+    model, data = fashion
+    out = tmp_path / "fashion.int8io.tflite"
+    quantize(edgec_bin, model, out, "--calib", data / "train-images-idx3-ubyte.gz", "--calib-samples", "500",
+             "--int8-io")
+    it = interp(litert, out)
+    inp, outp = it.get_input_details()[0], it.get_output_details()[0]
+    assert inp["dtype"] == np.int8 and outp["dtype"] == np.int8
+    ops = op_counts(it)
+    assert "QUANTIZE" not in ops and "DEQUANTIZE" not in ops, ops
+    s, z = inp["quantization"]
+    for x in fashion_images(5):
+        q = np.clip(np.round(x / s) + z, -128, 127).astype(np.int8).reshape(inp["shape"])
+        got = litert_run(it, q)
+        ours = edgec_run(edgec_bin, out, inp["name"], q, tmp_path)
+        assert np.abs(ours.astype(np.int64) - got.astype(np.int64)).max() <= 1
+
+
+@pytest.mark.parametrize("case", ["missing-calib", "int8-io-without-calib", "bits-4"])
+def test_bad_flags_are_clear_errors(edgec_bin, fashion, tmp_path, case):
+    model, _ = fashion
+    out = tmp_path / "bad.tflite"
+    extra = {
+        "missing-calib": ["--bits", "8", "--calib", tmp_path / "no-such-folder"],
+        "int8-io-without-calib": ["--bits", "8", "--int8-io"],
+        "bits-4": ["--bits", "4"],
+    }[case]
+    proc = run([edgec_bin, "quantize", model, out, *extra], check_exit=False)
+    err = proc.stderr.decode()
+    assert proc.returncode != 0, err
+    assert "panicked" not in err and err.strip(), err
+    want = {"missing-calib": "no-such-folder", "int8-io-without-calib": "--calib", "bits-4": "int8"}[case]
+    assert want in err, err
+    assert not out.exists()
