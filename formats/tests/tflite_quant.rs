@@ -186,6 +186,7 @@ fn full_int8(model: &Model, int8_io: bool) -> TflModel {
         &quant::Int8Options {
             int8_io,
             weights: &quant::absmax_int8,
+            input_means: None,
         },
     )
     .unwrap();

@@ -231,6 +231,7 @@ fn tflite_full_int8_reads_back_within_one_step_of_the_qdq_graph() {
         &quant::Int8Options {
             int8_io: false,
             weights: &int8_per_channel,
+            input_means: None,
         },
     )
     .unwrap();

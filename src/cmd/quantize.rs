@@ -283,7 +283,7 @@ fn run_tflite(args: Args) -> Result<()> {
         .as_deref()
         .map(|data| super::quantize_onnx::Calib {
             data,
-            bias_correction: false,
+            bias_correction: !args.no_bias_correction,
             samples: args.calib_samples,
             method: args.calib_method,
             image: &args.image,

@@ -80,18 +80,7 @@ pub fn run(
             );
         }
         let samples = graph_data::samples(&model, c.data, c.image, c.samples)?;
-        // Bias correction needs the per-channel means of every Conv/Gemm input.
-        let means_for: HashSet<String> = if c.bias_correction {
-            model
-                .graph
-                .iter()
-                .flat_map(|g| &g.nodes)
-                .filter(|n| matches!(n.op, Op::Conv { .. } | Op::Gemm { .. }))
-                .filter_map(|n| n.inputs.first().cloned())
-                .collect()
-        } else {
-            HashSet::new()
-        };
+        let means_for = bias_correction_inputs(&model, c.bias_correction);
         let (ranges, means) =
             graph_data::activation_stats(&model, &samples, c.method.method(), &means_for)
                 .map_err(|e| anyhow!("{}: {e:#}", c.data.display()))?;
@@ -197,9 +186,13 @@ pub fn run_tflite(model: Model, input: &Path, output: &Path, q: TfliteQuant) -> 
         }
         Some(c) => {
             let samples = graph_data::samples(&model, c.data, c.image, c.samples)?;
-            let (ranges, _) =
-                graph_data::activation_stats(&model, &samples, c.method.method(), &HashSet::new())
-                    .map_err(|e| anyhow!("{}: {e:#}", c.data.display()))?;
+            let (ranges, means) = graph_data::activation_stats(
+                &model,
+                &samples,
+                c.method.method(),
+                &bias_correction_inputs(&model, c.bias_correction),
+            )
+            .map_err(|e| anyhow!("{}: {e:#}", c.data.display()))?;
             let params: quant::ActParams = ranges
                 .iter()
                 .map(|(k, &(lo, hi))| (k.clone(), qdq::tflite_int8_params(lo, hi)))
@@ -210,6 +203,7 @@ pub fn run_tflite(model: Model, input: &Path, output: &Path, q: TfliteQuant) -> 
                 &quant::Int8Options {
                     int8_io: q.int8_io,
                     weights,
+                    input_means: c.bias_correction.then_some(&means),
                 },
             )
             .map_err(|e| anyhow!("{}: {e}", input.display()))?;
@@ -237,12 +231,28 @@ pub fn run_tflite(model: Model, input: &Path, output: &Path, q: TfliteQuant) -> 
         )
     };
     println!(
-        "wrote {} (TFLite, {what}): {} int8 weights, {} int8 ops{float_note}, {:.1} MiB, {:.2}s",
+        "wrote {} (TFLite, {what}): {} int8 weights, {} int8 ops, {} biases corrected{float_note}, {:.1} MiB, {:.2}s",
         output.display(),
         report.weights,
         report.int8_ops,
+        report.bias_corrections,
         bytes as f64 / (1 << 20) as f64,
         start.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The values whose per-channel means bias correction needs: every
+/// Conv/Gemm input (none without bias correction).
+fn bias_correction_inputs(model: &edgec_core::Model, bias_correction: bool) -> HashSet<String> {
+    if !bias_correction {
+        return HashSet::new();
+    }
+    model
+        .graph
+        .iter()
+        .flat_map(|g| &g.nodes)
+        .filter(|n| matches!(n.op, Op::Conv { .. } | Op::Gemm { .. }))
+        .filter_map(|n| n.inputs.first().cloned())
+        .collect()
 }

@@ -210,6 +210,8 @@ pub struct Int8Report {
     pub int8_ops: usize,
     /// Names of ops left in float (no int8 kernel or no calibrated range).
     pub float_ops: Vec<String>,
+    /// Biases moved by their weight's rounding error (bias correction).
+    pub bias_corrections: usize,
 }
 
 /// Dynamic-range quantization: int8 per-channel weights of CONV_2D,
@@ -266,6 +268,46 @@ pub struct Int8Options<'a> {
     /// Graph inputs and outputs int8 (no QUANTIZE/DEQUANTIZE at the ends).
     pub int8_io: bool,
     pub weights: WeightQuantizer<'a>,
+    /// Per-channel means (channel axis 1 of the graph's NCHW values, by
+    /// tensor name) of the inputs of weighted ops on the calibration data:
+    /// each bias then absorbs the mean shift −ΔW·E[x] that rounding its
+    /// weight causes (DFQ's bias correction, as the ONNX static int8 does).
+    pub input_means: Option<&'a HashMap<String, Vec<f64>>>,
+}
+
+/// −(ΔW·E[x]) per output channel for a TFLite weight: CONV_2D
+/// `[O, kh, kw, I]`, FULLY_CONNECTED `[O, I]` or DEPTHWISE_CONV_2D
+/// `[1, kh, kw, C·m]`; `None` when the means do not fit the weight.
+fn bias_shift(code: B, shape: &[usize], errors: &[f32], mean: &[f64]) -> Option<Vec<f32>> {
+    let (&first, &last) = (shape.first()?, shape.last()?);
+    if mean.is_empty() || first == 0 || last == 0 {
+        return None;
+    }
+    match code {
+        B::CONV_2D | B::FULLY_CONNECTED if mean.len() == last => {
+            let inner = errors.len() / first;
+            Some(
+                errors
+                    .chunks_exact(inner)
+                    .map(|row| {
+                        -row.iter()
+                            .enumerate()
+                            .map(|(j, &e)| e as f64 * mean[j % last])
+                            .sum::<f64>() as f32
+                    })
+                    .collect(),
+            )
+        }
+        B::DEPTHWISE_CONV_2D if last.is_multiple_of(mean.len()) => {
+            let mult = last / mean.len();
+            let mut shift = vec![0f64; last];
+            for (k, &e) in errors.iter().enumerate() {
+                shift[k % last] -= e as f64 * mean[(k % last) / mult];
+            }
+            Some(shift.into_iter().map(|v| v as f32).collect())
+        }
+        _ => None,
+    }
 }
 
 /// Ops whose output takes the input's parameters.
@@ -570,9 +612,33 @@ pub fn full_int8(
             };
             new.inputs[1] = Some(wq);
             let channels = w_scales.len();
+            let shift = opts
+                .input_means
+                .and_then(|means| means.get(&src.tensors[x].name))
+                .and_then(|mean| {
+                    let shape = &src.tensors[w].shape;
+                    let stride: usize = shape[axis + 1..].iter().product();
+                    let codes = m.tensors[wq].data.as_ref()?.bytes();
+                    let errors: Vec<f32> = f32s(src, w)
+                        .iter()
+                        .zip(codes)
+                        .enumerate()
+                        .map(|(k, (&v, &c))| {
+                            c as i8 as f32 * w_scales[(k / stride.max(1)) % channels] - v
+                        })
+                        .collect();
+                    bias_shift(op.code, shape, &errors, mean)
+                })
+                .filter(|s| s.len() == channels);
+            if shift.is_some() {
+                report.bias_corrections += 1;
+            }
             // conv kernels want a bias; FULLY_CONNECTED takes -1 as TF writes
-            if bias.is_some() || op.code != B::FULLY_CONNECTED {
-                let b = bias_v.unwrap_or_else(|| vec![0.0; channels]);
+            if bias.is_some() || op.code != B::FULLY_CONNECTED || shift.is_some() {
+                let mut b = bias_v.unwrap_or_else(|| vec![0.0; channels]);
+                for (b, s) in b.iter_mut().zip(shift.iter().flatten()) {
+                    *b += s;
+                }
                 let scales: Vec<f32> = w_scales.iter().map(|s| s * in_s).collect();
                 let codes: Vec<u8> = b
                     .iter()
