@@ -749,3 +749,23 @@ pub fn full_int8(
     }
     Ok((m, report))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bias_shift_is_minus_the_weight_error_times_the_input_mean() {
+        // CONV_2D [O=2, 1, 1, I=3]: shift[o] = −Σ_i e[o, i]·mean[i]
+        let e = [1.0, 0.5, -1.0, 0.0, 2.0, 1.0];
+        let mean = [1.0, 2.0, 3.0];
+        let s = bias_shift(B::CONV_2D, &[2, 1, 1, 3], &e, &mean).unwrap();
+        assert_eq!(s, vec![-(1.0 + 1.0 - 3.0), -(4.0 + 3.0)]);
+        // DEPTHWISE_CONV_2D [1, 2 taps, 1, C=2]: shift[c] = −Σ_t e[t, c]·mean[c]
+        let e = [1.0, 2.0, 3.0, -1.0];
+        let s = bias_shift(B::DEPTHWISE_CONV_2D, &[1, 2, 1, 2], &e, &[2.0, 5.0]).unwrap();
+        assert_eq!(s, vec![-(4.0 * 2.0), -(1.0 * 5.0)]);
+        // means of the wrong length: no correction
+        assert!(bias_shift(B::CONV_2D, &[2, 1, 1, 3], &[0.0; 6], &[1.0; 4]).is_none());
+    }
+}
