@@ -4,9 +4,12 @@
 //! weights stay close; hostile files and unsupported ops give errors that
 //! name the file or the node, never a panic.
 
+mod common;
+
 use std::path::Path;
 
 use candle_core::{Device, Tensor as CTensor};
+use common::{vi, window};
 use edgec_core::runtime::graph::GraphRuntime;
 use edgec_core::{DType, Dim, Graph, Model, Node, Op, Tensor, ValueInfo, Window};
 use edgec_formats::tflite::{self, model::BuiltinOperator, WriteOptions};
@@ -79,23 +82,6 @@ impl G {
             }),
             ..Default::default()
         }
-    }
-}
-
-fn vi(name: &str, shape: &[usize]) -> ValueInfo {
-    ValueInfo {
-        name: name.into(),
-        dtype: DType::F32,
-        shape: shape.iter().map(|&d| Dim::Fixed(d)).collect(),
-    }
-}
-
-fn window(k: usize, s: usize, pads: [usize; 4]) -> Window {
-    Window {
-        kernel: vec![k, k],
-        strides: vec![s, s],
-        pads: pads.to_vec(),
-        dilations: vec![1, 1],
     }
 }
 

@@ -6,31 +6,17 @@
 //! gives the same bytes twice; int8 I/O keeps no QUANTIZE/DEQUANTIZE;
 //! dynamic range stores int8 weights with float activations.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{Device, Tensor as CTensor};
+use common::{vi, window};
 use edgec_core::runtime::graph::GraphRuntime;
 use edgec_core::{DType, Dim, Graph, Model, Node, Op, Tensor, ValueInfo, Window};
 use edgec_formats::tflite::model::{BuiltinOperator as B, Options, TensorType, TflModel};
 use edgec_formats::tflite::{lower, quant, read_model, writer};
-
-fn vi(name: &str, shape: &[usize]) -> ValueInfo {
-    ValueInfo {
-        name: name.into(),
-        dtype: DType::F32,
-        shape: shape.iter().map(|&d| Dim::Fixed(d)).collect(),
-    }
-}
-
-fn window(k: usize, s: usize, pads: [usize; 4]) -> Window {
-    Window {
-        kernel: vec![k, k],
-        strides: vec![s, s],
-        pads: pads.to_vec(),
-        dilations: vec![1, 1],
-    }
-}
 
 fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
     let mut s = seed;

@@ -187,7 +187,8 @@ impl Hessian {
     /// the one with the least output-error increase Σ (err_j / U_jj)² is
     /// kept.
     /// Writes the codes (and scale) into `bytes` and the block's errors,
-    /// divided by U's diagonal, into `errs`.
+    /// divided by U's diagonal, into `errs`; `wb` is left as scratch (the
+    /// block is done).
     fn round_on_grid(
         &self,
         ty: GgmlType,
@@ -200,8 +201,10 @@ impl Hessian {
         let cols = self.cols;
         let n = wb.len();
         let start = wb.to_vec();
-        let mut best: Option<(f64, f32, Vec<u8>)> = None;
+        // (loss, scale, codes, errors) of the best try so far
+        let mut best: Option<(f64, f32, Vec<u8>, Vec<f32>)> = None;
         let mut codes = vec![0u8; n];
+        let mut try_errs = vec![0f32; n];
         // Only IQ4_NL gained from the other scales on SmolLM2 (KLD 0.048 →
         // 0.045; Q4_0 and Q8_0 did not move), and the tries cost 5× the
         // in-block work, so the other types keep the encoder's scale.
@@ -222,7 +225,7 @@ impl Hessian {
                 let j = c0 + k;
                 codes[k] = g.nearest(wb[k]);
                 let e = (wb[k] - g.value(codes[k])) / self.u[j * cols + j];
-                errs[k] = e;
+                try_errs[k] = e;
                 loss += e as f64 * e as f64;
                 axpy(
                     &mut wb[k + 1..],
@@ -231,23 +234,16 @@ impl Hessian {
                 );
             }
             if best.as_ref().is_none_or(|b| loss < b.0) {
-                best = Some((loss, d, codes.clone()));
+                best = Some((loss, d, codes.clone(), try_errs.clone()));
             }
         }
-        let Some((_, d, codes)) = best else { return };
-        // recompute the errors of the chosen scale (the last try may differ)
-        let g = Grid { d, ..grid };
-        wb.copy_from_slice(&start);
-        for k in 0..n {
-            let j = c0 + k;
-            let e = (wb[k] - g.value(codes[k])) / self.u[j * cols + j];
-            errs[k] = e;
-            axpy(
-                &mut wb[k + 1..],
-                e,
-                &self.u[j * cols + j + 1..j * cols + c0 + n],
-            );
-            g.set_code(ty, bytes, k, codes[k]);
+        // the encoder's scale is finite (Grid::of), so its try always ran
+        let Some((_, d, codes, best_errs)) = best else {
+            return;
+        };
+        errs.copy_from_slice(&best_errs);
+        for (k, &code) in codes.iter().enumerate() {
+            grid.set_code(ty, bytes, k, code);
         }
         bytes[..2].copy_from_slice(&half::f16::from_f32(d).to_le_bytes());
     }

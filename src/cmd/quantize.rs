@@ -119,16 +119,7 @@ pub fn run(args: Args) -> Result<()> {
             .into());
         }
         let model = super::read_input(&args.input, &args.output)?;
-        let calib = args
-            .calib
-            .as_deref()
-            .map(|data| super::quantize_onnx::Calib {
-                data,
-                bias_correction: !args.no_bias_correction,
-                samples: args.calib_samples,
-                method: args.calib_method,
-                image: &args.image,
-            });
+        let calib = graph_calib(&args);
         return super::quantize_onnx::run(
             model,
             &args.input,
@@ -248,6 +239,19 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// The calibration settings of graph (ONNX and TFLite) outputs, with --calib.
+fn graph_calib(args: &Args) -> Option<super::quantize_onnx::Calib<'_>> {
+    args.calib
+        .as_deref()
+        .map(|data| super::quantize_onnx::Calib {
+            data,
+            bias_correction: !args.no_bias_correction,
+            samples: args.calib_samples,
+            method: args.calib_method,
+            image: &args.image,
+        })
+}
+
 /// `.tflite` output: int8 only (dynamic range, or full integer with --calib).
 fn run_tflite(args: Args) -> Result<()> {
     match args.bits {
@@ -278,16 +282,7 @@ fn run_tflite(args: Args) -> Result<()> {
         }
     }
     let model = super::read_input(&args.input, &args.output)?;
-    let calib = args
-        .calib
-        .as_deref()
-        .map(|data| super::quantize_onnx::Calib {
-            data,
-            bias_correction: !args.no_bias_correction,
-            samples: args.calib_samples,
-            method: args.calib_method,
-            image: &args.image,
-        });
+    let calib = graph_calib(&args);
     super::quantize_onnx::run_tflite(
         model,
         &args.input,

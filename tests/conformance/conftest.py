@@ -69,3 +69,56 @@ def run(cmd: list, timeout: float = 600, check_exit: bool = True, **kwargs) -> s
 
 def which(name: str) -> str | None:
     return shutil.which(name)
+
+
+# --------------------------------------------------------------- shared models and runners
+EFFNET = Path(os.environ.get("EDGEC_SHARED_MODELS", REPO.parent / "shared" / "models")) / "efficientnet_lite0.onnx"
+# (scripts/setup-env.sh's env file sets EDGEC_SHARED_MODELS to the folder it found)
+IMAGES = CACHE / "images"
+
+
+@pytest.fixture(scope="session")
+def effnet() -> Path:
+    need(EFFNET.is_file(), f"{EFFNET} is missing: run `bash scripts/setup-env.sh`, then `source ~/.cache/edgec/env.sh` "
+         "(it sets EDGEC_SHARED_MODELS to the shared models folder)")
+    return EFFNET
+
+
+@pytest.fixture(scope="session")
+def photos() -> tuple[Path, Path]:
+    """The calibration and held-out photo folders of fixtures/fetch-images.sh."""
+    calib, heldout = IMAGES / "calib", IMAGES / "heldout"
+    need(calib.is_dir() and heldout.is_dir(), f"{IMAGES} is missing its photos: run `bash fixtures/fetch-images.sh`")
+    return calib, heldout
+
+
+@pytest.fixture(scope="session")
+def litert():
+    """LiteRT's interpreter module (ai-edge-litert)."""
+    try:
+        from ai_edge_litert import interpreter
+    except ImportError:
+        need(False, f"ai-edge-litert is not installed in this Python: {SETUP_HINT} "
+             "(it pins ai-edge-litert==2.3.0), and run pytest with $EDGEC_PY")
+    return interpreter
+
+
+def ort_run(model: Path, feeds: dict) -> list:
+    """onnxruntime's outputs of `model` on `feeds` (CPU, 2 threads)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def edgec_run(edgec_bin, model: Path, feeds: dict, tmp: Path) -> dict:
+    """`edgec run` of `model` on `feeds`, through safetensors files in `tmp`."""
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    inputs, outputs = tmp / f"{model.stem}.in.safetensors", tmp / f"{model.stem}.out.safetensors"
+    save_file({k: np.ascontiguousarray(v) for k, v in feeds.items()}, str(inputs))
+    run([edgec_bin, "run", model, "--inputs", inputs, "--output", outputs])
+    return load_file(str(outputs))

@@ -16,20 +16,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
-from conftest import REPO, need, run
-
-EFFNET = Path(os.environ.get("EDGEC_SHARED_MODELS", REPO.parent / "shared" / "models")) / "efficientnet_lite0.onnx"
-# (scripts/setup-env.sh's env file sets EDGEC_SHARED_MODELS to the folder it found)
-
-
-@pytest.fixture(scope="module")
-def effnet() -> Path:
-    need(EFFNET.is_file(), f"{EFFNET} is missing: run `bash scripts/setup-env.sh`, then `source ~/.cache/edgec/env.sh` "
-         "(it sets EDGEC_SHARED_MODELS to the shared models folder)")
-    return EFFNET
-
+from conftest import edgec_run, need, ort_run, run
 
 @pytest.fixture(scope="module")
 def minilm_int8() -> Path:
@@ -37,20 +26,6 @@ def minilm_int8() -> Path:
     need(bool(value) and Path(value).is_file(),
          "EDGEC_MINILM_INT8_ONNX is not set: run `bash scripts/setup-env.sh`, then `source ~/.cache/edgec/env.sh`")
     return Path(value)
-
-
-def ort_run(model: Path, feeds: dict) -> list:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
-    return sess.run(None, feeds)
-
-
-def edgec_run(edgec_bin, model: Path, feeds: dict, tmp: Path) -> dict:
-    inputs, outputs = tmp / f"{model.stem}.in.safetensors", tmp / f"{model.stem}.out.safetensors"
-    save_file({k: np.ascontiguousarray(v) for k, v in feeds.items()}, str(inputs))
-    run([edgec_bin, "run", model, "--inputs", inputs, "--output", outputs])
-    return load_file(str(outputs))
 
 
 def image_batch(n: int = 2, seed: int = 0) -> np.ndarray:
@@ -228,14 +203,6 @@ def test_minilm_quantized_onnx(edgec_bin, minilm_dir, tmp_path, bits, extra, op,
                  f"edgec vs onnxruntime on the {bits}-bit file")
 
 
-IMAGES = Path(os.environ.get("EDGEC_CACHE", Path.home() / ".cache" / "edgec")) / "images"
-
-
-@pytest.fixture(scope="module")
-def photos() -> tuple[Path, Path]:
-    calib, heldout = IMAGES / "calib", IMAGES / "heldout"
-    need(calib.is_dir() and heldout.is_dir(), f"{IMAGES} is missing its photos: run `bash fixtures/fetch-images.sh`")
-    return calib, heldout
 
 
 @pytest.fixture(scope="module")

@@ -19,32 +19,13 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
-from conftest import REPO, SETUP_HINT, need, run
+from conftest import edgec_run, need, ort_run, run
 
-EFFNET = Path(os.environ.get("EDGEC_SHARED_MODELS", REPO.parent / "shared" / "models")) / "efficientnet_lite0.onnx"
 F32_REL = 1e-4
 F16_REL = 5e-2
-
-
-@pytest.fixture(scope="session")
-def litert():
-    try:
-        from ai_edge_litert import interpreter
-    except ImportError:
-        need(False, f"ai-edge-litert is not installed in this Python: {SETUP_HINT} "
-             "(it pins ai-edge-litert==2.3.0), and run pytest with $EDGEC_PY")
-    return interpreter
-
-
-@pytest.fixture(scope="module")
-def effnet() -> Path:
-    need(EFFNET.is_file(), f"{EFFNET} is missing: run `bash scripts/setup-env.sh`, then `source ~/.cache/edgec/env.sh` "
-         "(it sets EDGEC_SHARED_MODELS to the shared models folder)")
-    return EFFNET
 
 
 def interp(litert, path: Path):
@@ -62,20 +43,6 @@ def litert_run(litert, path: Path, feeds: dict) -> dict:
 
 def op_counts(litert, path: Path) -> Counter:
     return Counter(d["op_name"] for d in interp(litert, path)._get_ops_details())
-
-
-def ort_run(model: Path, feeds: dict) -> list:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
-    return sess.run(None, feeds)
-
-
-def edgec_run(edgec_bin, model: Path, feeds: dict, tmp: Path) -> dict:
-    inputs, outputs = tmp / f"{model.stem}.in.safetensors", tmp / f"{model.stem}.out.safetensors"
-    save_file({k: np.ascontiguousarray(v) for k, v in feeds.items()}, str(inputs))
-    run([edgec_bin, "run", model, "--inputs", inputs, "--output", outputs])
-    return load_file(str(outputs))
 
 
 def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:

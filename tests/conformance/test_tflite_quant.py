@@ -20,7 +20,6 @@ XNNPACK), and edgec's own integer simulation (`edgec run` on the file) agrees.
 
 import gzip
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -29,35 +28,10 @@ import onnxruntime as ort
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from conftest import CACHE, REPO, SETUP_HINT, need, run
+from conftest import need, run
 
-EFFNET = Path(os.environ.get("EDGEC_SHARED_MODELS", REPO.parent / "shared" / "models")) / "efficientnet_lite0.onnx"
-IMAGES = CACHE / "images"
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 TOP1_MIN = 0.9
-
-
-@pytest.fixture(scope="session")
-def litert():
-    try:
-        from ai_edge_litert import interpreter
-    except ImportError:
-        need(False, f"ai-edge-litert is not installed in this Python: {SETUP_HINT} "
-             "(it pins ai-edge-litert==2.3.0), and run pytest with $EDGEC_PY")
-    return interpreter
-
-
-@pytest.fixture(scope="module")
-def effnet() -> Path:
-    need(EFFNET.is_file(), f"{EFFNET} is missing: run `bash scripts/setup-env.sh`, then `source ~/.cache/edgec/env.sh`")
-    return EFFNET
-
-
-@pytest.fixture(scope="module")
-def photos() -> tuple[Path, Path]:
-    calib, heldout = IMAGES / "calib", IMAGES / "heldout"
-    need(calib.is_dir() and heldout.is_dir(), f"{IMAGES} is missing its photos: run `bash fixtures/fetch-images.sh`")
-    return calib, heldout
 
 
 def load_photo(path: Path) -> np.ndarray:

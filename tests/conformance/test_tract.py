@@ -19,16 +19,13 @@ import onnx
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from conftest import need, run
+from conftest import edgec_run, need, run
 from test_onnx import (  # noqa: F401  (fixtures are used by name)
     assert_close,
-    edgec_run,
-    effnet,
     image_batch,
     minilm_dir,
     minilm_feeds,
     minilm_int8,
-    photos,
 )
 
 
