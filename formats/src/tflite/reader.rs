@@ -12,10 +12,12 @@
 //! is folded into an f32 constant. Fused activations become Relu or Clip
 //! nodes.
 //!
-//! Quantized files read back as their integer simulation: an int8 (or
-//! int16) activation is the float op's output through QuantizeLinear →
-//! DequantizeLinear with the tensor's parameters, so consumers read the
-//! exact values the integer tensor holds; int8 weights and int32 biases are
+//! Quantized files read back as their integer simulation. Int8 CONV_2D,
+//! DEPTHWISE_CONV_2D, FULLY_CONNECTED, ADD and MEAN run LiteRT's integer
+//! arithmetic bit for bit (see `integer`). Any other op with an int8
+//! output is the float op through QuantizeLinear → DequantizeLinear with
+//! the tensor's parameters, so consumers read the exact values the integer
+//! tensor holds; int8 weights and int32 biases of those ops are
 //! DequantizeLinear of the integer constants (per channel where the file
 //! has per-axis parameters). QUANTIZE is that pair; DEQUANTIZE of an
 //! activation an identity. Hybrid (dynamic-range) ops are the float op on
@@ -37,6 +39,8 @@ use super::model::{
 };
 use super::schema as fb;
 use crate::{FormatError, Result};
+
+mod integer;
 
 type Res<T> = std::result::Result<T, String>;
 
@@ -264,6 +268,8 @@ fn parse(map: &Arc<Mmap>, name: String) -> Res<Model> {
         used,
         canon: vec![None; n],
         nchw: vec![None; n],
+        codes: vec![None; n],
+        codes_nchw: vec![None; n],
         consts: vec![None; n],
         tensors: Vec::new(),
         nodes: Vec::new(),
@@ -286,6 +292,7 @@ fn parse(map: &Arc<Mmap>, name: String) -> Res<Model> {
         // an integer input is dequantized for the float ops
         if let Some((scale, zp, dt)) = r.act_quant(t)? {
             let x = r.names[t].clone();
+            r.codes[t] = Some(x.clone());
             let out = r.fresh(&format!("{x}.dequantized"));
             let dq = r.qdq_params(&x, scale, zp, dt)?;
             r.nodes.push(Node {
@@ -442,6 +449,10 @@ struct Reader {
     canon: Vec<Option<String>>,
     /// The IR value holding a 4-D tensor t in NCHW.
     nchw: Vec<Option<String>>,
+    /// The integer codes of quantized activation t, in TFLite's layout and
+    /// in NCHW (see `integer`).
+    codes: Vec<Option<String>>,
+    codes_nchw: Vec<Option<String>>,
     /// The index in `tensors` of a constant (or folded) tensor.
     consts: Vec<Option<usize>>,
     tensors: Vec<Tensor>,
@@ -795,9 +806,14 @@ impl Reader {
                     axis: 1,
                     block_size: 0,
                 },
-                inputs: [vec![q], params].concat(),
+                inputs: [vec![q.clone()], params].concat(),
                 outputs: vec![last.clone()],
             });
+            if nchw {
+                self.codes_nchw[o] = Some(q);
+            } else {
+                self.codes[o] = Some(q);
+            }
         }
         if nchw {
             self.nchw[o] = Some(last);
@@ -826,6 +842,15 @@ impl Reader {
             let (a, b) = (r.val(a)?, r.val(b)?);
             r.finish(ir, vec![a, b], o, act, false)
         };
+        if code == B::ADD {
+            let (a, b) = (self.input(ins, 0)?, self.input(ins, 1)?);
+            let act = op
+                .builtin_options_as_add_options()
+                .map_or(Act::NONE, |x| x.fused_activation_function());
+            if self.int_add(a, b, o, act)? {
+                return Ok(());
+            }
+        }
         match code {
             B::ADD => binary(
                 self,
@@ -952,6 +977,9 @@ impl Reader {
                 let x = self.input(ins, 0)?;
                 let a = self.input(ins, 1)?;
                 let axes = self.ints(a)?;
+                if code == B::MEAN && self.int_mean(x, &axes, keep_dims, o)? {
+                    return Ok(());
+                }
                 let xv = self.val(x)?;
                 let ir = if code == B::MEAN {
                     Op::ReduceMean { axes, keep_dims }
@@ -1199,13 +1227,31 @@ impl Reader {
         if kh == 0 || kw == 0 || xs.contains(&0) {
             return Err(format!("empty input {xs:?} or filter {ws:?}"));
         }
+        let window = Window {
+            kernel: vec![kh, kw],
+            strides: stride.to_vec(),
+            pads: self.pads(padding, &xs[1..3], [kh, kw], stride, dil),
+            dilations: dil.to_vec(),
+        };
+        let out_axis = if code == B::CONV_2D { 0 } else { 3 };
+        if let (Some(q), DType::I8) = (&wquant, wdtype) {
+            if q.0.len() == 1 || q.2 == out_axis {
+                let codes: Vec<i8> = oihw.iter().map(|&b| b as i8).collect();
+                let bias = ins.get(2).copied().flatten();
+                let plan = self.int_linear(x, (&codes, &shape), (&q.0, &q.1), bias, o, act)?;
+                if let Some(plan) = plan {
+                    let xc = self.centred(x, plan.zx, true)?;
+                    let conv = Op::Conv { window, group };
+                    return self.emit_int_linear(plan, xc, conv, o, act, true);
+                }
+            }
+        }
         let wname = self.fresh(&format!("{}.oihw", self.names[w]));
         self.add_const(wname.clone(), shape, wdtype, owned(oihw))?;
         let wname = match &wquant {
             Some(q) => {
                 // the output channel axis: 0 of OHWI, 3 of [1, kh, kw, C·m]
-                let want = if code == B::CONV_2D { 0 } else { 3 };
-                if q.0.len() > 1 && q.2 != want {
+                if q.0.len() > 1 && q.2 != out_axis {
                     return Err(format!(
                         "filter parameters run along axis {}, not the output channels",
                         q.2
@@ -1231,12 +1277,6 @@ impl Reader {
             };
             inputs.push(bname);
         }
-        let window = Window {
-            kernel: vec![kh, kw],
-            strides: stride.to_vec(),
-            pads: self.pads(padding, &xs[1..3], [kh, kw], stride, dil),
-            dilations: dil.to_vec(),
-        };
         self.finish(Op::Conv { window, group }, inputs, o, act, true)
     }
 
@@ -1293,6 +1333,24 @@ impl Reader {
             return Err(format!("weights {ws:?} do not fit input {xs:?}"));
         }
         let k = ws[1];
+        if self.infos[o].shape.len() == 2 && (xs.len() == 2 && xs[1] == k || !keep) {
+            if let Some(plan) = self.int_fc_plan(x, w, ins, o, act)? {
+                let mut xc = self.centred(x, plan.zx, false)?;
+                if !(xs.len() == 2 && xs[1] == k) {
+                    let s = self.const_i64(&format!("{}.rows", self.names[o]), &[-1, k as i64])?;
+                    let out = self.fresh(&format!("{xc}.2d"));
+                    self.emit(Op::Reshape { allow_zero: false }, vec![xc, s], out.clone());
+                    xc = out;
+                }
+                let gemm = Op::Gemm {
+                    alpha: 1.0,
+                    beta: 1.0,
+                    trans_a: false,
+                    trans_b: true,
+                };
+                return self.emit_int_linear(plan, xc, gemm, o, act, false);
+            }
+        }
         let mut xv = self.val(x)?;
         let wv = self.val(w)?;
         let bias = match ins.get(2).copied().flatten() {
