@@ -26,6 +26,8 @@ pub enum DType {
     /// INT4 and UINT4 layout).
     I4,
     U4,
+    /// 16-bit integers (TFLite's 16x8 activations, ONNX's INT16).
+    I16,
     /// A quantized ggml block type (never F32/F16/BF16: those map to the dense variants).
     Ggml(GgmlType),
 }
@@ -60,7 +62,7 @@ impl DType {
         };
         match self {
             DType::F32 | DType::I32 => elem(4),
-            DType::F16 | DType::Bf16 => elem(2),
+            DType::F16 | DType::Bf16 | DType::I16 => elem(2),
             DType::I8 | DType::U8 | DType::Bool => elem(1),
             DType::I64 => elem(8),
             DType::I4 | DType::U4 => Ok(n.div_ceil(2)),
@@ -79,6 +81,7 @@ impl DType {
             DType::F16 => "F16",
             DType::Bf16 => "BF16",
             DType::I8 => "I8",
+            DType::I16 => "I16",
             DType::U8 => "U8",
             DType::I32 => "I32",
             DType::I64 => "I64",
@@ -93,6 +96,7 @@ impl DType {
         match self {
             DType::I8 | DType::U8 | DType::Bool => 8.0,
             DType::I4 | DType::U4 => 4.0,
+            DType::I16 => 16.0,
             DType::I32 => 32.0,
             DType::I64 => 64.0,
             d => d.as_ggml().map(GgmlType::bits_per_weight).unwrap_or(0.0),
@@ -305,7 +309,7 @@ pub fn decode_into(dtype: DType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
     }
     let elem = match dtype {
         DType::F32 | DType::I32 => 4,
-        DType::F16 | DType::Bf16 => 2,
+        DType::F16 | DType::Bf16 | DType::I16 => 2,
         DType::I8 | DType::U8 | DType::Bool => 1,
         DType::I64 => 8,
         DType::I4 | DType::U4 => unreachable!("handled above"),
@@ -324,6 +328,7 @@ pub fn decode_into(dtype: DType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
         DType::F16 => chunks.for_each(|(c, o)| *o = f16::from_le_bytes([c[0], c[1]]).to_f32()),
         DType::Bf16 => chunks.for_each(|(c, o)| *o = bf16::from_le_bytes([c[0], c[1]]).to_f32()),
         DType::I8 => chunks.for_each(|(c, o)| *o = c[0] as i8 as f32),
+        DType::I16 => chunks.for_each(|(c, o)| *o = i16::from_le_bytes([c[0], c[1]]) as f32),
         DType::U8 | DType::Bool => chunks.for_each(|(c, o)| *o = c[0] as f32),
         DType::I32 => {
             chunks.for_each(|(c, o)| *o = i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)

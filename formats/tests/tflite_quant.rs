@@ -130,6 +130,14 @@ fn run_nhwc(model: &Model, x: &[f32]) -> Vec<f32> {
 
 /// Min/max of every float value over a few inputs, as int8 parameters.
 fn calibrate(model: &Model) -> quant::ActParams {
+    ranges(model)
+        .iter()
+        .map(|(k, &(lo, hi))| (k.clone(), quant::int8_params(lo, hi)))
+        .collect()
+}
+
+/// Min/max of every float value over a few inputs.
+fn ranges(model: &Model) -> HashMap<String, (f32, f32)> {
     let seen: Arc<Mutex<HashMap<String, (f32, f32)>>> = Arc::default();
     let mut rt = GraphRuntime::new(model).unwrap();
     let s = Arc::clone(&seen);
@@ -159,9 +167,7 @@ fn calibrate(model: &Model) -> quant::ActParams {
         seen.lock().unwrap().insert("x".into(), (lo, hi));
     }
     let m = seen.lock().unwrap();
-    m.iter()
-        .map(|(k, &(lo, hi))| (k.clone(), quant::int8_params(lo, hi)))
-        .collect()
+    m.clone()
 }
 
 fn full_int8(model: &Model, int8_io: bool) -> TflModel {
@@ -171,6 +177,7 @@ fn full_int8(model: &Model, int8_io: bool) -> TflModel {
         &calibrate(model),
         &quant::Int8Options {
             int8_io,
+            int16_activations: false,
             weights: &quant::absmax_int8,
             input_means: None,
         },
@@ -292,6 +299,82 @@ fn full_int8_reads_back_close_to_float_and_deterministic() {
             .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
         assert!(worst < 0.05, "sample {k}: int8 vs float {worst}");
     }
+}
+
+/// 16x8: every activation int16 with zero point 0, weights int8, biases
+/// int64 at input × weight scale, softmax at (1/32768, 0); read back, it is
+/// much closer to float than int8.
+#[test]
+fn int16_activations_are_symmetric_with_int64_biases() {
+    let float = cnn();
+    let tfl = lower::lower(&float, &Default::default()).unwrap();
+    let params: quant::ActParams = ranges(&float)
+        .iter()
+        .map(|(k, &(lo, hi))| (k.clone(), quant::int16_params(lo, hi)))
+        .collect();
+    let (m, report) = quant::full_int8(
+        &tfl,
+        &params,
+        &quant::Int8Options {
+            int8_io: false,
+            int16_activations: true,
+            weights: &quant::absmax_int8,
+            input_means: None,
+        },
+    )
+    .unwrap();
+    assert!(report.float_ops.is_empty(), "{:?}", report.float_ops);
+    let q = |t: usize| m.tensors[t].quant.clone().unwrap();
+    for op in &m.ops {
+        let acts = op.inputs.iter().flatten().chain(&op.outputs).copied();
+        for t in acts.filter(|&t| m.tensors[t].data.is_none()) {
+            let dt = m.tensors[t].dtype;
+            if dt == TensorType::FLOAT32 {
+                continue;
+            }
+            assert_eq!(dt, TensorType::INT16, "{:?} {}", op.code, m.tensors[t].name);
+            assert_eq!(
+                q(t).zero_point,
+                vec![0],
+                "{} is symmetric",
+                m.tensors[t].name
+            );
+        }
+        if matches!(
+            op.code,
+            B::CONV_2D | B::DEPTHWISE_CONV_2D | B::FULLY_CONNECTED
+        ) {
+            let (x, w, b) = (
+                op.inputs[0].unwrap(),
+                op.inputs[1].unwrap(),
+                op.inputs[2].unwrap(),
+            );
+            assert_eq!(m.tensors[w].dtype, TensorType::INT8);
+            assert_eq!(m.tensors[b].dtype, TensorType::INT64);
+            for (sb, sw) in q(b).scale.iter().zip(&q(w).scale) {
+                assert!((sb - q(x).scale[0] * sw).abs() <= 1e-6 * sb);
+            }
+        }
+    }
+    let sm = m.ops.iter().find(|o| o.code == B::SOFTMAX).unwrap();
+    assert_eq!(q(sm.outputs[0]).scale[0], 1.0 / 32768.0);
+    let back = read_back(&m, "16x8");
+    let int8 = read_back(&full_int8(&float, false), "16x8-ref");
+    let (mut worst16, mut worst8) = (0f32, 0f32);
+    for k in 0..4 {
+        let x = input(k);
+        let want = run_nchw(&float, &x);
+        let got = run_nhwc(&back, &x);
+        let got8 = run_nhwc(&int8, &x);
+        for ((w, g), g8) in want.iter().zip(&got).zip(&got8) {
+            worst16 = worst16.max((w - g).abs());
+            worst8 = worst8.max((w - g8).abs());
+        }
+    }
+    assert!(
+        worst16 < 0.01 && worst16 < worst8,
+        "16x8 {worst16} vs int8 {worst8}"
+    );
 }
 
 #[test]

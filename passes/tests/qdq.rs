@@ -230,6 +230,7 @@ fn tflite_full_int8_reads_back_within_one_step_of_the_qdq_graph() {
         &params,
         &quant::Int8Options {
             int8_io: false,
+            int16_activations: false,
             weights: &int8_per_channel,
             input_means: None,
         },

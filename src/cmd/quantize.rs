@@ -64,17 +64,24 @@ pub struct Args {
     /// opset-21 DequantizeLinear with block_size on UINT4 weights.
     #[arg(long, value_enum, default_value = "nbits")]
     pub int4_format: super::quantize_onnx::Int4Format,
-    /// ONNX static int8: how activation ranges are chosen from the data.
-    #[arg(long, value_enum, default_value = "mse")]
-    pub calib_method: RangeArg,
+    /// Static int8 (ONNX, TFLite): how activation ranges are chosen from
+    /// the data [default: mse; minmax with --int16-activations, whose 65536
+    /// levels gain nothing from clipping].
+    #[arg(long, value_enum)]
+    pub calib_method: Option<RangeArg>,
     /// ONNX static int8: skip bias correction (moving each Conv/Gemm
     /// output's per-channel mean back onto the float model's).
     #[arg(long)]
     pub no_bias_correction: bool,
     /// TFLite full-integer int8 (--calib): int8 graph inputs and outputs
-    /// instead of float ones behind QUANTIZE/DEQUANTIZE.
+    /// (int16 with --int16-activations) instead of float ones behind
+    /// QUANTIZE/DEQUANTIZE.
     #[arg(long)]
     pub int8_io: bool,
+    /// TFLite full-integer (--calib): 16x8 mode, int16 activations
+    /// (symmetric) with int8 weights and int64 biases.
+    #[arg(long)]
+    pub int16_activations: bool,
     #[command(flatten)]
     pub image: ImageArgs,
 }
@@ -105,8 +112,11 @@ pub fn run(args: Args) -> Result<()> {
     if Format::of(&args.output) == Some(Format::Tflite) {
         return run_tflite(args);
     }
-    if args.int8_io {
-        return Err(UsageError("--int8-io is for TFLite output (.tflite)".into()).into());
+    if args.int8_io || args.int16_activations {
+        return Err(UsageError(
+            "--int8-io and --int16-activations are for TFLite output (.tflite)".into(),
+        )
+        .into());
     }
     if Format::of(&args.output) == Some(Format::Onnx) {
         let Some(bits) = args.bits else {
@@ -247,7 +257,11 @@ fn graph_calib(args: &Args) -> Option<super::quantize_onnx::Calib<'_>> {
             data,
             bias_correction: !args.no_bias_correction,
             samples: args.calib_samples,
-            method: args.calib_method,
+            method: args.calib_method.unwrap_or(if args.int16_activations {
+                RangeArg::Minmax
+            } else {
+                RangeArg::Mse
+            }),
             image: &args.image,
         })
 }
@@ -276,6 +290,12 @@ fn run_tflite(args: Args) -> Result<()> {
         )
         .into());
     }
+    if args.int16_activations && args.calib.is_none() {
+        return Err(UsageError(
+            "--int16-activations needs full-integer quantization: give --calib DATA".into(),
+        )
+        .into());
+    }
     if let Some(c) = &args.calib {
         if !c.exists() {
             bail!("{}: the calibration data does not exist", c.display());
@@ -290,6 +310,7 @@ fn run_tflite(args: Args) -> Result<()> {
         super::quantize_onnx::TfliteQuant {
             calib,
             int8_io: args.int8_io,
+            int16_activations: args.int16_activations,
         },
     )
 }

@@ -155,6 +155,8 @@ pub struct TfliteQuant<'a> {
     pub calib: Option<Calib<'a>>,
     /// Full int8: int8 graph inputs and outputs (no QUANTIZE/DEQUANTIZE).
     pub int8_io: bool,
+    /// 16x8: int16 activations, int8 weights.
+    pub int16_activations: bool,
 }
 
 /// `edgec quantize --bits 8 IN OUT.tflite`: dynamic-range int8 (int8
@@ -195,21 +197,38 @@ pub fn run_tflite(model: Model, input: &Path, output: &Path, q: TfliteQuant) -> 
             .map_err(|e| anyhow!("{}: {e:#}", c.data.display()))?;
             let params: quant::ActParams = ranges
                 .iter()
-                .map(|(k, &(lo, hi))| (k.clone(), qdq::tflite_int8_params(lo, hi)))
+                .map(|(k, &(lo, hi))| {
+                    let p = if q.int16_activations {
+                        quant::int16_params(lo, hi)
+                    } else {
+                        qdq::tflite_int8_params(lo, hi)
+                    };
+                    (k.clone(), p)
+                })
                 .collect();
             let (tfl, report) = quant::full_int8(
                 &tfl,
                 &params,
                 &quant::Int8Options {
                     int8_io: q.int8_io,
+                    int16_activations: q.int16_activations,
                     weights,
                     input_means: c.bias_correction.then_some(&means),
                 },
             )
             .map_err(|e| anyhow!("{}: {e}", input.display()))?;
             let what = format!(
-                "full-integer int8{}, {:?} ranges from {} samples",
-                if q.int8_io { ", int8 I/O" } else { "" },
+                "full-integer {}{}, {:?} ranges from {} samples",
+                if q.int16_activations {
+                    "16x8 (int16 activations, int8 weights)"
+                } else {
+                    "int8"
+                },
+                match (q.int8_io, q.int16_activations) {
+                    (false, _) => "",
+                    (true, false) => ", int8 I/O",
+                    (true, true) => ", int16 I/O",
+                },
                 c.method,
                 samples.len()
             );

@@ -13,6 +13,10 @@ XNNPACK), and edgec's own integer simulation (`edgec run` on the file) agrees.
   (61 int8 ops) give LiteRT's outputs exactly (gate: 0 steps, stricter than
   the issue's one step), and so does every intermediate int8 tensor of
   EfficientNet (each op's output made the graph output in turn);
+- 16x8 (--int16-activations): LiteRT runs it (int16 activations with zero
+  point 0, int64 biases), top-1 agrees, its KLD to fp32 is below the int8
+  model's, and edgec's (float) simulation of it stays within 64 int16 output
+  steps of LiteRT (measured 5);
 - int8 I/O: integer input and output tensors, the same codes as LiteRT's;
 - bad flags are clear errors, exit non-zero, and write no file.
 """
@@ -193,6 +197,52 @@ def test_effnet_int8_every_layer_matches_litert(litert, edgec_bin, effnet_int8, 
     assert not bad, f"ops whose output differs from LiteRT's (index, op, dtype, elements): {bad}"
 
 
+def mean_kld(litert, model: Path, effnet: Path, images: list) -> float:
+    """Mean KL-divergence of `model`'s softmax (LiteRT) from onnxruntime fp32's."""
+    it, sess = interp(litert, model), ort_session(effnet)
+
+    def softmax(z):
+        e = np.exp(z.astype(np.float64) - z.max())
+        return e / e.sum()
+
+    total = 0.0
+    for x in images:
+        p = softmax(sess.run(None, {"input": x.transpose(0, 3, 1, 2).copy()})[0].ravel())
+        q = softmax(litert_run(it, x).ravel())
+        total += float((p * (np.log(p + 1e-12) - np.log(q + 1e-12))).sum())
+    return total / len(images)
+
+
+def test_effnet_16x8_in_litert(litert, edgec_bin, effnet, effnet_int8, photos, tmp_path):
+    """--int16-activations: LiteRT runs the 16x8 model (int16 activations,
+    int8 weights, int64 biases) in its int16 kernels; it is closer to fp32
+    than the int8 model, and edgec's simulation reads it back."""
+    out = tmp_path / "effnet.16x8.tflite"
+    quantize(edgec_bin, effnet, out, "--calib", photos[0], "--image-transform", "efficientnet",
+             "--int16-activations")
+    it = interp(litert, out)
+    ops = op_counts(it)
+    assert ops["QUANTIZE"] == 1 and ops["DEQUANTIZE"] == 1 and ops["CONV_2D"] == 33, ops
+    details = it.get_tensor_details()
+    kinds = Counter(t["dtype"].__name__ for t in details)
+    acts = [t for t in details if t["dtype"] == np.int16]
+    assert len(acts) >= 61 and all(t["quantization"][1] == 0 for t in acts), kinds
+    assert kinds["int64"] == 50 and kinds["float32"] == 2, kinds
+    images = heldout_images(photos[1])
+    agree = top1_agreement(litert, out, effnet, images)
+    k16, k8 = mean_kld(litert, out, effnet, images), mean_kld(litert, effnet_int8, effnet, images)
+    x = images[0]
+    got = litert_run(it, x)
+    ours = edgec_run(edgec_bin, out, "input", x, tmp_path)
+    scale = output_scale(it)
+    steps = float(np.abs(ours.astype(np.float64) - got).max() / scale)
+    print(f"EfficientNet-Lite0 16x8: top-1 agreement {agree:.3f}, KLD {k16:.5f} (int8 {k8:.5f}), "
+          f"{out.stat().st_size / 2**20:.2f} MiB; edgec simulation within {steps:.1f} int16 output steps")
+    assert agree >= TOP1_MIN
+    assert k16 < k8, "16x8 should be closer to fp32 than int8"
+    assert steps <= 64, "edgec's reading of the 16x8 file drifts from LiteRT's"
+
+
 def test_edgec_eval_onnx_against_int8_tflite(edgec_bin, effnet, effnet_int8, photos):
     proc = run([edgec_bin, "eval", "--reference", effnet, "--candidate", effnet_int8, "--data", photos[1],
                 "--image-transform", "efficientnet", "--json"])
@@ -253,19 +303,21 @@ def test_fashion_int8_io(litert, edgec_bin, fashion, tmp_path):
         assert (ours.astype(np.int64) == got.astype(np.int64)).all(), (ours, got)
 
 
-@pytest.mark.parametrize("case", ["missing-calib", "int8-io-without-calib", "bits-4"])
+@pytest.mark.parametrize("case", ["missing-calib", "int8-io-without-calib", "int16-without-calib", "bits-4"])
 def test_bad_flags_are_clear_errors(edgec_bin, fashion, tmp_path, case):
     model, _ = fashion
     out = tmp_path / "bad.tflite"
     extra = {
         "missing-calib": ["--bits", "8", "--calib", tmp_path / "no-such-folder"],
         "int8-io-without-calib": ["--bits", "8", "--int8-io"],
+        "int16-without-calib": ["--bits", "8", "--int16-activations"],
         "bits-4": ["--bits", "4"],
     }[case]
     proc = run([edgec_bin, "quantize", model, out, *extra], check_exit=False)
     err = proc.stderr.decode()
     assert proc.returncode != 0, err
     assert "panicked" not in err and err.strip(), err
-    want = {"missing-calib": "no-such-folder", "int8-io-without-calib": "--calib", "bits-4": "int8"}[case]
+    want = {"missing-calib": "no-such-folder", "int8-io-without-calib": "--calib", "int16-without-calib": "--calib",
+            "bits-4": "int8"}[case]
     assert want in err, err
     assert not out.exists()

@@ -22,6 +22,7 @@ pub(super) fn dtype_of(code: i32) -> Option<DType> {
         data_type::FLOAT16 => DType::F16,
         data_type::BFLOAT16 => DType::Bf16,
         data_type::INT8 => DType::I8,
+        data_type::INT16 => DType::I16,
         data_type::UINT8 => DType::U8,
         data_type::INT32 => DType::I32,
         data_type::INT64 => DType::I64,
@@ -64,7 +65,7 @@ pub(super) fn onnx_type_name(code: i32) -> String {
 fn byte_len(d: DType, numel: usize) -> Option<usize> {
     match d {
         DType::F32 | DType::I32 => numel.checked_mul(4),
-        DType::F16 | DType::Bf16 => numel.checked_mul(2),
+        DType::F16 | DType::Bf16 | DType::I16 => numel.checked_mul(2),
         DType::I8 | DType::U8 | DType::Bool => Some(numel),
         DType::I4 | DType::U4 => Some(numel.div_ceil(2)),
         DType::I64 => numel.checked_mul(8),
@@ -270,6 +271,7 @@ impl<'a> TensorReader<'a> {
                 t.int32_data.iter().flat_map(|v| v.to_le_bytes()).collect()
             }
             DType::I8 => narrow(-128, 127, 1)?,
+            DType::I16 => narrow(i16::MIN as i32, i16::MAX as i32, 2)?,
             DType::U8 => narrow(0, 255, 1)?,
             DType::Bool => narrow(0, 1, 1)?,
             DType::F16 | DType::Bf16 => narrow(0, 0xffff, 2)?,

@@ -18,6 +18,11 @@
 //!   and outputs stay float behind QUANTIZE/DEQUANTIZE, as TF's converter
 //!   does, unless `int8_io`.
 //!
+//! With `int16_activations` (TFLite's 16x8 mode) the activations are int16
+//! symmetric (zero point 0), biases int64, and SOFTMAX/LOGISTIC/TANH outputs
+//! at (1/32768, 0); weights stay int8. LiteRT runs these in its builtin
+//! int16 kernels (XNNPACK has none).
+//!
 //! Op versions are the ones TF's converter writes for these signatures
 //! (TF Lite's `op_version.cc`).
 
@@ -267,6 +272,9 @@ pub fn dynamic_range(m: &mut TflModel, quantize: WeightQuantizer) -> Int8Report 
 pub struct Int8Options<'a> {
     /// Graph inputs and outputs int8 (no QUANTIZE/DEQUANTIZE at the ends).
     pub int8_io: bool,
+    /// 16x8: int16 activations (with `params` from [`int16_params`]),
+    /// int64 biases; weights int8.
+    pub int16_activations: bool,
     pub weights: WeightQuantizer<'a>,
     /// Per-channel means (channel axis 1 of the graph's NCHW values, by
     /// tensor name) of the inputs of weighted ops on the calibration data:
@@ -327,19 +335,26 @@ fn shares_params(code: B) -> bool {
     )
 }
 
-/// Fixed output parameters of the spec.
-fn fixed_params(code: B) -> Option<(f32, i64)> {
+/// Fixed output parameters of the spec (int8, or int16 in 16x8 mode).
+fn fixed_params(code: B, int16: bool) -> Option<(f32, i64)> {
     match code {
+        B::SOFTMAX | B::LOGISTIC | B::TANH if int16 => Some((1.0 / 32768.0, 0)),
         B::SOFTMAX | B::LOGISTIC => Some((1.0 / 256.0, -128)),
         B::TANH => Some((1.0 / 128.0, 0)),
         _ => None,
     }
 }
 
+/// Symmetric int16 parameters `(max(|lo|, |hi|) / 32767, 0)` of a range.
+pub fn int16_params(lo: f32, hi: f32) -> (f32, i32) {
+    let m = lo.abs().max(hi.abs());
+    (if m > 0.0 { m / 32767.0 } else { 1.0 / 32767.0 }, 0)
+}
+
 /// Ops written with int8 tensors.
 fn has_int8_kernel(code: B) -> bool {
     shares_params(code)
-        || fixed_params(code).is_some()
+        || fixed_params(code, false).is_some()
         || matches!(
             code,
             B::CONV_2D
@@ -419,7 +434,9 @@ pub fn full_int8(
         }
         if shares_params(op.code) && q[*x].is_some() {
             q[*o] = q[*x];
-        } else if let Some(f) = fixed_params(op.code).filter(|_| q[*x].is_some()) {
+        } else if let Some(f) =
+            fixed_params(op.code, opts.int16_activations).filter(|_| q[*x].is_some())
+        {
             q[*o] = Some(f);
         }
     }
@@ -493,13 +510,18 @@ pub fn full_int8(
         }
     }
 
+    let act_type = if opts.int16_activations {
+        TensorType::INT16
+    } else {
+        TensorType::INT8
+    };
     let mut m = src.clone();
     m.ops.clear();
     m.inputs.clear();
     m.outputs.clear();
     for (t, p) in q.iter().enumerate() {
         if let Some((s, z)) = *p {
-            m.tensors[t].dtype = TensorType::INT8;
+            m.tensors[t].dtype = act_type;
             m.tensors[t].quant = Some(per_tensor(s, z));
         }
     }
@@ -640,20 +662,35 @@ pub fn full_int8(
                     *b += s;
                 }
                 let scales: Vec<f32> = w_scales.iter().map(|s| s * in_s).collect();
+                let int16 = opts.int16_activations;
                 let codes: Vec<u8> = b
                     .iter()
                     .zip(&w_scales)
                     .flat_map(|(&v, &ws)| {
                         let s = in_s as f64 * ws as f64;
                         let c = if s > 0.0 { (v as f64 / s).round() } else { 0.0 };
-                        (c.clamp(i32::MIN as f64, i32::MAX as f64) as i32).to_le_bytes()
+                        // 16x8 kernels take int64 biases
+                        if int16 {
+                            (c.clamp(i64::MIN as f64, i64::MAX as f64) as i64)
+                                .to_le_bytes()
+                                .to_vec()
+                        } else {
+                            (c.clamp(i32::MIN as f64, i32::MAX as f64) as i32)
+                                .to_le_bytes()
+                                .to_vec()
+                        }
                     })
                     .collect();
+                let (suffix, btype) = if int16 {
+                    ("int64", TensorType::INT64)
+                } else {
+                    ("int32", TensorType::INT32)
+                };
                 let name = match bias {
-                    Some(b) => format!("{}_int32", src.tensors[b].name),
+                    Some(b) => format!("{}_{suffix}", src.tensors[b].name),
                     None => format!("{}_bias", src.tensors[o].name),
                 };
-                let bt = m.add_const(name, vec![channels], TensorType::INT32, owned(codes));
+                let bt = m.add_const(name, vec![channels], btype, owned(codes));
                 m.tensors[bt].quant = Some(Quantization {
                     scale: scales,
                     zero_point: vec![0; channels],
@@ -676,22 +713,36 @@ pub fn full_int8(
                     } else {
                         let lo = v.iter().copied().fold(0f32, f32::min);
                         let hi = v.iter().copied().fold(0f32, f32::max);
-                        let (s, z) = int8_params(lo, hi);
+                        let (s, z) = if opts.int16_activations {
+                            int16_params(lo, hi)
+                        } else {
+                            int8_params(lo, hi)
+                        };
                         (s, z as i64)
                     };
                     let id = match int8_consts.get(&(i, s.to_bits(), z)) {
                         Some(&id) => id,
                         None => {
-                            let codes: Vec<u8> = v
-                                .iter()
-                                .map(|&x| {
-                                    ((x / s).round_ties_even() + z as f32).clamp(-128.0, 127.0)
-                                        as i8 as u8
-                                })
-                                .collect();
-                            let name = format!("{}_int8", src.tensors[i].name);
+                            let code = |x: f32| (x / s).round_ties_even() + z as f32;
+                            let codes: Vec<u8> = if opts.int16_activations {
+                                v.iter()
+                                    .flat_map(|&x| {
+                                        (code(x).clamp(-32768.0, 32767.0) as i16).to_le_bytes()
+                                    })
+                                    .collect()
+                            } else {
+                                v.iter()
+                                    .map(|&x| code(x).clamp(-128.0, 127.0) as i8 as u8)
+                                    .collect()
+                            };
+                            let kind = if opts.int16_activations {
+                                "int16"
+                            } else {
+                                "int8"
+                            };
+                            let name = format!("{}_{kind}", src.tensors[i].name);
                             let shape = src.tensors[i].shape.clone();
-                            let id = m.add_const(name, shape, TensorType::INT8, owned(codes));
+                            let id = m.add_const(name, shape, act_type, owned(codes));
                             m.tensors[id].quant = Some(per_tensor(s, z));
                             int8_consts.insert((i, s.to_bits(), z), id);
                             id
@@ -702,7 +753,7 @@ pub fn full_int8(
                     // requantize to the output's parameters
                     let shape = m.tensors[i].shape.clone();
                     let name = format!("{}_requantized", src.tensors[i].name);
-                    let r = m.add_tensor(name, shape, TensorType::INT8);
+                    let r = m.add_tensor(name, shape, act_type);
                     m.tensors[r].quant = Some(per_tensor(out_q.0, out_q.1));
                     m.ops.push(TflOp {
                         code: B::QUANTIZE,

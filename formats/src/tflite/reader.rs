@@ -459,11 +459,11 @@ struct Reader {
     nodes: Vec<Node>,
 }
 
-/// An integer type the simulation quantizes activations to (the IR has no
-/// int16, so 16x8 files are not read yet).
+/// An integer type the simulation quantizes activations to.
 fn int_act_type(t: TensorType) -> Option<DType> {
     match t {
         TensorType::INT8 => Some(DType::I8),
+        TensorType::INT16 => Some(DType::I16),
         TensorType::UINT8 => Some(DType::U8),
         _ => None,
     }
@@ -591,12 +591,16 @@ impl Reader {
         }
         let (lo, hi) = match dt {
             DType::I8 => (i8::MIN as i64, i8::MAX as i64),
+            DType::I16 => (i16::MIN as i64, i16::MAX as i64),
             _ => (0, u8::MAX as i64),
         };
         if zp < lo || zp > hi {
             return Err(format!("{base}: zero point {zp} is out of range for {dt}"));
         }
-        let bytes = vec![zp as u8];
+        let bytes = match dt {
+            DType::I16 => (zp as i16).to_le_bytes().to_vec(),
+            _ => vec![zp as u8],
+        };
         let name = self.fresh(&format!("{base}.zero_point"));
         let z = self.add_const(name, vec![], dt, owned(bytes))?;
         Ok(vec![s, z])
@@ -660,7 +664,11 @@ impl Reader {
         if info.data.is_none()
             || !matches!(
                 info.dtype,
-                TensorType::INT8 | TensorType::UINT8 | TensorType::INT16 | TensorType::INT32
+                TensorType::INT8
+                    | TensorType::UINT8
+                    | TensorType::INT16
+                    | TensorType::INT32
+                    | TensorType::INT64
             )
         {
             return Ok(None);

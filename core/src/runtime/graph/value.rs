@@ -61,7 +61,7 @@ pub(crate) fn is_float(dt: DType) -> bool {
 pub(crate) fn is_int(dt: DType) -> bool {
     matches!(
         dt,
-        DType::I4 | DType::U4 | DType::I8 | DType::U8 | DType::I32 | DType::I64
+        DType::I4 | DType::U4 | DType::I8 | DType::U8 | DType::I16 | DType::I32 | DType::I64
     )
 }
 
@@ -81,6 +81,7 @@ pub(crate) fn wrap(v: i64, dt: DType) -> i64 {
         DType::I4 => ((v as i8) << 4 >> 4) as i64,
         DType::U4 => v & 15,
         DType::I8 => v as i8 as i64,
+        DType::I16 => v as i16 as i64,
         DType::U8 => v as u8 as i64,
         DType::I32 => v as i32 as i64,
         _ => v,
@@ -93,6 +94,7 @@ pub(crate) fn int_range(dt: DType) -> OpResult<(i64, i64)> {
         DType::I4 => (-8, 7),
         DType::U4 => (0, 15),
         DType::I8 => (-128, 127),
+        DType::I16 => (i16::MIN as i64, i16::MAX as i64),
         DType::U8 => (0, 255),
         DType::I32 => (i32::MIN as i64, i32::MAX as i64),
         DType::I64 => (i64::MIN, i64::MAX),
@@ -231,6 +233,14 @@ pub(crate) fn from_model_tensor(t: &crate::Tensor) -> OpResult<Value> {
             DType::I8,
         ),
         DType::U8 => Value::new(ints(b.iter().map(|&x| x as i64).collect())?, DType::U8),
+        DType::I16 => Value::new(
+            ints(
+                b.chunks_exact(2)
+                    .map(|c| i16::from_le_bytes([c[0], c[1]]) as i64)
+                    .collect(),
+            )?,
+            DType::I16,
+        ),
         DType::I32 => Value::new(
             ints(
                 b.chunks_exact(4)
@@ -273,6 +283,11 @@ pub(crate) fn to_model_tensor(name: &str, v: &Value) -> OpResult<crate::Tensor> 
             .flat_map(|x| bf16::from_f32(x).to_le_bytes())
             .collect(),
         DType::I8 | DType::U8 | DType::Bool => v.to_i64s()?.into_iter().map(|x| x as u8).collect(),
+        DType::I16 => v
+            .to_i64s()?
+            .into_iter()
+            .flat_map(|x| (x as i16).to_le_bytes())
+            .collect(),
         DType::I4 | DType::U4 => {
             let codes = v.to_i64s()?;
             let mut packed = vec![0u8; codes.len().div_ceil(2)];
