@@ -8,6 +8,8 @@ the XNNPACK delegate on x86; onnxruntime rows run in onnxruntime's CPU provider,
   - edgec quantize --bits 8 fp32.onnx out.int8.tflite --calib CALIB_DIR --image-transform efficientnet
     [--crops K] (full int8, LiteRT);
   - edgec quantize --bits 8 --dynamic fp32.onnx out.dyn.tflite (dynamic range, LiteRT);
+  - edgec quantize ... --int16-activations (16x8: int16 activations, int8 weights; LiteRT runs it in
+    its builtin int16 kernels, XNNPACK has none);
   - onnxruntime quantize_static (QDQ, per-channel, MinMax; scripts/bench_onnx.py's worker) on the
     same calibration samples (onnxruntime);
   - TensorFlow's own converter (unless --skip-tf): onnx2tf turns the ONNX into a SavedModel, then
@@ -522,6 +524,12 @@ def bench(args, work):
     r = run_step("edgec quantize --bits 8 --dynamic", [args.edgec, "--threads", threads, "quantize", "--bits", "8",
                                                        "--dynamic", fp32, out], out)
     rows.append({**r, "kind": "dynamic", "runtime": "litert", "edgec": True})
+    out = work / "edgec.16x8.tflite"
+    r = run_step("edgec quantize --bits 8 --calib --int16-activations (16x8)",
+                 [args.edgec, "--threads", threads, "quantize", "--bits", "8", fp32, out,
+                  "--calib", CACHE / "images" / "calib", "--image-transform", "efficientnet", *crops_flag,
+                  "--int16-activations"], out)
+    rows.append({**r, "kind": "16x8", "runtime": "litert", "edgec": True})
 
     out = work / "ort.int8.onnx"
     r = run_step("onnxruntime quantize_static MinMax (int8 QDQ)",
