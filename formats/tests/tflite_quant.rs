@@ -419,11 +419,38 @@ fn int8_io_has_integer_ends() {
     assert!((250..=262).contains(&total), "{y:?}");
 }
 
+/// TF's rule: weights under 1024 elements stay float (this graph's are all
+/// smaller), larger ones are int8.
+#[test]
+fn dynamic_range_leaves_small_weights_float() {
+    let float = cnn();
+    let mut m = lower::lower(&float, &Default::default()).unwrap();
+    let sizes: Vec<usize> = [B::CONV_2D, B::DEPTHWISE_CONV_2D, B::FULLY_CONNECTED]
+        .iter()
+        .map(|&c| {
+            let op = m.ops.iter().find(|o| o.code == c).unwrap();
+            m.tensors[op.inputs[1].unwrap()].numel()
+        })
+        .collect();
+    let cut = sizes.iter().copied().max().unwrap();
+    let report = quant::dynamic_range(&mut m, &quant::absmax_int8, cut);
+    assert_eq!(report.weights, 1, "only the largest ({cut} of {sizes:?})");
+    let int8 = m
+        .tensors
+        .iter()
+        .filter(|t| t.dtype == TensorType::INT8)
+        .count();
+    assert_eq!(int8, 1);
+    let mut all = lower::lower(&float, &Default::default()).unwrap();
+    let report = quant::dynamic_range(&mut all, &quant::absmax_int8, quant::DYNAMIC_MIN_ELEMENTS);
+    assert_eq!(report.weights, 0, "{sizes:?} are all under 1024");
+}
+
 #[test]
 fn dynamic_range_stores_int8_weights_and_float_activations() {
     let float = cnn();
     let mut m = lower::lower(&float, &Default::default()).unwrap();
-    let report = quant::dynamic_range(&mut m, &quant::absmax_int8);
+    let report = quant::dynamic_range(&mut m, &quant::absmax_int8, 0);
     assert_eq!(report.weights, 3);
     for (code, version) in [
         (B::CONV_2D, 5),

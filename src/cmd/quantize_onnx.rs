@@ -177,7 +177,7 @@ pub fn run_tflite(model: Model, input: &Path, output: &Path, q: TfliteQuant) -> 
     let (tfl, report, what) = match &q.calib {
         None => {
             let mut tfl = tfl;
-            let report = quant::dynamic_range(&mut tfl, weights);
+            let report = quant::dynamic_range(&mut tfl, weights, quant::DYNAMIC_MIN_ELEMENTS);
             if report.weights == 0 {
                 bail!(
                     "{}: no CONV_2D, DEPTHWISE_CONV_2D or FULLY_CONNECTED weight to quantize",

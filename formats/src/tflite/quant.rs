@@ -219,10 +219,20 @@ pub struct Int8Report {
     pub bias_corrections: usize,
 }
 
+/// Weights smaller than this stay float in dynamic range, as TF's converter
+/// leaves them (its `min_elements`): they save little and are the stem and
+/// the narrow depthwise filters, where rounding costs the most.
+pub const DYNAMIC_MIN_ELEMENTS: usize = 1024;
+
 /// Dynamic-range quantization: int8 per-channel weights of CONV_2D,
-/// DEPTHWISE_CONV_2D and FULLY_CONNECTED (hybrid kernels), float
+/// DEPTHWISE_CONV_2D and FULLY_CONNECTED (hybrid kernels) with at least
+/// `min_elements` weights ([`DYNAMIC_MIN_ELEMENTS`] for TF's choice), float
 /// activations and biases.
-pub fn dynamic_range(m: &mut TflModel, quantize: WeightQuantizer) -> Int8Report {
+pub fn dynamic_range(
+    m: &mut TflModel,
+    quantize: WeightQuantizer,
+    min_elements: usize,
+) -> Int8Report {
     let mut report = Int8Report::default();
     let mut done: HashMap<usize, usize> = HashMap::new();
     for k in 0..m.ops.len() {
@@ -236,6 +246,9 @@ pub fn dynamic_range(m: &mut TflModel, quantize: WeightQuantizer) -> Int8Report 
         };
         let (x, w) = (*x, *w);
         if !is_f32_act(m, x) || !is_f32_const(m, w) || m.tensors[w].shape.len() <= axis {
+            continue;
+        }
+        if m.tensors[w].numel() < min_elements {
             continue;
         }
         let q = match done.get(&w) {
