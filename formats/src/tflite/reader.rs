@@ -763,15 +763,11 @@ impl Reader {
     /// Emits `op` into output tensor `o` (in TFLite layout unless `nchw`),
     /// followed by its fused activation.
     fn finish(&mut self, op: Op, inputs: Vec<String>, o: usize, act: Act, nchw: bool) -> Res<()> {
-        let last = if nchw {
-            self.fresh(&format!("{}.nchw", self.names[o]))
-        } else {
-            self.names[o].clone()
-        };
         let quant = self.act_quant(o)?;
-        let target = match quant {
-            Some(_) => self.fresh(&format!("{last}.float")),
-            None => last.clone(),
+        let target = match (quant, nchw) {
+            (Some(_), _) => self.fresh(&format!("{}.float", self.names[o])),
+            (None, true) => self.fresh(&format!("{}.nchw", self.names[o])),
+            (None, false) => self.names[o].clone(),
         };
         if act == Act::NONE {
             self.emit(op, inputs, target.clone());
@@ -794,39 +790,16 @@ impl Reader {
                 other => return Err(format!("fused activation {other:?} is not supported")),
             }
         }
-        if let Some((scale, zp, dt)) = quant {
+        if let Some(params) = quant {
             // the integer tensor, as consumers see it
-            let params = self.qdq_params(&last, scale, zp, dt)?;
-            let q = self.fresh(&format!("{last}.quantized"));
-            self.nodes.push(Node {
-                name: q.clone(),
-                op: Op::QuantizeLinear {
-                    axis: 1,
-                    block_size: 0,
-                    out: dt,
-                },
-                inputs: [vec![target], params.clone()].concat(),
-                outputs: vec![q.clone()],
-            });
-            self.nodes.push(Node {
-                name: last.clone(),
-                op: Op::DequantizeLinear {
-                    axis: 1,
-                    block_size: 0,
-                },
-                inputs: [vec![q.clone()], params].concat(),
-                outputs: vec![last.clone()],
-            });
-            if nchw {
-                self.codes_nchw[o] = Some(q);
-            } else {
-                self.codes[o] = Some(q);
-            }
+            let q = self.fresh(&format!("{}.quantized", self.names[o]));
+            self.quantize_into(target, params, q.clone())?;
+            return self.finish_codes(q, o, nchw);
         }
         if nchw {
-            self.nchw[o] = Some(last);
+            self.nchw[o] = Some(target);
         } else {
-            self.canon[o] = Some(last);
+            self.canon[o] = Some(target);
         }
         Ok(())
     }

@@ -76,17 +76,7 @@ impl Reader {
                 } else {
                     self.val(t)?
                 };
-                let params = self.qdq_params(&base, scale, zp, dt)?;
-                self.nodes.push(Node {
-                    name: out.clone(),
-                    op: Op::QuantizeLinear {
-                        axis: 1,
-                        block_size: 0,
-                        out: dt,
-                    },
-                    inputs: [vec![v], params].concat(),
-                    outputs: vec![out.clone()],
-                });
+                self.quantize_into(v, (scale, zp, dt), out.clone())?;
             }
         }
         if nchw {
@@ -270,19 +260,8 @@ impl Reader {
     /// add the zero point, saturate, clamp to the fused activation.
     pub(super) fn requantize(&mut self, scaled: String, o: usize, act: Act, nchw: bool) -> Res<()> {
         let (_, zy, dt) = self.act_quant(o)?.ok_or("output is not quantized")?;
-        let name = self.names[o].clone();
-        let params = self.qdq_params(&format!("{name}.requant"), 1.0, zy, dt)?;
-        let q = self.fresh(&format!("{name}.acc_codes"));
-        self.nodes.push(Node {
-            name: q.clone(),
-            op: Op::QuantizeLinear {
-                axis: 1,
-                block_size: 0,
-                out: dt,
-            },
-            inputs: [vec![scaled], params].concat(),
-            outputs: vec![q.clone()],
-        });
+        let q = self.fresh(&format!("{}.acc_codes", self.names[o]));
+        self.quantize_into(scaled, (1.0, zy, dt), q.clone())?;
         let q = self.clamp_codes(q, o, act, dt)?;
         self.finish_codes(q, o, nchw)
     }
@@ -301,6 +280,28 @@ impl Reader {
         let out = self.fresh(&format!("{q}.clamped"));
         self.emit(Op::Clip, vec![q, lo, hi], out.clone());
         Ok(out)
+    }
+
+    /// QuantizeLinear of `x` with per-tensor `(scale, zero point, type)`
+    /// into value `out`.
+    pub(super) fn quantize_into(
+        &mut self,
+        x: String,
+        (scale, zp, dt): (f32, i64, DType),
+        out: String,
+    ) -> Res<()> {
+        let params = self.qdq_params(&out, scale, zp, dt)?;
+        self.nodes.push(Node {
+            name: out.clone(),
+            op: Op::QuantizeLinear {
+                axis: 1,
+                block_size: 0,
+                out: dt,
+            },
+            inputs: [vec![x], params].concat(),
+            outputs: vec![out],
+        });
+        Ok(())
     }
 
     /// Registers codes `q` as output `o`, with its dequantized value for
