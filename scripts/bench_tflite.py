@@ -15,7 +15,8 @@ the XNNPACK delegate on x86; onnxruntime rows run in onnxruntime's CPU provider,
   - TensorFlow's own converter (unless --skip-tf): onnx2tf turns the ONNX into a SavedModel, then
     tf.lite.TFLiteConverter.from_saved_model makes fp32, dynamic-range (optimizations=[DEFAULT])
     and full-int8 (plus a representative_dataset of the same calibration samples, NHWC,
-    supported_ops=[TFLITE_BUILTINS_INT8], float input and output) .tflite files (LiteRT). It runs in
+    supported_ops=[TFLITE_BUILTINS_INT8], float input and output) and 16x8
+    (EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8) .tflite files (LiteRT). It runs in
     its own venv (scripts/setup-tf-peer.sh; onnx2tf pins TensorFlow and numpy versions that clash
     with the test venv's).
 
@@ -75,7 +76,7 @@ def log(msg):
 # ---------------------------------------------------------------- TF worker (runs in the tf-venv)
 
 def tf_worker(argv):
-    """`bench_tflite.py tf-worker SAVED_MODEL OUT.tflite fp32|dynamic|int8 [CALIB_NHWC.npy]`:
+    """`bench_tflite.py tf-worker SAVED_MODEL OUT.tflite fp32|dynamic|int8|16x8 [CALIB_NHWC.npy]`:
     TFLiteConverter.from_saved_model in its own process (measured like edgec). Prints phase
     times and the TensorFlow version as JSON."""
     for k, v in TF_QUIET.items():
@@ -86,9 +87,9 @@ def tf_worker(argv):
     phases = {"import_s": time.perf_counter() - t}
     t = time.perf_counter()
     conv = tf.lite.TFLiteConverter.from_saved_model(saved)
-    if mode in ("dynamic", "int8"):
+    if mode in ("dynamic", "int8", "16x8"):
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    if mode == "int8":
+    if mode in ("int8", "16x8"):
         calib = np.load(argv[3])
 
         def representative():
@@ -96,7 +97,9 @@ def tf_worker(argv):
                 yield [calib[i:i + 1]]
 
         conv.representative_dataset = representative
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.target_spec.supported_ops = [
+            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8 if mode == "16x8"
+            else tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         # inference_input_type / inference_output_type stay float32: float I/O, like edgec's.
     elif mode not in ("fp32", "dynamic"):
         sys.exit(f"unknown mode {mode}")
@@ -369,7 +372,8 @@ def tf_peer(args, work, fp32, calib_nhwc_path):
                     saved / "saved_model.pb", cwd=tf_dir, env=TF_QUIET)
     rows = []
     modes = (("fp32", "TF TFLiteConverter fp32"), ("dynamic", "TF TFLiteConverter dynamic range"),
-             ("int8", "TF TFLiteConverter int8 (repr. dataset)"))
+             ("int8", "TF TFLiteConverter int8 (repr. dataset)"),
+             ("16x8", "TF TFLiteConverter 16x8 (repr. dataset)"))
     for mode, label in modes:
         out = work / f"tf.{mode}.tflite"
         if "error" in step:
@@ -543,7 +547,8 @@ def bench(args, work):
     elif not args.tf_python:
         tf_note = f"not run: {args.tf_error or 'no --tf-python (run through scripts/bench-tflite.sh)'}"
         for mode, label in (("fp32", "TF TFLiteConverter fp32"), ("dynamic", "TF TFLiteConverter dynamic range"),
-                            ("int8", "TF TFLiteConverter int8 (repr. dataset)")):
+                            ("int8", "TF TFLiteConverter int8 (repr. dataset)"),
+                            ("16x8", "TF TFLiteConverter 16x8 (repr. dataset)")):
             rows.append({"label": label, "kind": mode, "runtime": "litert", "peer": "tf", "s": None, "rss": None,
                          "error": tf_note})
     else:
@@ -645,6 +650,7 @@ def report(args, rows, onnx2tf_step, tf_note, confident, calib_x, calib_photos, 
     pairs = [(find(edgec=True, kind="int8"), find(peer="ort")),
              (find(edgec=True, kind="int8"), find(peer="tf", kind="int8")),
              (find(edgec=True, kind="dynamic"), find(peer="tf", kind="dynamic")),
+             (find(edgec=True, kind="16x8"), find(peer="tf", kind="16x8")),
              (find(edgec=True, kind="fp32"), find(peer="tf", kind="fp32"))]
     for ours, theirs in pairs:
         if ours is None or theirs is None:
