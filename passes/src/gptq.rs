@@ -20,7 +20,7 @@ use edgec_core::ggml::dequant::{dequantize, KVALUES_IQ4NL};
 use edgec_core::GgmlType;
 use faer::{Mat, Side};
 
-use crate::ggml_quant::{quantize_row, QuantError};
+use crate::ggml_quant::{iq4nl, quantize_row, QuantError};
 
 /// The factor GPTQ needs for one input: `U`, upper triangular with
 /// `Uᵀ·U = (H + λI)⁻¹`, row-major `[cols, cols]`.
@@ -132,30 +132,48 @@ impl Hessian {
         let mut q = vec![0f32; block];
         for c0 in (0..cols).step_by(block) {
             let c1 = (c0 + block).min(cols);
+            let width = c1 - c0;
+            // rows whose block has a grid: (row, grid, where its bytes start)
+            let mut on_grid: Vec<(usize, Grid, usize)> = Vec::new();
             for (r, wr) in w.chunks_exact_mut(cols).enumerate() {
                 bytes.clear();
                 quantize_row(ty, &wr[c0..c1], importance.map(|i| &i[c0..c1]), &mut bytes)?;
-                let errs = &mut err[r * block..r * block + c1 - c0];
-                match Grid::of(ty, &bytes) {
-                    Some(grid) => {
-                        self.round_on_grid(ty, grid, c0, &mut wr[c0..c1], &mut bytes, errs)
-                    }
-                    None => {
-                        // k-quants: the encoder's codes, errors pushed on
-                        dequantize(ty, &bytes, &mut q[..c1 - c0])
-                            .expect("the encoder's own bytes decode");
-                        for j in c0..c1 {
-                            let e = (wr[j] - q[j - c0]) / self.u[j * cols + j];
-                            errs[j - c0] = e;
-                            axpy(
-                                &mut wr[j + 1..c1],
-                                e,
-                                &self.u[j * cols + j + 1..j * cols + c1],
-                            );
-                        }
+                if let Some(grid) = Grid::of(ty, &bytes) {
+                    on_grid.push((r, grid, encoded[r].len()));
+                } else {
+                    // k-quants: the encoder's codes, errors pushed on
+                    let errs = &mut err[r * block..r * block + width];
+                    dequantize(ty, &bytes, &mut q[..width])
+                        .expect("the encoder's own bytes decode");
+                    for j in c0..c1 {
+                        let e = (wr[j] - q[j - c0]) / self.u[j * cols + j];
+                        errs[j - c0] = e;
+                        axpy(
+                            &mut wr[j + 1..c1],
+                            e,
+                            &self.u[j * cols + j + 1..j * cols + c1],
+                        );
                     }
                 }
                 encoded[r].extend_from_slice(&bytes);
+            }
+            if !on_grid.is_empty() {
+                let start: Vec<f32> = on_grid
+                    .iter()
+                    .flat_map(|&(r, ..)| &w[r * cols + c0..r * cols + c1])
+                    .copied()
+                    .collect();
+                let grids: Vec<Grid> = on_grid.iter().map(|&(_, g, _)| g).collect();
+                let rounded = self.round_on_grids(ty, c0, &start, &grids);
+                for (i, &(r, grid, at)) in on_grid.iter().enumerate() {
+                    let b = &mut encoded[r][at..];
+                    for (k, &code) in rounded.codes[i * width..(i + 1) * width].iter().enumerate() {
+                        grid.set_code(ty, b, k, code);
+                    }
+                    b[..2].copy_from_slice(&half::f16::from_f32(rounded.d[i]).to_le_bytes());
+                    err[r * block..r * block + width]
+                        .copy_from_slice(&rounded.errs[i * width..(i + 1) * width]);
+                }
             }
             if c1 < cols {
                 // W[:, c1..] −= E · U[c0..c1, c1..]
@@ -179,32 +197,31 @@ impl Hessian {
     }
 }
 
+/// What GPTQ chose for one block of several rows: per row the scale, and
+/// the codes and errors (divided by U's diagonal) of its `width` columns.
+struct Rounded {
+    d: Vec<f32>,
+    codes: Vec<u8>,
+    errs: Vec<f32>,
+}
+
 impl Hessian {
-    /// GPTQ proper inside one block of a grid type (legacy types, IQ4_NL):
-    /// each column is rounded on the block's grid after the columns before
-    /// it pushed their errors onto it. The encoder chose the block's scale
-    /// for plain rounding; for IQ4_NL a few nearby scales are tried too and
-    /// the one with the least output-error increase Σ (err_j / U_jj)² is
-    /// kept.
-    /// Writes the codes (and scale) into `bytes` and the block's errors,
-    /// divided by U's diagonal, into `errs`; `wb` is left as scratch (the
-    /// block is done).
-    fn round_on_grid(
-        &self,
-        ty: GgmlType,
-        grid: Grid,
-        c0: usize,
-        wb: &mut [f32],
-        bytes: &mut [u8],
-        errs: &mut [f32],
-    ) {
+    /// GPTQ proper inside one block of a grid type (legacy types, IQ4_NL),
+    /// for several rows (`start`, `[rows, width]`, one grid each): each
+    /// column is rounded on the block's grid after the columns before it
+    /// pushed their errors onto it. The encoder chose the block's scale for
+    /// plain rounding; for IQ4_NL a few nearby scales are tried too and the
+    /// one with the least output-error increase Σ (err_j / U_jj)² is kept.
+    ///
+    /// Every (row, scale) pair is a lane and all lanes advance together, one
+    /// column at a time: a lane alone is a chain of dependent steps, so
+    /// interleaving them keeps the core busy, and the error push onto the
+    /// later columns becomes one vector operation across lanes. Each lane
+    /// sees the same operations in the same order as when run alone.
+    fn round_on_grids(&self, ty: GgmlType, c0: usize, start: &[f32], grids: &[Grid]) -> Rounded {
         let cols = self.cols;
-        let n = wb.len();
-        let start = wb.to_vec();
-        // (loss, scale, codes, errors) of the best try so far
-        let mut best: Option<(f64, f32, Vec<u8>, Vec<f32>)> = None;
-        let mut codes = vec![0u8; n];
-        let mut try_errs = vec![0f32; n];
+        let rows = grids.len();
+        let width = start.len() / rows;
         // Only IQ4_NL gained from the other scales on SmolLM2 (KLD 0.048 →
         // 0.045; Q4_0 and Q8_0 did not move), and the tries cost 5× the
         // in-block work, so the other types keep the encoder's scale.
@@ -213,40 +230,222 @@ impl Hessian {
         } else {
             &SCALE_TRIES[..1]
         };
-        for &f in tries {
-            let d = half::f16::from_f32(grid.d * f).to_f32();
-            if f != 1.0 && d == grid.d || !d.is_finite() {
-                continue;
-            }
-            let g = Grid { d, ..grid };
-            wb.copy_from_slice(&start);
-            let mut loss = 0f64;
-            for k in 0..n {
-                let j = c0 + k;
-                codes[k] = g.nearest(wb[k]);
-                let e = (wb[k] - g.value(codes[k])) / self.u[j * cols + j];
-                try_errs[k] = e;
-                loss += e as f64 * e as f64;
-                axpy(
-                    &mut wb[k + 1..],
-                    e,
-                    &self.u[j * cols + j + 1..j * cols + c0 + n],
-                );
-            }
-            if best.as_ref().is_none_or(|b| loss < b.0) {
-                best = Some((loss, d, codes.clone(), try_errs.clone()));
+        // lanes: (row, grid with the tried scale), rows in order
+        let mut lanes: Vec<(usize, Grid)> = Vec::with_capacity(rows * tries.len());
+        for (r, grid) in grids.iter().enumerate() {
+            for &f in tries {
+                let d = half::f16::from_f32(grid.d * f).to_f32();
+                if f != 1.0 && d == grid.d || !d.is_finite() {
+                    continue;
+                }
+                lanes.push((r, Grid { d, ..*grid }));
             }
         }
-        // the encoder's scale is finite (Grid::of), so its try always ran
-        let Some((_, d, codes, best_errs)) = best else {
-            return;
+        let nl = lanes.len();
+        // wt[k·nl + l]: column k of lane l, updated as the columns before
+        // it are rounded
+        let mut wt = vec![0f32; width * nl];
+        for (l, &(r, _)) in lanes.iter().enumerate() {
+            for k in 0..width {
+                wt[k * nl + l] = start[r * width + k];
+            }
+        }
+        let levels = grids[0].levels; // one type: the same for every lane
+        let ld: Vec<f32> = lanes.iter().map(|(_, g)| g.d).collect();
+        let lm: Vec<f32> = lanes.iter().map(|(_, g)| g.m).collect();
+        let mut codes = vec![0u8; nl * width];
+        let mut errs = vec![0f32; nl * width];
+        let mut loss = vec![0f64; nl];
+        let mut code = vec![0u8; nl];
+        let mut qv = vec![0f32; nl];
+        let mut e = vec![0f32; nl];
+        for k in 0..width {
+            let j = c0 + k;
+            let (now, later) = wt[k * nl..].split_at_mut(nl);
+            nearest_lanes(levels, now, &ld, &lm, &mut code, &mut qv);
+            for (l, &c) in code.iter().enumerate() {
+                codes[l * width + k] = c;
+            }
+            errors(now, &qv, self.u[j * cols + j], &mut e, &mut loss);
+            for (l, &el) in e.iter().enumerate() {
+                errs[l * width + k] = el;
+            }
+            push_errors(
+                &mut later[..(width - k - 1) * nl],
+                &e,
+                &self.u[j * cols + j + 1..j * cols + c0 + width],
+            );
+        }
+        // per row, the first try with the least loss (the encoder's scale
+        // is finite (Grid::of), so its try is always a lane)
+        let mut out = Rounded {
+            d: vec![0f32; rows],
+            codes: vec![0u8; rows * width],
+            errs: vec![0f32; rows * width],
         };
-        errs.copy_from_slice(&best_errs);
-        for (k, &code) in codes.iter().enumerate() {
-            grid.set_code(ty, bytes, k, code);
+        let mut best: Vec<Option<(f64, usize)>> = vec![None; rows];
+        for (l, &(r, _)) in lanes.iter().enumerate() {
+            if best[r].is_none_or(|b| loss[l] < b.0) {
+                best[r] = Some((loss[l], l));
+            }
         }
-        bytes[..2].copy_from_slice(&half::f16::from_f32(d).to_le_bytes());
+        for (r, b) in best.iter().enumerate() {
+            let Some((_, l)) = *b else { continue };
+            out.d[r] = lanes[l].1.d;
+            out.codes[r * width..(r + 1) * width]
+                .copy_from_slice(&codes[l * width..(l + 1) * width]);
+            out.errs[r * width..(r + 1) * width].copy_from_slice(&errs[l * width..(l + 1) * width]);
+        }
+        out
     }
+}
+
+/// [`Grid::nearest`] and [`Grid::value`] for many lanes of one type (lane
+/// `l`: value `v[l]` on the grid of scale `d[l]` and offset `m[l]`), written
+/// so that they vectorise: both of IQ4_NL's searches run and one is kept.
+fn nearest_lanes(levels: Levels, v: &[f32], d: &[f32], m: &[f32], code: &mut [u8], qv: &mut [f32]) {
+    #[inline(always)]
+    fn generic(levels: Levels, v: &[f32], d: &[f32], m: &[f32], code: &mut [u8], qv: &mut [f32]) {
+        // Fixed-width chunks of lanes, each step a loop over the chunk, so
+        // that the compiler turns every step into vector operations.
+        const W: usize = 16;
+        for at in (0..code.len()).step_by(W) {
+            let n = W.min(code.len() - at);
+            let (mut vv, mut dd, mut mm) = ([0f32; W], [1f32; W], [0f32; W]);
+            vv[..n].copy_from_slice(&v[at..at + n]);
+            dd[..n].copy_from_slice(&d[at..at + n]);
+            mm[..n].copy_from_slice(&m[at..at + n]);
+            let (mut c, mut q) = ([0f32; W], [0f32; W]);
+            match levels {
+                Levels::Range(lo, hi) => {
+                    for i in 0..W {
+                        let x = (vv[i] - mm[i]) / dd[i];
+                        // f32::round (half away from zero) from trunc, which
+                        // vectorises: x − trunc(x) is exact
+                        let t = x.trunc();
+                        let r = if (x - t).abs() >= 0.5 {
+                            t + 1f32.copysign(x)
+                        } else {
+                            t
+                        };
+                        let k = if dd[i] == 0.0 {
+                            0
+                        } else {
+                            (r as i32).clamp(lo, hi)
+                        };
+                        c[i] = (k - lo) as f32;
+                        q[i] = mm[i] + dd[i] * k as f32;
+                    }
+                }
+                Levels::Table(t) => {
+                    // d > 0: iq4nl::best_index(v / d), as comparisons
+                    let mut h = [0f32; W];
+                    for i in 0..W {
+                        h[i] = iq4nl::level_arg(vv[i] / dd[i]);
+                    }
+                    let (mut up, mut lvl) = ([0f32; W], [t[0] as f32; W]);
+                    for (&mid, &step) in iq4nl::MID.iter().zip(&iq4nl::STEP) {
+                        for i in 0..W {
+                            let above = h[i] >= mid;
+                            up[i] += if above { 1.0 } else { 0.0 };
+                            lvl[i] += if above { step } else { 0.0 };
+                        }
+                    }
+                    // otherwise: the first level of least distance
+                    let (mut down, mut dl, mut best) =
+                        ([0f32; W], [t[0] as f32; W], [f32::INFINITY; W]);
+                    for (k, &l) in t.iter().enumerate() {
+                        let l = l as f32;
+                        for i in 0..W {
+                            let e = (dd[i] * l - vv[i]).abs();
+                            if e < best[i] {
+                                (down[i], dl[i], best[i]) = (k as f32, l, e);
+                            }
+                        }
+                    }
+                    for i in 0..W {
+                        let pos = dd[i] > 0.0;
+                        c[i] = if pos { up[i] } else { down[i] };
+                        q[i] = dd[i] * if pos { lvl[i] } else { dl[i] };
+                    }
+                }
+            }
+            for i in 0..n {
+                code[at + i] = c[i] as u8;
+                qv[at + i] = q[i];
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512bw")]
+        unsafe fn avx512(
+            levels: Levels,
+            v: &[f32],
+            d: &[f32],
+            m: &[f32],
+            code: &mut [u8],
+            qv: &mut [f32],
+        ) {
+            generic(levels, v, d, m, code, qv)
+        }
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+        {
+            // SAFETY: the CPU has AVX-512F and BW, checked just above.
+            return unsafe { avx512(levels, v, d, m, code, qv) };
+        }
+    }
+    generic(levels, v, d, m, code, qv)
+}
+
+/// Per lane, the rounding error divided by U's diagonal entry `ujj`, and
+/// its square added to the lane's loss.
+fn errors(w: &[f32], qv: &[f32], ujj: f32, e: &mut [f32], loss: &mut [f64]) {
+    #[inline(always)]
+    fn generic(w: &[f32], qv: &[f32], ujj: f32, e: &mut [f32], loss: &mut [f64]) {
+        for (((e, loss), &w), &q) in e.iter_mut().zip(loss.iter_mut()).zip(w).zip(qv) {
+            *e = (w - q) / ujj;
+            *loss += *e as f64 * *e as f64;
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512(w: &[f32], qv: &[f32], ujj: f32, e: &mut [f32], loss: &mut [f64]) {
+            generic(w, qv, ujj, e, loss)
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F, checked just above.
+            return unsafe { avx512(w, qv, ujj, e, loss) };
+        }
+    }
+    generic(w, qv, ujj, e, loss)
+}
+
+/// The error update of every lane at once: row `k` of `later` (one value
+/// per lane) `−= e·u[k]`, the same product [`axpy`] forms for one lane.
+fn push_errors(later: &mut [f32], e: &[f32], u: &[f32]) {
+    #[inline(always)]
+    fn generic(later: &mut [f32], e: &[f32], u: &[f32]) {
+        for (row, &uk) in later.chunks_exact_mut(e.len()).zip(u) {
+            for (y, &el) in row.iter_mut().zip(e) {
+                *y -= el * uk;
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512(later: &mut [f32], e: &[f32], u: &[f32]) {
+            generic(later, e, u)
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F, checked just above.
+            return unsafe { avx512(later, e, u) };
+        }
+    }
+    generic(later, e, u)
 }
 
 /// Scale factors tried around the encoder's block scale in GPTQ rounding.
@@ -314,7 +513,9 @@ impl Grid {
         (d.is_finite() && m.is_finite()).then_some(Grid { d, m, levels })
     }
 
-    /// The level nearest to `v` (as stored: offset so that codes are ≥ 0).
+    /// The level nearest to `v` (as stored: offset so that codes are ≥ 0):
+    /// one lane of [`nearest_lanes`], which the tests check against it.
+    #[cfg(test)]
     fn nearest(&self, v: f32) -> u8 {
         match self.levels {
             Levels::Range(lo, hi) => {
@@ -341,6 +542,7 @@ impl Grid {
         }
     }
 
+    #[cfg(test)]
     fn value(&self, code: u8) -> f32 {
         match self.levels {
             Levels::Range(lo, _) => self.m + self.d * (code as i32 + lo) as f32,
@@ -579,6 +781,50 @@ mod tests {
             let mut got = vec![0f32; 32];
             dequantize(ty, &b, &mut got).unwrap();
             assert_eq!(got[7], g.value(code), "{ty}");
+        }
+    }
+
+    #[test]
+    fn lanes_round_as_one_grid_does() {
+        let mut s = 11u64;
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::Q8_0,
+            GgmlType::Iq4Nl,
+        ] {
+            let mut b = Vec::new();
+            quantize_row(ty, &[0.5; 32], None, &mut b).unwrap();
+            let levels = Grid::of(ty, &b).unwrap().levels;
+            // scales of both signs and zero, values on and between levels,
+            // beyond the grid, and not numbers
+            let n = 300;
+            let d: Vec<f32> = (0..n)
+                .map(|i| if i % 7 == 0 { 0.0 } else { lcg(&mut s) * 0.02 })
+                .collect();
+            let m: Vec<f32> = (0..n).map(|_| lcg(&mut s) * 0.1).collect();
+            let v: Vec<f32> = (0..n)
+                .map(|i| match i % 11 {
+                    0 => f32::NAN,
+                    1 => 1e30 * lcg(&mut s).signum(),
+                    2 => m[i] + d[i] * (i % 40) as f32 * 0.5,
+                    _ => lcg(&mut s) * 3.0,
+                })
+                .collect();
+            let (mut code, mut qv) = (vec![0u8; n], vec![0f32; n]);
+            nearest_lanes(levels, &v, &d, &m, &mut code, &mut qv);
+            for i in 0..n {
+                let g = Grid {
+                    d: d[i],
+                    m: m[i],
+                    levels,
+                };
+                let c = g.nearest(v[i]);
+                assert_eq!(code[i], c, "{ty}: {} on d {} m {}", v[i], d[i], m[i]);
+                assert_eq!(qv[i].to_bits(), g.value(c).to_bits(), "{ty}");
+            }
         }
     }
 

@@ -48,7 +48,7 @@ const fn build_lut() -> [u8; 1024] {
 /// Index of the codebook value nearest to `v` (NaN → 0).
 #[inline(always)]
 pub(crate) fn best_index(v: f32) -> usize {
-    let h = (2.0 * v + 512.0).clamp(0.0, 1023.0) as usize; // NaN -> 0
+    let h = level_arg(v).clamp(0.0, 1023.0) as usize; // NaN -> 0
     LUT[h.min(1023)] as usize
 }
 
@@ -82,6 +82,88 @@ fn stats(x: &[f32; QK], w: &[f32; QK], id: f32) -> (f32, f32) {
     (sqx, sqq)
 }
 
+/// Candidates of the first scan: both ends of the codebook, 2·NTRY + 1
+/// offsets each.
+const SCAN: usize = 2 * (2 * NTRY as usize + 1);
+/// [`SCAN`] rounded up to whole 512-bit vectors (the extra lanes are unused).
+const LANES: usize = SCAN.next_multiple_of(16);
+
+/// Thresholds and steps of the codebook for [`level`]: `v` maps to index
+/// `#{k : 2v + 512 ≥ MID[k]}` (what [`LUT`] holds) and `KV[0] + Σ STEP[k]` over
+/// the same `k` is that index's value, exactly (small integers).
+pub(crate) const MID: [f32; 15] = {
+    let mut m = [0f32; 15];
+    let mut k = 0;
+    while k < 15 {
+        m[k] = (KV[k] as i32 + KV[k + 1] as i32 + 512) as f32;
+        k += 1;
+    }
+    m
+};
+pub(crate) const STEP: [f32; 15] = {
+    let mut s = [0f32; 15];
+    let mut k = 0;
+    while k < 15 {
+        s[k] = (KV[k + 1] as i32 - KV[k] as i32) as f32;
+        k += 1;
+    }
+    s
+};
+
+/// `KV[best_index(v)]` as comparisons instead of a table look-up, so that it
+/// vectorises. `h` is formed as in [`best_index`]; there `floor(clamp(h))`
+/// is compared with the integer thresholds, which for every `h` (NaN
+/// included: no comparison holds) counts the same as comparing `h` itself.
+#[inline(always)]
+fn level(v: f32) -> f32 {
+    let h = level_arg(v);
+    let mut q = KV[0] as f32;
+    for k in 0..15 {
+        q += if h >= MID[k] { STEP[k] } else { 0.0 };
+    }
+    q
+}
+
+/// What [`best_index`] compares with the thresholds [`MID`].
+#[inline(always)]
+pub(crate) fn level_arg(v: f32) -> f32 {
+    2.0 * v + 512.0
+}
+
+/// [`stats`] for many inverse scales at once (lane `c`: `id[c]`), each lane
+/// with the same operations in the same order as [`stats`] alone: the lanes
+/// run side by side in vectors instead of one dependent sum at a time.
+fn stats_lanes(x: &[f32; QK], w: &[f32; QK], id: &[f32; LANES]) -> ([f32; LANES], [f32; LANES]) {
+    #[inline(always)]
+    fn generic(x: &[f32; QK], w: &[f32; QK], id: &[f32; LANES]) -> ([f32; LANES], [f32; LANES]) {
+        let (mut sqx, mut sqq) = ([0f32; LANES], [0f32; LANES]);
+        for (&x, &w) in x.iter().zip(w) {
+            for c in 0..LANES {
+                let q = level(id[c] * x);
+                sqx[c] += w * q * x;
+                sqq[c] += w * q * q;
+            }
+        }
+        (sqx, sqq)
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512(
+            x: &[f32; QK],
+            w: &[f32; QK],
+            id: &[f32; LANES],
+        ) -> ([f32; LANES], [f32; LANES]) {
+            generic(x, w, id)
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F, checked just above.
+            return unsafe { avx512(x, w, id) };
+        }
+    }
+    generic(x, w, id)
+}
+
 fn quantize_block(x: &[f32; QK], w: &[f32; QK]) -> (u16, [u8; QK]) {
     let (max, amax) = signed_absmax(x);
     if amax < 1e-15 {
@@ -90,8 +172,9 @@ fn quantize_block(x: &[f32; QK], w: &[f32; QK]) -> (u16, [u8; QK]) {
     }
     let (lo, hi) = (KV[0] as f32, KV[15] as f32);
     let (mut bqx, mut bqq) = (0f32, 0f32);
-    let better = |id: f32, bqx: &mut f32, bqq: &mut f32| {
-        let (sqx, sqq) = stats(x, w, id);
+    // Takes (sqx, sqq) when its least-squares scale fits better than the
+    // best so far: sqx²/sqq is the error it removes.
+    let take = |sqx: f32, sqq: f32, bqx: &mut f32, bqq: &mut f32| {
         if sqq > 0.0 && (*bqq == 0.0 || sqx * sqx * *bqq > *bqx * *bqx * sqq) {
             (*bqx, *bqq) = (sqx, sqq);
             true
@@ -99,10 +182,20 @@ fn quantize_block(x: &[f32; QK], w: &[f32; QK]) -> (u16, [u8; QK]) {
             false
         }
     };
-    for t in -NTRY..=NTRY {
+    let better = |id: f32, bqx: &mut f32, bqq: &mut f32| {
+        let (sqx, sqq) = stats(x, w, id);
+        take(sqx, sqq, bqx, bqq)
+    };
+    // The scan's candidates, evaluated together, then compared in order.
+    let mut ids = [0f32; LANES];
+    for (k, t) in (-NTRY..=NTRY).enumerate() {
         let off = TSTEP * t as f32;
-        better((lo + off) / max, &mut bqx, &mut bqq);
-        better((hi + off) / max, &mut bqx, &mut bqq);
+        ids[2 * k] = (lo + off) / max;
+        ids[2 * k + 1] = (hi + off) / max;
+    }
+    let (sqx, sqq) = stats_lanes(x, w, &ids);
+    for c in 0..SCAN {
+        take(sqx[c], sqq[c], &mut bqx, &mut bqq);
     }
     for _ in 0..4 {
         if bqq == 0.0 || bqx == 0.0 {
@@ -176,5 +269,50 @@ mod tests {
         assert_eq!(best_index(f32::NAN), 0);
         assert_eq!(best_index(1e30), 15);
         assert_eq!(best_index(-1e30), 0);
+    }
+
+    #[test]
+    fn level_is_the_table_value() {
+        // every half step, the values just beside each threshold and the
+        // edge cases
+        let mut vs = vec![
+            f32::NAN,
+            f32::INFINITY,
+            -f32::INFINITY,
+            1e30,
+            -1e30,
+            0.0,
+            -0.0,
+        ];
+        let mut v = -300.0f32;
+        while v < 300.0 {
+            vs.extend([v, v.next_up(), v.next_down()]);
+            v += 0.5;
+        }
+        for v in vs {
+            assert_eq!(level(v), KV[best_index(v)] as f32, "{v}");
+        }
+    }
+
+    #[test]
+    fn lanes_give_the_single_stats() {
+        let mut s = 1u32;
+        let mut rnd = || {
+            s = s.wrapping_mul(1664525).wrapping_add(1013904223);
+            (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        for _ in 0..50 {
+            let x: [f32; QK] = std::array::from_fn(|_| rnd());
+            let w: [f32; QK] = std::array::from_fn(|_| rnd() + 0.5);
+            let id: [f32; LANES] = std::array::from_fn(|_| 300.0 * rnd());
+            let (sqx, sqq) = stats_lanes(&x, &w, &id);
+            for c in 0..LANES {
+                let (a, b) = stats(&x, &w, id[c]);
+                assert_eq!(
+                    (sqx[c].to_bits(), sqq[c].to_bits()),
+                    (a.to_bits(), b.to_bits())
+                );
+            }
+        }
     }
 }
