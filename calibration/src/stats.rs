@@ -98,6 +98,27 @@ impl ChannelStats {
     }
 }
 
+/// Calls `f` with the values of the f32 matrix `x` (row-major) and its
+/// columns: in place when `x` is contiguous in CPU memory, else from a copy.
+fn with_rows(x: &Tensor, f: impl FnOnce(&[f32], usize)) -> candle_core::Result<()> {
+    let (rows, cols) = x.dims2()?;
+    {
+        let (storage, layout) = x.storage_and_layout();
+        if let (candle_core::Storage::Cpu(cpu), Some((a, b))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            if let Ok(all) = cpu.as_slice::<f32>() {
+                if b - a == rows * cols {
+                    f(&all[a..b], cols);
+                    return Ok(());
+                }
+            }
+        }
+    }
+    f(&x.flatten_all()?.to_vec1::<f32>()?, cols);
+    Ok(())
+}
+
 /// What to collect.
 #[derive(Debug, Clone)]
 pub struct StatsOptions {
@@ -158,21 +179,18 @@ pub fn collect_linear_inputs(
                 }
             }
             c.last = Some((x.id(), layer.to_string()));
-            let values = match x
-                .dims2()
-                .and_then(|(_, cols)| x.flatten_all()?.to_vec1::<f32>().map(|v| (v, cols)))
-            {
-                Ok(v) => v,
-                Err(e) => {
-                    c.error = Some(format!("{layer}: {e}"));
-                    return;
-                }
-            };
             let gram = gram_for.contains(layer).then_some(step);
-            c.stats
-                .entry(layer.to_string())
-                .or_default()
-                .add(&values.0, values.1, gram);
+            // The activations are read where they are (no copy of a
+            // [tokens, channels] matrix per layer and batch).
+            let added = with_rows(x, |values, cols| {
+                c.stats
+                    .entry(layer.to_string())
+                    .or_default()
+                    .add(values, cols, gram)
+            });
+            if let Err(e) = added {
+                c.error = Some(format!("{layer}: {e}"));
+            }
         })));
     }
     let len = seqs.first().map_or(0, Vec::len);
