@@ -345,71 +345,88 @@ fn search_group(
     );
     let expand = |s: &[f32]| (0..cols).map(|c| s[tie(c)]).collect::<Vec<f32>>();
 
-    let error = |scale: &[f32], clip: &[f32]| -> Result<Vec<f64>, AwqError> {
-        weights
-            .iter()
-            .zip(clip)
-            .map(|(w, &ratio)| weight_error(w, cols, scale, ratio, st, quant, opts.importance))
-            .collect()
+    // Per candidate scale (unclipped), the error of each weight: all the
+    // candidates' deltas go through one product with the Gram matrix.
+    let errors = |scales: &[Vec<f32>]| -> Result<Vec<Vec<f64>>, AwqError> {
+        let mut per = vec![Vec::with_capacity(weights.len()); scales.len()];
+        for w in &weights {
+            let e = weight_errors(w, cols, scales, 1.0, st, quant, opts.importance)?;
+            for (p, e) in per.iter_mut().zip(e) {
+                p.push(e);
+            }
+        }
+        Ok(per)
     };
-    let no_clip = vec![1f32; weights.len()];
     let ones = vec![1f32; cols];
     // per weight, with the scales and without clipping (the clip search
     // starts from these)
-    let rtn_errors = error(&ones, &no_clip)?;
+    let rtn_errors = errors(std::slice::from_ref(&ones))?.remove(0);
     let rtn: f64 = rtn_errors.iter().sum();
     let (mut best, mut best_err) = ((("x", 0f32), ones.clone(), rtn_errors), rtn);
     if opts.alpha.is_some() {
         best_err = f64::INFINITY; // take the fixed α whatever its error
     }
-    let mut try_alpha = |form: &'static str, k: usize| -> Result<f64, AwqError> {
-        let alpha = match opts.alpha {
-            Some(a) => a,
-            None => k as f32 / opts.grid as f32,
-        };
-        let s: Vec<f32> = x_mean
-            .iter()
-            .zip(&w_mean)
-            .map(|(&x, &w)| {
-                let v = x.max(1e-8).powf(alpha);
-                if form == "xw" {
-                    v / w.max(1e-8).powf(1.0 - alpha)
-                } else {
-                    v
-                }
-            })
-            .collect();
-        let full = expand(&normalise(&s));
-        let errors = error(&full, &no_clip)?;
-        let e: f64 = errors.iter().sum();
-        if e < best_err {
-            best = ((form, alpha), full, errors);
-            best_err = e;
+    // Evaluates candidates (form, grid step) together, then takes them in
+    // order as if tried one by one; returns their errors.
+    let mut try_alphas = |cands: &[(&'static str, usize)]| -> Result<Vec<f64>, AwqError> {
+        let mut alphas = Vec::with_capacity(cands.len());
+        let mut scales = Vec::with_capacity(cands.len());
+        for &(form, k) in cands {
+            let alpha = match opts.alpha {
+                Some(a) => a,
+                None => k as f32 / opts.grid as f32,
+            };
+            let s: Vec<f32> = x_mean
+                .iter()
+                .zip(&w_mean)
+                .map(|(&x, &w)| {
+                    let v = x.max(1e-8).powf(alpha);
+                    if form == "xw" {
+                        v / w.max(1e-8).powf(1.0 - alpha)
+                    } else {
+                        v
+                    }
+                })
+                .collect();
+            alphas.push(alpha);
+            scales.push(expand(&normalise(&s)));
         }
-        Ok(e)
+        let per = errors(&scales)?;
+        let mut sums = Vec::with_capacity(cands.len());
+        for (((&(form, _), alpha), full), errs) in cands.iter().zip(alphas).zip(scales).zip(per) {
+            let e: f64 = errs.iter().sum();
+            if e < best_err {
+                best = ((form, alpha), full, errs);
+                best_err = e;
+            }
+            sums.push(e);
+        }
+        Ok(sums)
     };
     if opts.alpha.is_some() {
-        try_alpha("x", 0)?;
+        try_alphas(&[("x", 0)])?;
     } else {
         // Coarse to fine: every other α of the grid for both forms, then
         // the neighbours of the best of those. The error is smooth in α, so
         // this finds the grid's best in about half the evaluations (each is
         // a rounding of the sampled rows and a product with the Gram matrix).
+        let cands: Vec<(&'static str, usize)> = ["x", "xw"]
+            .into_iter()
+            .flat_map(|form| (2..opts.grid).step_by(2).map(move |k| (form, k)))
+            .collect();
         let mut coarse = ("x", 0usize, f64::INFINITY);
-        for form in ["x", "xw"] {
-            for k in (2..opts.grid).step_by(2) {
-                let e = try_alpha(form, k)?;
-                if e < coarse.2 {
-                    coarse = (form, k, e);
-                }
+        for (&(form, k), e) in cands.iter().zip(try_alphas(&cands)?) {
+            if e < coarse.2 {
+                coarse = (form, k, e);
             }
         }
         let (form, k, _) = coarse;
-        for k in [k.saturating_sub(1), k + 1] {
-            if (1..opts.grid).contains(&k) {
-                try_alpha(form, k)?;
-            }
-        }
+        let fine: Vec<(&'static str, usize)> = [k.saturating_sub(1), k + 1]
+            .into_iter()
+            .filter(|k| (1..opts.grid).contains(k))
+            .map(|k| (form, k))
+            .collect();
+        try_alphas(&fine)?;
     }
     let ((form, alpha), scale, unclipped) = best;
     // Clipping: per weight, the ratio with the least error (the weights'
@@ -424,7 +441,15 @@ fn search_group(
         // too deep: stop at the first ratio that does worse than the best.
         let mut pick = (1f32, e1);
         for &r in ratios.iter().skip(1) {
-            let e = weight_error(w, cols, &scale, r, st, quant, opts.importance)?;
+            let e = weight_errors(
+                w,
+                cols,
+                std::slice::from_ref(&scale),
+                r,
+                st,
+                quant,
+                opts.importance,
+            )?[0];
             if e >= pick.1 {
                 break;
             }
@@ -517,36 +542,46 @@ fn clip_row(row: &mut [f32], block: usize, ratio: f32) {
 }
 
 /// The output error of weight `w` quantized after scaling its columns by
-/// `scale` and clipping to `ratio`, summed over its rows (the sample's
-/// error scaled up to all rows): `Σ_r δ_r·G·δ_rᵀ`.
-fn weight_error(
+/// each of `scales` and clipping to `ratio`, summed over its rows (the
+/// sample's error scaled up to all rows): `Σ_r δ_r·G·δ_rᵀ`. The deltas of
+/// every scale go through one product with `G`, which gemm then packs once.
+fn weight_errors(
     w: &Weight,
     cols: usize,
-    scale: &[f32],
+    scales: &[Vec<f32>],
     ratio: f32,
     st: &InputStats,
     quant: &dyn RowQuantizer,
     importance: bool,
-) -> Result<f64, AwqError> {
+) -> Result<Vec<f64>, AwqError> {
     let block = quant.block(&w.name).unwrap_or(cols);
-    let imp: Option<Vec<f32>> = importance.then(|| {
-        st.mean_sq
-            .iter()
-            .zip(scale)
-            .map(|(q, s)| q / (s * s))
-            .collect()
-    });
-    let deltas: Vec<Vec<f32>> = w
-        .sample
+    let imps: Vec<Option<Vec<f32>>> = scales
+        .iter()
+        .map(|scale| {
+            importance.then(|| {
+                st.mean_sq
+                    .iter()
+                    .zip(scale)
+                    .map(|(q, s)| q / (s * s))
+                    .collect()
+            })
+        })
+        .collect();
+    let n = w.sample.len();
+    let jobs: Vec<(usize, usize)> = (0..scales.len())
+        .flat_map(|i| w.sample.iter().map(move |&r| (i, r)))
+        .collect();
+    let deltas: Vec<Vec<f32>> = jobs
         .par_iter()
-        .map(|&r| {
+        .map(|&(i, r)| {
+            let scale = &scales[i];
             let row = &w.values[r * cols..(r + 1) * cols];
             let mut scaled: Vec<f32> = row.iter().zip(scale).map(|(x, s)| x * s).collect();
             if ratio < 1.0 {
                 clip_row(&mut scaled, block, ratio);
             }
             let mut q = vec![0f32; cols];
-            quant.round_trip(&w.name, &scaled, imp.as_deref(), &mut q)?;
+            quant.round_trip(&w.name, &scaled, imps[i].as_deref(), &mut q)?;
             Ok(q.iter()
                 .zip(scale)
                 .zip(row)
@@ -556,9 +591,13 @@ fn weight_error(
         .collect::<Result<_, String>>()
         .map_err(AwqError::Other)?;
     let d: Vec<f32> = deltas.concat();
-    let n = w.sample.len();
-    // E = D·G (G symmetric), error = Σ E∘D.
-    let e = matmul_nt(&d, n, cols, &st.gram, cols);
-    let sum: f64 = e.iter().zip(&d).map(|(a, b)| *a as f64 * *b as f64).sum();
-    Ok(sum * w.rows as f64 / n.max(1) as f64)
+    // E = D·G (G symmetric), error = Σ E∘D per scale.
+    let e = matmul_nt(&d, jobs.len(), cols, &st.gram, cols);
+    Ok(e.chunks(n * cols)
+        .zip(d.chunks(n * cols))
+        .map(|(e, d)| {
+            let sum: f64 = e.iter().zip(d).map(|(a, b)| *a as f64 * *b as f64).sum();
+            sum * w.rows as f64 / n.max(1) as f64
+        })
+        .collect())
 }
