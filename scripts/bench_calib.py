@@ -68,23 +68,25 @@ def bench(args, work):
     measure([edgec, "convert", MODEL_DIR, f32])
     measure([LLAMA_BIN / "llama-perplexity", "-m", f32, "-f", JUDGE, "-c", CTX, "--kl-divergence-base", base,
              "-t", t])
-    imatrix_s, imatrix_rss = measure([LLAMA_BIN / "llama-imatrix", "-m", f32, "-f", calib, "-c", length,
-                                      "--chunks", n, "--no-ppl", "-o", imatrix, "--output-format", "gguf", "-t", t])
+    imatrix_cmd = [LLAMA_BIN / "llama-imatrix", "-m", f32, "-f", calib, "-c", length, "--chunks", n, "--no-ppl",
+                   "-o", imatrix, "--output-format", "gguf", "-t", t]
     calib_flags = ["--calib", calib, "--calib-samples", n, "--calib-len", length]
-    methods = ["rtn", None] + (list(EXTRA_METHODS) if args.all_methods else [])
+    # edgec --calib runs right after llama.cpp's imatrix + quantize, so that both see the machine alike
+    methods = [None, "rtn"] + (list(EXTRA_METHODS) if args.all_methods else [])
 
-    print(f"SmolLM2-135M, {t} threads; calibration: {n} x {length} tokens of {calib.name} ({tokens} tokens, "
-          f"llama-imatrix {imatrix_s:.2f} s); KL-divergence vs f32 on GPL-3, ctx {CTX} (llama-perplexity)\n")
+    print(f"SmolLM2-135M, {t} threads; calibration: {n} x {length} tokens of {calib.name} ({tokens} tokens); "
+          f"KL-divergence vs f32 on GPL-3, ctx {CTX} (llama-perplexity)\n")
     for ty in args.types.split(","):
         rows = {}
+        # llama-imatrix is timed again for every type, just before its quantize and edgec's run: this
+        # machine's speed drifts, and one early timing made the ratios drift with it
+        imatrix_s, imatrix_rss = measure(imatrix_cmd)
 
         def row(label, out, cmd, extra=(0.0, 0.0)):
             seconds, rss = measure(cmd)
             rows[label] = {"mib": out.stat().st_size / 2**20, "s": seconds + extra[0], "rss": max(rss, extra[1]),
                            **kld(out, base, t)}
 
-        out = work / f"llama.{ty}.gguf"
-        row("llama.cpp", out, [quantize, f32, out, ty, t])
         out = work / f"llama.imatrix.{ty}.gguf"
         row("llama.cpp --imatrix", out, [quantize, "--imatrix", imatrix, f32, out, ty, t], (imatrix_s, imatrix_rss))
         for method in methods:
@@ -92,6 +94,9 @@ def bench(args, work):
             flags = (["--method", method] if method else []) + (calib_flags if method != "rtn" else [])
             row(f"edgec --method {method}" if method else "edgec --calib", out,
                 [edgec, "--threads", t, "quantize", "--type", ty, *flags, MODEL_DIR, out])
+            if method is None:
+                out = work / f"llama.{ty}.gguf"
+                row("llama.cpp", out, [quantize, f32, out, ty, t])
 
         print(f"### {ty}\n\n| tool / method | MiB | seconds | peak RSS MiB | mean KLD | PPL |")
         print("| --- | ---: | ---: | ---: | ---: | ---: |")
