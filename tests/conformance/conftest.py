@@ -75,6 +75,7 @@ def which(name: str) -> str | None:
 EFFNET = Path(os.environ.get("EDGEC_SHARED_MODELS", REPO.parent / "shared" / "models")) / "efficientnet_lite0.onnx"
 # (scripts/setup-env.sh's env file sets EDGEC_SHARED_MODELS to the folder it found)
 IMAGES = CACHE / "images"
+FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
 @pytest.fixture(scope="session")
@@ -103,14 +104,34 @@ def litert():
     return interpreter
 
 
-def ort_run(model: Path, feeds: dict) -> list:
-    """onnxruntime's outputs of `model` on `feeds` (CPU, 2 threads)."""
+@pytest.fixture(scope="session")
+def fashion(models_dir) -> tuple[Path, Path]:
+    """The Fashion-MNIST classifier and the folder of its idx files."""
+    model = models_dir / "fashion-mlp.onnx"
+    need(model.is_file() and all((FASHION / f"{s}-images-idx3-ubyte.gz").is_file() for s in ("train", "t10k")),
+         "the Fashion-MNIST data or classifier is missing: run `bash fixtures/fetch-images.sh` (as root)")
+    return model, FASHION
+
+
+def litert_interp(litert, path: Path):
+    """A LiteRT interpreter of `path`, 2 threads, tensors allocated."""
+    it = litert.Interpreter(model_path=str(path), num_threads=2)
+    it.allocate_tensors()
+    return it
+
+
+def ort_session(model: Path):
+    """An onnxruntime session of `model` (CPU, 2 threads)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
-    sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
-    return sess.run(None, feeds)
+    return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+
+
+def ort_run(model: Path, feeds: dict) -> list:
+    """onnxruntime's outputs of `model` on `feeds` (CPU, 2 threads)."""
+    return ort_session(model).run(None, feeds)
 
 
 def edgec_run(edgec_bin, model: Path, feeds: dict, tmp: Path) -> dict:

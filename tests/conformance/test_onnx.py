@@ -283,17 +283,6 @@ def test_static_int8_from_tensors(edgec_bin, effnet, tmp_path):
     assert not (tmp_path / "x.onnx").exists()
 
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
-
-
-@pytest.fixture(scope="module")
-def fashion(models_dir) -> tuple[Path, Path]:
-    model = models_dir / "fashion-mlp.onnx"
-    need(model.is_file() and (FASHION / "t10k-images-idx3-ubyte.gz").is_file(),
-         "the Fashion-MNIST data or classifier is missing: run `bash fixtures/fetch-images.sh` (as root)")
-    return model, FASHION
-
-
 def idx_array(path: Path) -> np.ndarray:
     import gzip
     data = gzip.decompress(path.read_bytes())

@@ -23,15 +23,10 @@ import pytest
 from safetensors.numpy import save_file
 
 from conftest import edgec_run, need, ort_run, run
+from conftest import litert_interp as interp
 
 F32_REL = 1e-4
 F16_REL = 5e-2
-
-
-def interp(litert, path: Path):
-    it = litert.Interpreter(model_path=str(path), num_threads=2)
-    it.allocate_tensors()
-    return it
 
 
 def litert_run(litert, path: Path, feeds: dict) -> dict:

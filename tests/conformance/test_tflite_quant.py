@@ -27,13 +27,11 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
-from safetensors.numpy import load_file, save_file
 
-from conftest import need, run
+from conftest import FASHION, edgec_run, need, ort_session, run
+from conftest import litert_interp as interp
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
 TOP1_MIN = 0.9
 
 
@@ -56,12 +54,6 @@ def heldout_images(heldout: Path) -> list:
     return [load_photo(p) for p in files]
 
 
-def interp(litert, path: Path):
-    it = litert.Interpreter(model_path=str(path), num_threads=2)
-    it.allocate_tensors()
-    return it
-
-
 def litert_run(it, x: np.ndarray) -> np.ndarray:
     inp, out = it.get_input_details()[0], it.get_output_details()[0]
     it.set_tensor(inp["index"], x)
@@ -80,18 +72,10 @@ def output_scale(it) -> float:
     return float(tensors[deq[-1]["inputs"][0]]["quantization"][0])
 
 
-def edgec_run(edgec_bin, model: Path, name: str, x: np.ndarray, tmp: Path) -> np.ndarray:
-    inputs, outputs = tmp / "x.safetensors", tmp / "y.safetensors"
-    save_file({name: np.ascontiguousarray(x)}, str(inputs))
-    run([edgec_bin, "run", model, "--inputs", inputs, "--output", outputs])
-    (y,) = load_file(str(outputs)).values()
+def edgec_out(edgec_bin, model: Path, name: str, x: np.ndarray, tmp: Path) -> np.ndarray:
+    """The single output of `edgec run` on input `name` = x."""
+    (y,) = edgec_run(edgec_bin, model, {name: x}, tmp).values()
     return y
-
-
-def ort_session(model: Path):
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
 
 
 def quantize(edgec_bin, src: Path, out: Path, *extra, check_exit=True):
@@ -159,7 +143,7 @@ def test_effnet_full_int8_matches_the_simulation(litert, edgec_bin, effnet_int8,
     worst, beyond, total = 0.0, 0, 0
     for x in heldout_images(photos[1])[:8]:
         got = litert_run(it, x)
-        ours = edgec_run(edgec_bin, effnet_int8, "input", x, tmp_path)
+        ours = edgec_out(edgec_bin, effnet_int8, "input", x, tmp_path)
         steps = np.abs(ours.astype(np.float64) - got) / scale
         worst = max(worst, float(steps.max()))
         beyond += int((steps > 0.001).sum())
@@ -191,8 +175,9 @@ def test_effnet_int8_every_layer_matches_litert(litert, edgec_bin, effnet_int8, 
         path.write_bytes(bytes(b.Output()))
         it = interp(litert, path)
         got = litert_run(it, x)
-        ours = edgec_run(edgec_bin, path, it.get_input_details()[0]["name"], x, tmp_path).reshape(got.shape)
-        diff = int((ours.astype(np.int64) != got.astype(np.int64)).sum())
+        ours = edgec_out(edgec_bin, path, it.get_input_details()[0]["name"], x, tmp_path).reshape(got.shape)
+        # values compared exactly (edgec run writes integers as i64, the last op's output is float)
+        diff = int(np.count_nonzero(ours != got))
         report.append((k, op_names.get(codes[op.opcodeIndex]), got.dtype.name, diff))
     bad = [r for r in report if r[3]]
     kinds = Counter(r[1] for r in report)
@@ -237,7 +222,7 @@ def test_effnet_16x8_in_litert(litert, edgec_bin, effnet, effnet_int8, photos, t
     k16, k8 = mean_kld(litert, out, effnet, images), mean_kld(litert, effnet_int8, effnet, images)
     x = images[0]
     got = litert_run(it, x)
-    ours = edgec_run(edgec_bin, out, "input", x, tmp_path)
+    ours = edgec_out(edgec_bin, out, "input", x, tmp_path)
     scale = output_scale(it)
     steps = float(np.abs(ours.astype(np.float64) - got).max() / scale)
     print(f"EfficientNet-Lite0 16x8: top-1 agreement {agree:.3f}, KLD {k16:.5f} (int8 {k8:.5f}), "
@@ -254,14 +239,6 @@ def test_edgec_eval_onnx_against_int8_tflite(edgec_bin, effnet, effnet_int8, pho
     delta = report["delta"]
     print(f"edgec eval ONNX fp32 vs int8 .tflite: KLD {delta['kld']:.4f}, top-1 {delta['top1_agreement']:.3f}")
     assert delta["top1_agreement"] >= TOP1_MIN and delta["kld"] < 0.2
-
-
-@pytest.fixture(scope="module")
-def fashion(models_dir) -> tuple[Path, Path]:
-    model = models_dir / "fashion-mlp.onnx"
-    need(model.is_file() and (FASHION / "train-images-idx3-ubyte.gz").is_file(),
-         "the Fashion-MNIST data or classifier is missing: run `bash fixtures/fetch-images.sh` (as root)")
-    return model, FASHION
 
 
 def fashion_images(n: int) -> np.ndarray:
@@ -281,7 +258,7 @@ def test_fashion_full_int8_matches_the_simulation(litert, edgec_bin, fashion, tm
     for x in xs:
         x = x[None].reshape(inp["shape"])
         got = litert_run(it, x)
-        ours = edgec_run(edgec_bin, out, inp["name"], x, tmp_path)
+        ours = edgec_out(edgec_bin, out, inp["name"], x, tmp_path)
         worst = max(worst, float((np.abs(ours.astype(np.float64) - got) / scale).max()))
         agree += int(got.argmax() == sess.run(None, {inp["name"]: x})[0].argmax())
     print(f"Fashion MLP int8 LiteRT vs edgec simulation: max {worst:.2f} steps; top-1 with fp32 {agree}/{len(xs)}")
@@ -303,7 +280,7 @@ def test_fashion_int8_io(litert, edgec_bin, fashion, tmp_path):
     for x in fashion_images(5):
         q = np.clip(np.round(x / s) + z, -128, 127).astype(np.int8).reshape(inp["shape"])
         got = litert_run(it, q)
-        ours = edgec_run(edgec_bin, out, inp["name"], q, tmp_path)
+        ours = edgec_out(edgec_bin, out, inp["name"], q, tmp_path)
         assert (ours.astype(np.int64) == got.astype(np.int64)).all(), (ours, got)
 
 

@@ -945,13 +945,21 @@ impl Lower {
 
     fn binary(&mut self, code: B, ins: &[&str], node: &Node, i: usize, plan: &Plan) -> Res<()> {
         let y = node.outputs[0].clone();
-        let options = match code {
-            B::ADD => Options::Add { act: Act::NONE },
-            B::SUB => Options::Sub { act: Act::NONE },
-            B::MUL => Options::Mul { act: Act::NONE },
-            _ => Options::Div { act: Act::NONE },
-        };
-        self.elementwise(code, ins, &y, options, Some((node, i, plan)))
+        self.elementwise(code, ins, &y, plain_options(code), Some((node, i, plan)))
+    }
+
+    /// `code` (an arithmetic op, RSQRT or a MEAN keeping dims) from `ins`
+    /// into tensor `out`, with no fused activation.
+    fn plain_op(&mut self, code: B, ins: &[usize], out: usize) {
+        let ins = ins.iter().map(|&t| Some(t)).collect();
+        self.out.add_op(code, ins, vec![out], plain_options(code));
+    }
+
+    /// [`Self::plain_op`] into a new f32 tensor `name` of `shape`.
+    fn plain_f32(&mut self, code: B, ins: &[usize], name: &str, shape: Vec<usize>) -> usize {
+        let out = self.tensor(name, shape, TensorType::FLOAT32);
+        self.plain_op(code, ins, out);
+        out
     }
 
     /// A broadcasting elementwise op: NHWC when its output is 4-D and some
@@ -1410,85 +1418,41 @@ impl Lower {
         for d in reduced.iter_mut().skip(a) {
             *d = 1;
         }
-        let f32t = TensorType::FLOAT32;
         let ax = self.const_i32(&format!("{y}/axes"), &axes);
-        let mean = self.tensor(&format!("{y}/mean"), reduced.clone(), f32t);
-        self.out.add_op(
+        let mean = self.plain_f32(B::MEAN, &[src, ax], &format!("{y}/mean"), reduced.clone());
+        let d = self.plain_f32(B::SUB, &[src, mean], &format!("{y}/centered"), s.clone());
+        let sq = self.plain_f32(B::MUL, &[d, d], &format!("{y}/squared"), s.clone());
+        let var = self.plain_f32(
             B::MEAN,
-            vec![Some(src), Some(ax)],
-            vec![mean],
-            Options::Reducer { keep_dims: true },
-        );
-        let d = self.tensor(&format!("{y}/centered"), s.clone(), f32t);
-        self.out.add_op(
-            B::SUB,
-            vec![Some(src), Some(mean)],
-            vec![d],
-            Options::Sub { act: Act::NONE },
-        );
-        let sq = self.tensor(&format!("{y}/squared"), s.clone(), f32t);
-        self.out.add_op(
-            B::MUL,
-            vec![Some(d), Some(d)],
-            vec![sq],
-            Options::Mul { act: Act::NONE },
-        );
-        let var = self.tensor(&format!("{y}/variance"), reduced.clone(), f32t);
-        self.out.add_op(
-            B::MEAN,
-            vec![Some(sq), Some(ax)],
-            vec![var],
-            Options::Reducer { keep_dims: true },
+            &[sq, ax],
+            &format!("{y}/variance"),
+            reduced.clone(),
         );
         let e = self.const_f32(&format!("{y}/epsilon"), vec![], &[eps]);
-        let ve = self.tensor(&format!("{y}/variance_eps"), reduced.clone(), f32t);
-        self.out.add_op(
+        let ve = self.plain_f32(
             B::ADD,
-            vec![Some(var), Some(e)],
-            vec![ve],
-            Options::Add { act: Act::NONE },
+            &[var, e],
+            &format!("{y}/variance_eps"),
+            reduced.clone(),
         );
-        let rs = self.tensor(&format!("{y}/rstd"), reduced, f32t);
-        self.out
-            .add_op(B::RSQRT, vec![Some(ve)], vec![rs], Options::None);
-        let scale = node.inputs.get(1).filter(|v| !v.is_empty()).cloned();
-        let bias = node.inputs.get(2).filter(|v| !v.is_empty()).cloned();
+        let rs = self.plain_f32(B::RSQRT, &[ve], &format!("{y}/rstd"), reduced);
+        // then × scale and + bias where given, the last step writing y
         let mut steps: Vec<(B, usize)> = Vec::new();
-        if let Some(sc) = &scale {
-            steps.push((B::MUL, self.plain(sc)?));
+        for (k, code) in [(1, B::MUL), (2, B::ADD)] {
+            if let Some(v) = node.inputs.get(k).filter(|v| !v.is_empty()) {
+                steps.push((code, self.plain(v)?));
+            }
         }
-        if let Some(b) = &bias {
-            steps.push((B::ADD, self.plain(b)?));
+        let mut cur = (d, rs);
+        let mut code = B::MUL;
+        for (k, (next, c)) in steps.into_iter().enumerate() {
+            let name = if k == 0 { "normalized" } else { "scaled" };
+            let t = self.plain_f32(code, &[cur.0, cur.1], &format!("{y}/{name}"), s.clone());
+            cur = (t, c);
+            code = next;
         }
-        let norm_is_last = steps.is_empty();
-        let n = if norm_is_last {
-            self.define(&y, false)?
-        } else {
-            self.tensor(&format!("{y}/normalized"), s.clone(), f32t)
-        };
-        self.out.add_op(
-            B::MUL,
-            vec![Some(d), Some(rs)],
-            vec![n],
-            Options::Mul { act: Act::NONE },
-        );
-        let mut cur = n;
-        let count = steps.len();
-        for (k, (code, c)) in steps.into_iter().enumerate() {
-            let out = if k + 1 == count {
-                self.define(&y, false)?
-            } else {
-                self.tensor(&format!("{y}/scaled"), s.clone(), f32t)
-            };
-            let options = if code == B::MUL {
-                Options::Mul { act: Act::NONE }
-            } else {
-                Options::Add { act: Act::NONE }
-            };
-            self.out
-                .add_op(code, vec![Some(cur), Some(c)], vec![out], options);
-            cur = out;
-        }
+        let out = self.define(&y, false)?;
+        self.plain_op(code, &[cur.0, cur.1], out);
         Ok(())
     }
 
@@ -1539,6 +1503,18 @@ impl Lower {
             },
         );
         Ok(())
+    }
+}
+
+/// The options of an op written without a fused activation.
+fn plain_options(code: B) -> Options {
+    match code {
+        B::ADD => Options::Add { act: Act::NONE },
+        B::SUB => Options::Sub { act: Act::NONE },
+        B::MUL => Options::Mul { act: Act::NONE },
+        B::DIV => Options::Div { act: Act::NONE },
+        B::MEAN | B::SUM => Options::Reducer { keep_dims: true },
+        _ => Options::None,
     }
 }
 

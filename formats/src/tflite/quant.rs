@@ -162,6 +162,18 @@ fn add_int8_weight(
     (id, scales)
 }
 
+/// QUANTIZE (float or integer → integer) or DEQUANTIZE of `from` into
+/// `to`, at the versions TF writes for int8.
+fn convert_op(code: B, from: usize, to: usize) -> TflOp {
+    TflOp {
+        code,
+        version: if code == B::DEQUANTIZE { 2 } else { 1 },
+        inputs: vec![Some(from)],
+        outputs: vec![to],
+        options: Options::Empty,
+    }
+}
+
 /// Drops ops nothing reads (unless they write a graph output) and tensors
 /// nothing refers to, renumbering the rest.
 fn prune(m: &mut TflModel) {
@@ -552,13 +564,7 @@ pub fn full_int8(
             let shape = m.tensors[t].shape.clone();
             let tname = rename_int8(&mut m, t);
             let f = m.add_tensor(tname, shape, TensorType::FLOAT32);
-            m.ops.push(TflOp {
-                code: B::QUANTIZE,
-                version: 1,
-                inputs: vec![Some(f)],
-                outputs: vec![t],
-                options: Options::Empty,
-            });
+            m.ops.push(convert_op(B::QUANTIZE, f, t));
             float_view.insert(t, f);
             m.inputs.push((name.clone(), f));
         } else {
@@ -580,13 +586,7 @@ pub fn full_int8(
                         let shape = m.tensors[*i].shape.clone();
                         let name = format!("{}_dequantized", m.tensors[*i].name);
                         let f = m.add_tensor(name, shape, TensorType::FLOAT32);
-                        m.ops.push(TflOp {
-                            code: B::DEQUANTIZE,
-                            version: 2,
-                            inputs: vec![Some(*i)],
-                            outputs: vec![f],
-                            options: Options::Empty,
-                        });
+                        m.ops.push(convert_op(B::DEQUANTIZE, *i, f));
                         float_view.insert(*i, f);
                         f
                     }
@@ -601,13 +601,7 @@ pub fn full_int8(
                 let shape = m.tensors[*o].shape.clone();
                 let name = format!("{}_float", m.tensors[*o].name);
                 let f = m.add_tensor(name, shape, TensorType::FLOAT32);
-                after.push(TflOp {
-                    code: B::QUANTIZE,
-                    version: 1,
-                    inputs: vec![Some(f)],
-                    outputs: vec![*o],
-                    options: Options::Empty,
-                });
+                after.push(convert_op(B::QUANTIZE, f, *o));
                 float_view.insert(*o, f);
                 *o = f;
             }
@@ -768,13 +762,7 @@ pub fn full_int8(
                     let name = format!("{}_requantized", src.tensors[i].name);
                     let r = m.add_tensor(name, shape, act_type);
                     m.tensors[r].quant = Some(per_tensor(out_q.0, out_q.1));
-                    m.ops.push(TflOp {
-                        code: B::QUANTIZE,
-                        version: 1,
-                        inputs: vec![Some(i)],
-                        outputs: vec![r],
-                        options: Options::Empty,
-                    });
+                    m.ops.push(convert_op(B::QUANTIZE, i, r));
                     new.inputs[k] = Some(r);
                 }
             }
@@ -792,13 +780,7 @@ pub fn full_int8(
             None => {
                 let shape = m.tensors[t].shape.clone();
                 let f = m.add_tensor(String::new(), shape, TensorType::FLOAT32);
-                m.ops.push(TflOp {
-                    code: B::DEQUANTIZE,
-                    version: 2,
-                    inputs: vec![Some(t)],
-                    outputs: vec![f],
-                    options: Options::Empty,
-                });
+                m.ops.push(convert_op(B::DEQUANTIZE, t, f));
                 f
             }
         };

@@ -290,20 +290,11 @@ fn parse(map: &Arc<Mmap>, name: String) -> Res<Model> {
         });
         r.canon[t] = Some(r.names[t].clone());
         // an integer input is dequantized for the float ops
-        if let Some((scale, zp, dt)) = r.act_quant(t)? {
+        if let Some(params) = r.act_quant(t)? {
             let x = r.names[t].clone();
             r.codes[t] = Some(x.clone());
             let out = r.fresh(&format!("{x}.dequantized"));
-            let dq = r.qdq_params(&x, scale, zp, dt)?;
-            r.nodes.push(Node {
-                name: out.clone(),
-                op: Op::DequantizeLinear {
-                    axis: 1,
-                    block_size: 0,
-                },
-                inputs: [vec![x], dq].concat(),
-                outputs: vec![out.clone()],
-            });
+            r.dequantize_into(x, params, out.clone())?;
             r.canon[t] = Some(out);
         }
     }
@@ -370,18 +361,8 @@ fn parse(map: &Arc<Mmap>, name: String) -> Res<Model> {
             )
         })?;
         if let Some(orig) = int_outputs.get(&t) {
-            let (scale, zp, dt) = r.act_quant(t)?.expect("checked above");
-            let params = r.qdq_params(orig, scale, zp, dt)?;
-            r.nodes.push(Node {
-                name: orig.clone(),
-                op: Op::QuantizeLinear {
-                    axis: 1,
-                    block_size: 0,
-                    out: dt,
-                },
-                inputs: [vec![v], params].concat(),
-                outputs: vec![orig.clone()],
-            });
+            let params = r.act_quant(t)?.expect("checked above");
+            r.quantize_into(v, params, orig.clone())?;
             graph_outputs.push(ValueInfo {
                 name: orig.clone(),
                 dtype,

@@ -259,20 +259,18 @@ impl Reader {
     /// Output `o` from `scaled` (f32 holding acc·M): round half to even,
     /// add the zero point, saturate, clamp to the fused activation.
     pub(super) fn requantize(&mut self, scaled: String, o: usize, act: Act, nchw: bool) -> Res<()> {
-        let (_, zy, dt) = self.act_quant(o)?.ok_or("output is not quantized")?;
+        let out_q = self.act_quant(o)?.ok_or("output is not quantized")?;
         let q = self.fresh(&format!("{}.acc_codes", self.names[o]));
-        self.quantize_into(scaled, (1.0, zy, dt), q.clone())?;
-        let q = self.clamp_codes(q, o, act, dt)?;
+        self.quantize_into(scaled, (1.0, out_q.1, out_q.2), q.clone())?;
+        let q = self.clamp_codes(q, act, out_q)?;
         self.finish_codes(q, o, nchw)
     }
 
     /// Clip of codes `q` to the fused activation's integer bounds.
-    fn clamp_codes(&mut self, q: String, o: usize, act: Act, dt: DType) -> Res<String> {
+    fn clamp_codes(&mut self, q: String, act: Act, (sy, zy, dt): (f32, i64, DType)) -> Res<String> {
         if act == Act::NONE {
             return Ok(q);
         }
-        let (_, zy, _) = self.act_quant(o)?.ok_or("output is not quantized")?;
-        let sy = self.act_quant(o)?.map_or(1.0, |a| a.0);
         let (lo, hi) = act_bounds(act, sy, zy, dt)
             .ok_or_else(|| format!("fused activation {act:?} on an integer output"))?;
         let lo = self.int_scalar(&format!("{q}.min"), lo, dt)?;
@@ -304,6 +302,27 @@ impl Reader {
         Ok(())
     }
 
+    /// DequantizeLinear of `q` with per-tensor `(scale, zero point, type)`
+    /// into value `out`.
+    pub(super) fn dequantize_into(
+        &mut self,
+        q: String,
+        (scale, zp, dt): (f32, i64, DType),
+        out: String,
+    ) -> Res<()> {
+        let params = self.qdq_params(&out, scale, zp, dt)?;
+        self.nodes.push(Node {
+            name: out.clone(),
+            op: Op::DequantizeLinear {
+                axis: 1,
+                block_size: 0,
+            },
+            inputs: [vec![q], params].concat(),
+            outputs: vec![out],
+        });
+        Ok(())
+    }
+
     /// Registers codes `q` as output `o`, with its dequantized value for
     /// the float consumers.
     pub(super) fn finish_codes(&mut self, q: String, o: usize, nchw: bool) -> Res<()> {
@@ -313,16 +332,7 @@ impl Reader {
         } else {
             self.names[o].clone()
         };
-        let params = self.qdq_params(&last, scale, zp, dt)?;
-        self.nodes.push(Node {
-            name: last.clone(),
-            op: Op::DequantizeLinear {
-                axis: 1,
-                block_size: 0,
-            },
-            inputs: [vec![q.clone()], params].concat(),
-            outputs: vec![last.clone()],
-        });
+        self.dequantize_into(q.clone(), (scale, zp, dt), last.clone())?;
         if nchw {
             self.nchw[o] = Some(last);
             self.codes_nchw[o] = Some(q);
