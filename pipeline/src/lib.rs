@@ -1,0 +1,3 @@
+//! The pass pipeline: read → passes → write → read back → judge.
+
+pub mod report;
