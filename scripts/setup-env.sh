@@ -10,8 +10,8 @@
 # Idempotent: a warm re-run only checks the venv and stamps and rewrites $EDGEC_CACHE/env.sh.
 # Afterwards: `source "$EDGEC_CACHE/env.sh"` gives EDGEC_CACHE, EDGEC_PY, LLAMA_BIN,
 # EDGEC_SMOLLM2_GGUF, EDGEC_MINILM_DIR, EDGEC_MINILM_INT8_ONNX,
-# EDGEC_SHARED_MODELS (the folder holding efficientnet_lite0.onnx) and
-# EDGEC_TRACT_RUN (the tract-run binary).
+# EDGEC_SHARED_MODELS (the folder holding efficientnet_lite0.onnx),
+# EDGEC_TRACT_RUN (the tract-run binary) and EDGEC_CHROMIUM (headless Chromium).
 set -euo pipefail
 
 EDGEC_CACHE="${EDGEC_CACHE:-$HOME/.cache/edgec}"
@@ -74,6 +74,10 @@ command -v cc  >/dev/null 2>&1 || apt_missing+=(build-essential)
 command -v c++ >/dev/null 2>&1 || apt_missing+=(build-essential)
 command -v make >/dev/null 2>&1 || apt_missing+=(build-essential)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || apt_missing+=(python3-venv)
+# Headless Chromium renders the run report's HTML page (tests/conformance/test_report_html.py),
+# with a font for its text.
+command -v chromium >/dev/null 2>&1 || apt_missing+=(chromium)
+fc-list 2>/dev/null | grep -q . || apt_missing+=(fonts-dejavu-core)
 if ((${#apt_missing[@]})); then
   log "installing system packages: ${apt_missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -235,6 +239,7 @@ export EDGEC_MINILM_INT8_ONNX=$(printf '%q' "$minilm_int8")
 export EDGEC_SHARED_MODELS=$(printf '%q' "$shared_models")
 export EDGEC_LLAMA_REF=$(printf '%q' "$llama_ref")
 export EDGEC_TRACT_RUN=$(printf '%q' "$tract_run")
+export EDGEC_CHROMIUM=$(printf '%q' "$(command -v chromium)")
 EOF
 mv "$env_tmp" "$EDGEC_CACHE/env.sh"
 
@@ -246,4 +251,5 @@ echo "EDGEC_MINILM_DIR=$minilm"
 echo "EDGEC_MINILM_INT8_ONNX=$minilm_int8"
 echo "EDGEC_SHARED_MODELS=$shared_models"
 echo "EDGEC_TRACT_RUN=$tract_run"
+echo "EDGEC_CHROMIUM=$(command -v chromium)"
 echo "env: source $EDGEC_CACHE/env.sh"

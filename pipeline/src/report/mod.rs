@@ -4,6 +4,10 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod html;
+
+pub use html::render_html;
+
 /// One run of a recipe.
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]
 pub struct RunReport {
