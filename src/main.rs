@@ -1,9 +1,7 @@
 //! edgec: model compression and conversion for on-device ML.
 
-mod calib;
 mod cmd;
-mod graph_data;
-mod pipeline;
+mod image_args;
 mod progress;
 
 use std::process::ExitCode;
@@ -42,6 +40,8 @@ enum Command {
     /// Run a graph model (ONNX) on tensors from a .safetensors file and
     /// write its outputs to another.
     Run(cmd::run::Args),
+    /// Recipes: chains of passes from reading to the accuracy gate (TOML).
+    Recipe(cmd::recipe::Args),
 }
 
 /// Exit codes: 0 ok, 1 error, 2 usage (clap), 3 an accuracy gate failed.
@@ -68,6 +68,7 @@ fn main() -> ExitCode {
     let runs_model = match &cli.command {
         Command::Eval(_) | Command::Embed(_) | Command::Calibrate(_) | Command::Run(_) => true,
         Command::Quantize(a) => a.calib.is_some(),
+        Command::Recipe(_) => true,
         _ => false,
     };
     if runs_model {
@@ -82,6 +83,11 @@ fn main() -> ExitCode {
         Command::Embed(args) => cmd::embed::run(args),
         Command::Run(args) => cmd::run::run(args),
         Command::Eval(args) => match cmd::eval::run(args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(3),
+            Err(e) => Err(e),
+        },
+        Command::Recipe(args) => match cmd::recipe::run(args) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(3),
             Err(e) => Err(e),

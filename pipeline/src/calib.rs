@@ -15,12 +15,13 @@ use edgec_formats::imatrix::{ImatrixEntry, ImportanceMatrix};
 use edgec_passes::awq::{self, AwqOptions, GroupReport, InputStats, RowQuantizer};
 use edgec_passes::ggml_quant;
 use edgec_passes::gptq::Hessian;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::progress;
+use crate::progress::{Progress, Unit};
 
 /// How calibration data shapes the quantization.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Method {
     /// Plain rounding (no use of the data).
     Rtn,
@@ -29,12 +30,12 @@ pub enum Method {
     /// Importance-weighted rounding (mean x² per input column).
     Imatrix,
     /// AWQ, then importance-weighted rounding of the scaled weights.
-    #[value(name = "awq+imatrix")]
+    #[serde(rename = "awq+imatrix")]
     AwqImatrix,
     /// Importance-weighted rounding with error feedback (GPTQ-style).
     Gptq,
     /// AWQ, then importance-weighted rounding with error feedback.
-    #[value(name = "awq+gptq")]
+    #[serde(rename = "awq+gptq")]
     AwqGptq,
 }
 
@@ -76,7 +77,7 @@ pub fn sequences(model: &Model, data: &Path, samples: usize, len: usize) -> Resu
         bail!("calibration needs at least one sample of 2 tokens or more");
     }
     let text = read_text(data)?;
-    let tok = crate::cmd::tokenizer_of(model, data)?;
+    let tok = crate::tokenizer_of(model, data)?;
     let tokens = tok
         .encode(&text, false)
         .with_context(|| format!("{}: tokenizing", data.display()))?;
@@ -102,10 +103,11 @@ pub fn statistics(
     model: &Model,
     seqs: &[Vec<u32>],
     gram_for: Vec<String>,
+    progress: &dyn Progress,
 ) -> Result<BTreeMap<String, ChannelStats>> {
     let mut rt = Runtime::new(model, &RuntimeOptions::default())?;
     let total: u64 = seqs.iter().map(|s| s.len() as u64).sum();
-    let bar = progress::token_bar(total, "calibrate");
+    let bar = progress.bar(total, "calibrate", Unit::Tokens);
     let stats = collect_linear_inputs(
         &mut rt,
         seqs,
@@ -115,7 +117,7 @@ pub fn statistics(
         },
         &|done| bar.set_position(done),
     )?;
-    bar.finish_and_clear();
+    bar.finish();
     Ok(stats)
 }
 
@@ -194,6 +196,7 @@ pub fn calibrate(
     seqs: &[Vec<u32>],
     method: Method,
     awq_opts: &AwqOptions,
+    progress: &dyn Progress,
 ) -> Result<Calibrated> {
     let start = std::time::Instant::now();
     let tokens = seqs.iter().map(Vec::len).sum();
@@ -239,7 +242,7 @@ pub fn calibrate(
             _ => vec![],
         }
     };
-    let stats = statistics(model, seqs, gram_for)?;
+    let stats = statistics(model, seqs, gram_for, progress)?;
     report.seconds_statistics = start.elapsed().as_secs_f64();
     let mut out = model.clone();
     let mut scales: HashMap<String, Vec<f32>> = HashMap::new();
@@ -257,9 +260,9 @@ pub fn calibrate(
             importance: method.importance(),
             ..awq_opts.clone()
         };
-        let bar = progress::bar(p.num_layers as u64, "awq");
+        let bar = progress.bar(p.num_layers as u64, "awq", Unit::Items);
         let result = awq::awq_llama(model, p, &lookup, &quant, &opts, &|| bar.inc(1))?;
-        bar.finish_and_clear();
+        bar.finish();
         report.awq_error_rtn = Some(result.groups.iter().map(|g| g.error_rtn).sum());
         report.awq_error_final = Some(result.groups.iter().map(|g| g.error_final).sum());
         report.groups = result.groups;
@@ -285,7 +288,7 @@ pub fn calibrate(
     let before_hessians = start.elapsed().as_secs_f64();
     let hessians = method
         .gptq()
-        .then(|| hessians(model, &stats, &scales))
+        .then(|| hessians(model, &stats, &scales, progress))
         .transpose()?;
     report.seconds = start.elapsed().as_secs_f64();
     report.seconds_hessians = report.seconds - before_hessians;
@@ -307,6 +310,7 @@ fn hessians(
     model: &Model,
     stats: &BTreeMap<String, ChannelStats>,
     scales: &HashMap<String, Vec<f32>>,
+    progress: &dyn Progress,
 ) -> Result<HashMap<String, Arc<Hessian>>> {
     use rayon::prelude::*;
     // (input, weight) pairs; the first weight of each input is its key
@@ -321,7 +325,7 @@ fn hessians(
         let input = s.shared_with.clone().unwrap_or_else(|| module.clone());
         by_input.entry(input).or_default().push(w);
     }
-    let bar = progress::bar(by_input.len() as u64, "hessians");
+    let bar = progress.bar(by_input.len() as u64, "hessians", Unit::Items);
     let built: Vec<(Vec<String>, Arc<Hessian>)> = by_input
         .into_par_iter()
         .map(|(input, weights)| {
@@ -341,7 +345,7 @@ fn hessians(
             Ok((weights, Arc::new(h)))
         })
         .collect::<Result<_>>()?;
-    bar.finish_and_clear();
+    bar.finish();
     Ok(built
         .into_iter()
         .flat_map(|(ws, h)| ws.into_iter().map(move |w| (w, Arc::clone(&h))))

@@ -14,12 +14,16 @@ use edgec_calibration::ranges::{RangeCollector, RangeMethod};
 use edgec_core::runtime::graph::GraphRuntime;
 use edgec_core::{DType, Model};
 
-use crate::progress;
+use serde::{Deserialize, Serialize};
+
+use crate::progress::{Progress, Unit};
 
 /// How pixels become input values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Transform {
     /// x / 255
+    #[default]
     Unit,
     /// (x − 127) / 128, EfficientNet-Lite's
     Efficientnet,
@@ -29,77 +33,63 @@ pub enum Transform {
     Imagenet,
 }
 
-/// Image preprocessing flags.
-#[derive(clap::Args, Clone, Debug)]
-pub struct ImageArgs {
-    /// Pixel transform for image data (a preset; --image-scale/--image-offset
-    /// or --image-mean/--image-std set one explicitly).
-    #[arg(long, value_enum, default_value = "unit")]
-    pub image_transform: Transform,
-    /// Pixel transform x · S + O on 0..255 values (with --image-offset).
-    #[arg(long, value_name = "S", allow_hyphen_values = true)]
-    pub image_scale: Option<f32>,
-    /// See --image-scale.
-    #[arg(
-        long,
-        value_name = "O",
-        allow_hyphen_values = true,
-        requires = "image_scale"
-    )]
-    pub image_offset: Option<f32>,
-    /// Pixel transform (x/255 − mean[c]) / std[c]: three means (with --image-std).
-    #[arg(long, value_name = "R,G,B", value_parser = parse_triple,
-          requires = "image_std", conflicts_with = "image_scale")]
-    pub image_mean: Option<[f32; 3]>,
-    /// See --image-mean.
-    #[arg(long, value_name = "R,G,B", value_parser = parse_triple, requires = "image_mean")]
-    pub image_std: Option<[f32; 3]>,
-    /// How photos become the input size: `crop` resizes the shorter side to
-    /// size/0.875 and cuts the centre (ImageNet's convention), `stretch`
-    /// resizes to the input size ignoring the aspect ratio.
-    #[arg(long, value_enum, default_value = "crop")]
+/// How photos become a model's input: pixel transform, resizing, crops.
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageSpec {
+    /// A preset pixel transform (`scale`/`offset` or `mean`/`std` set one explicitly).
+    pub transform: Transform,
+    /// Pixel transform x · scale + offset on 0..255 values.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<f32>,
+    /// Pixel transform (x/255 − mean[c]) / std[c].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean: Option<[f32; 3]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub std: Option<[f32; 3]>,
     pub resize: Resize,
-    /// Samples per photo: 1 is the centre crop; K > 1 takes K crops at
-    /// fixed positions (more samples from few photos).
-    #[arg(long, default_value_t = 1, value_name = "K")]
+    /// Samples per photo: 1 is the centre crop; K > 1 takes K crops at fixed positions.
     pub crops: u32,
 }
 
-/// Three comma-separated numbers (per-channel means or standard deviations).
-fn parse_triple(s: &str) -> Result<[f32; 3], String> {
-    let v: Vec<f32> = s
-        .split(',')
-        .map(|x| {
-            x.trim()
-                .parse::<f32>()
-                .map_err(|_| format!("{x:?} is not a number"))
-        })
-        .collect::<Result<_, _>>()?;
-    match v.as_slice() {
-        [a, b, c] if v.iter().all(|x| x.is_finite()) => Ok([*a, *b, *c]),
-        _ => Err(format!("{s:?}: give three numbers, R,G,B")),
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+/// `crop` resizes the shorter side to size/0.875 and cuts the centre
+/// (ImageNet's convention), `stretch` resizes ignoring the aspect ratio.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Resize {
+    #[default]
     Crop,
     Stretch,
 }
 
-impl ImageArgs {
+impl ImageSpec {
+    /// The default preprocessing (unit transform, centre crop, one crop).
+    pub fn new() -> ImageSpec {
+        ImageSpec {
+            crops: 1,
+            ..Default::default()
+        }
+    }
+
+    /// Whether the spec is the default one (recipes leave it out then).
+    pub fn is_default(&self) -> bool {
+        *self == ImageSpec::new()
+    }
+
     /// The pixel transform the flags ask for.
     fn transform(&self) -> PixelTransform {
-        if let Some(scale) = self.image_scale {
+        if let Some(scale) = self.scale {
             return PixelTransform::ScaleOffset {
                 scale,
-                offset: self.image_offset.unwrap_or(0.0),
+                offset: self.offset.unwrap_or(0.0),
             };
         }
-        if let (Some(m), Some(s)) = (&self.image_mean, &self.image_std) {
+        if let (Some(m), Some(s)) = (&self.mean, &self.std) {
             return PixelTransform::MeanStd { mean: *m, std: *s };
         }
-        match self.image_transform {
+        match self.transform {
             Transform::Unit => PixelTransform::UNIT,
             Transform::Efficientnet => PixelTransform::EFFICIENTNET_LITE,
             Transform::Signed => PixelTransform::ScaleOffset {
@@ -118,7 +108,7 @@ pub type Sample = Vec<(String, Tensor)>;
 pub fn samples(
     model: &Model,
     path: &Path,
-    img: &ImageArgs,
+    img: &ImageSpec,
     max: Option<usize>,
 ) -> Result<Vec<Sample>> {
     let graph = model.graph.as_ref().context("the model has no graph")?;
@@ -161,7 +151,7 @@ pub fn samples(
     Ok(out)
 }
 
-fn from_images(input: &edgec_core::ValueInfo, path: &Path, img: &ImageArgs) -> Result<Vec<Sample>> {
+fn from_images(input: &edgec_core::ValueInfo, path: &Path, img: &ImageSpec) -> Result<Vec<Sample>> {
     let dims = input.fixed_dims();
     // [N, 3, H, W] or [N, H, W, 3]: the channel axis is the one of size 1 or 3.
     let (layout, channels, height, width) = match dims.as_slice() {
@@ -203,7 +193,7 @@ fn from_images(input: &edgec_core::ValueInfo, path: &Path, img: &ImageArgs) -> R
 }
 
 /// IDX images (e.g. Fashion-MNIST), one channel, through the pixel transform.
-fn from_idx(input: &edgec_core::ValueInfo, path: &Path, img: &ImageArgs) -> Result<Vec<Sample>> {
+fn from_idx(input: &edgec_core::ValueInfo, path: &Path, img: &ImageSpec) -> Result<Vec<Sample>> {
     let (scale, offset) = match img.transform() {
         PixelTransform::ScaleOffset { scale, offset } => (scale, offset),
         PixelTransform::MeanStd { mean, std } => (1.0 / (255.0 * std[0]), -mean[0] / std[0]),
@@ -340,8 +330,9 @@ fn from_tensors(model: &Model, path: &Path) -> Result<Vec<Sample>> {
         .collect())
 }
 
-/// Activation range methods on the command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+/// How activation ranges are chosen from calibration data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RangeArg {
     Minmax,
     /// 99.99th percentile of each tail
@@ -377,6 +368,7 @@ pub fn activation_stats(
     samples: &[Sample],
     method: RangeMethod,
     means_for: &HashSet<String>,
+    progress: &dyn Progress,
 ) -> Result<(Ranges, Means)> {
     let mut rt = GraphRuntime::new(model)?;
     let ranges = Arc::new(Mutex::new(RangeCollector::default()));
@@ -403,7 +395,7 @@ pub fn activation_stats(
     let hook = Arc::clone(&observe);
     rt.set_hook(Some(Arc::new(move |name: &str, t: &Tensor| hook(name, t))));
     let passes = if method.needs_histogram() { 2 } else { 1 };
-    let bar = progress::bar((samples.len() * passes) as u64, "calibrate");
+    let bar = progress.bar((samples.len() * passes) as u64, "calibrate", Unit::Items);
     for pass in 0..passes {
         if pass == 1 {
             ranges.lock().expect("range lock").start_histograms();
@@ -420,7 +412,7 @@ pub fn activation_stats(
             bar.inc(1);
         }
     }
-    bar.finish_and_clear();
+    bar.finish();
     rt.set_hook(None);
     let ranges = ranges.lock().expect("range lock").ranges(method);
     let means = std::mem::take(&mut *sums.lock().expect("means lock")).means();

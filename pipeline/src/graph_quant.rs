@@ -1,5 +1,5 @@
-//! `edgec quantize IN OUT.onnx --bits 8|4`: quantized ONNX output. The input
-//! is an ONNX graph, or a llama/bert model lowered to one.
+//! Quantization of graph models for ONNX and TFLite output. The input is an
+//! ONNX graph, or a llama/bert model lowered to one (the `lower` pass).
 //!
 //! - `--bits 8 --calib DATA`: static int8 in the QDQ form (uint8
 //!   activations with ranges calibrated on the data, int8 per-channel
@@ -16,36 +16,41 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
 use edgec_core::{Model, Op};
+use edgec_formats::tflite::model::TflModel;
+use edgec_formats::tflite::{lower, quant};
 use edgec_passes::{graph_quant, qdq};
+use serde::{Deserialize, Serialize};
 
-use super::UsageError;
-use crate::graph_data::{self, ImageArgs, RangeArg};
+use crate::error::usage;
+use crate::graph_data::{self, RangeArg, Sample};
+use crate::progress::Progress;
 
 /// The storage of 4-bit ONNX weights.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Int4Format {
     /// com.microsoft MatMulNBits
+    #[default]
     Nbits,
     /// DequantizeLinear with block_size (opset 21), UINT4 weights
     Qdq,
 }
 
-/// Calibration data for static int8.
+/// Calibration samples and how they become activation statistics.
+#[derive(Clone, Copy)]
 pub struct Calib<'a> {
-    pub data: &'a Path,
+    pub samples: &'a [Sample],
+    /// Where the samples came from (named in errors).
+    pub path: &'a Path,
     pub bias_correction: bool,
-    pub samples: Option<usize>,
     pub method: RangeArg,
-    pub image: &'a ImageArgs,
 }
 
-/// Writes `model` quantized to `bits` as ONNX at `output`.
-/// What to write.
-#[derive(Clone, Copy)]
+/// What to write as quantized ONNX.
+#[derive(Clone, Copy, Debug)]
 pub struct OnnxQuant {
     pub bits: u32,
     /// Weights per block (4-bit).
@@ -54,81 +59,70 @@ pub struct OnnxQuant {
     pub dynamic: bool,
 }
 
-pub fn run(
-    model: Model,
+/// Quantizes the graph `model` in place for ONNX output; with calibration
+/// samples, static int8 QDQ. Returns what was done, for the summary line.
+pub fn quantize_onnx(
+    model: &mut Model,
     input: &Path,
-    output: &Path,
     q: &OnnxQuant,
     calib: Option<Calib>,
-) -> Result<()> {
+    progress: &dyn Progress,
+) -> Result<String> {
     let OnnxQuant {
         bits,
         block,
         int4,
         dynamic,
     } = *q;
-    let start = Instant::now();
-    let mut model = match model.graph {
-        Some(_) => model,
-        None => edgec_core::lowering::to_graph(&model)
-            .map_err(|e| anyhow!("{}: {e}", input.display()))?,
-    };
     if let Some(c) = calib {
+        let samples = c.samples;
         if bits != 8 {
-            return Err(
-                UsageError("--calib with ONNX output is static int8: use --bits 8".into()).into(),
-            );
+            return Err(usage(
+                "calibration data with ONNX output is static int8: use --bits 8",
+            ));
         }
-        let samples = graph_data::samples(&model, c.data, c.image, c.samples)?;
-        let means_for = bias_correction_inputs(&model, c.bias_correction);
+        let means_for = bias_correction_inputs(model, c.bias_correction);
         let (ranges, means) =
-            graph_data::activation_stats(&model, &samples, c.method.method(), &means_for)
-                .map_err(|e| anyhow!("{}: {e:#}", c.data.display()))?;
+            graph_data::activation_stats(model, samples, c.method.method(), &means_for, progress)
+                .map_err(|e| anyhow!("{}: {e:#}", c.path.display()))?;
         let means = c.bias_correction.then_some(means);
-        let report = qdq::quantize_static(&mut model, &ranges, means.as_ref())?;
-        edgec_formats::onnx::writer::write_model(&model, output)?;
-        let bytes = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
-        println!(
-            "wrote {} (ONNX, static int8 QDQ, {:?} ranges from {} samples): {} activations, {} weights, {} biases ({} corrected), {:.1} MiB, {:.2}s",
-            output.display(),
+        let report = qdq::quantize_static(model, &ranges, means.as_ref())?;
+        return Ok(format!(
+            "ONNX, static int8 QDQ, {:?} ranges from {} samples, {} activations, {} weights, {} biases ({} corrected)",
             c.method,
             samples.len(),
             report.activations,
             report.weights,
             report.biases,
             report.bias_corrections,
-            bytes as f64 / (1 << 20) as f64,
-            start.elapsed().as_secs_f64()
-        );
-        return Ok(());
+        ));
     }
     if dynamic && bits != 8 {
-        return Err(UsageError("--dynamic is int8: use --bits 8".into()).into());
+        return Err(usage("--dynamic is int8: use --bits 8"));
     }
     // Large embedding tables: int8 rows, gathered before dequantizing.
-    let tables = graph_quant::embeddings_to_int8(&mut model, 1 << 20)?;
+    let tables = graph_quant::embeddings_to_int8(model, 1 << 20)?;
     let (changed, what) = match bits {
         8 if dynamic => (
-            graph_quant::dynamic_int8(&mut model)?,
+            graph_quant::dynamic_int8(model)?,
             "dynamic int8 (MatMulInteger)",
         ),
         8 => (
-            graph_quant::weights_to_int8(&mut model)?,
+            graph_quant::weights_to_int8(model)?,
             "int8 per-channel weights",
         ),
         4 if int4 == Int4Format::Nbits => (
-            graph_quant::weights_to_nbits(&mut model, block)?,
+            graph_quant::weights_to_nbits(model, block)?,
             "4-bit MatMulNBits weights",
         ),
         4 => (
-            graph_quant::weights_to_int4_blocked(&mut model, block)?,
+            graph_quant::weights_to_int4_blocked(model, block)?,
             "4-bit blockwise DequantizeLinear weights",
         ),
         b => {
-            return Err(UsageError(format!(
+            return Err(usage(format!(
                 "--bits {b}: ONNX output takes --bits 8 (int8 weights) or 4 (MatMulNBits)"
-            ))
-            .into())
+            )))
         }
     };
     let changed = changed + tables;
@@ -138,43 +132,45 @@ pub fn run(
             input.display()
         );
     }
-    edgec_formats::onnx::writer::write_model(&model, output)?;
-    let bytes = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
-    println!(
-        "wrote {} (ONNX, {what}): {changed} weights, {:.1} MiB, {:.2}s",
-        output.display(),
-        bytes as f64 / (1 << 20) as f64,
-        start.elapsed().as_secs_f64()
-    );
-    Ok(())
+    Ok(format!("ONNX, {what}, {changed} weights"))
 }
 
-/// What to write as TFLite.
-pub struct TfliteQuant<'a> {
-    /// Calibration data: full-integer int8; without it dynamic range.
-    pub calib: Option<Calib<'a>>,
+/// What to write as TFLite int8.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TfliteQuant {
     /// Full int8: int8 graph inputs and outputs (no QUANTIZE/DEQUANTIZE).
     pub int8_io: bool,
     /// 16x8: int16 activations, int8 weights.
     pub int16_activations: bool,
 }
 
-/// `edgec quantize --bits 8 IN OUT.tflite`: dynamic-range int8 (int8
-/// per-channel weights, hybrid kernels), or with `--calib` full-integer
-/// int8 by the TFLite quantization spec (activation ranges calibrated on the
-/// data as for ONNX static int8, on the same uint8 grid shifted to int8).
-pub fn run_tflite(model: Model, input: &Path, output: &Path, q: TfliteQuant) -> Result<()> {
-    use edgec_formats::tflite::{lower, quant, writer};
-    let start = Instant::now();
-    let model = match model.graph {
-        Some(_) => model,
-        None => edgec_core::lowering::to_graph(&model)
-            .map_err(|e| anyhow!("{}: {e}", input.display()))?,
-    };
-    let tfl = lower::lower(&model, &lower::LowerOptions::default())
+/// The graph `model` lowered to TFLite and quantized: dynamic-range int8
+/// (int8 per-channel weights, hybrid kernels), or with calibration samples
+/// full-integer int8 by the TFLite quantization spec (activation ranges
+/// calibrated as for ONNX static int8, on the same uint8 grid shifted to
+/// int8). The integer rules belong to the format, so the quantizer lives
+/// beside the TFLite writer; this joins it to the calibration data.
+pub fn quantize_tflite(
+    model: &Model,
+    input: &Path,
+    q: &TfliteQuant,
+    calib: Option<Calib>,
+    progress: &dyn Progress,
+) -> Result<(TflModel, String)> {
+    if q.int8_io && calib.is_none() {
+        return Err(usage(
+            "--int8-io needs full-integer quantization: give --calib DATA (dynamic range keeps float inputs and outputs)",
+        ));
+    }
+    if q.int16_activations && calib.is_none() {
+        return Err(usage(
+            "--int16-activations needs full-integer quantization: give --calib DATA",
+        ));
+    }
+    let tfl = lower::lower(model, &lower::LowerOptions::default())
         .map_err(|e| anyhow!("{}: {e}", input.display()))?;
     let weights: quant::WeightQuantizer = &qdq::int8_per_channel;
-    let (tfl, report, what) = match &q.calib {
+    let (tfl, report, what) = match calib {
         None => {
             let mut tfl = tfl;
             let report = quant::dynamic_range(&mut tfl, weights, quant::DYNAMIC_MIN_ELEMENTS);
@@ -187,14 +183,15 @@ pub fn run_tflite(model: Model, input: &Path, output: &Path, q: TfliteQuant) -> 
             (tfl, report, "dynamic-range int8".to_string())
         }
         Some(c) => {
-            let samples = graph_data::samples(&model, c.data, c.image, c.samples)?;
+            let samples = c.samples;
             let (ranges, means) = graph_data::activation_stats(
-                &model,
-                &samples,
+                model,
+                samples,
                 c.method.method(),
-                &bias_correction_inputs(&model, c.bias_correction),
+                &bias_correction_inputs(model, c.bias_correction),
+                progress,
             )
-            .map_err(|e| anyhow!("{}: {e:#}", c.data.display()))?;
+            .map_err(|e| anyhow!("{}: {e:#}", c.path.display()))?;
             let params: quant::ActParams = ranges
                 .iter()
                 .map(|(k, &(lo, hi))| {
@@ -235,8 +232,6 @@ pub fn run_tflite(model: Model, input: &Path, output: &Path, q: TfliteQuant) -> 
             (tfl, report, what)
         }
     };
-    writer::write_tfl(&tfl, output, writer::INLINE_LIMIT)?;
-    let bytes = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
     let float_note = if report.float_ops.is_empty() {
         String::new()
     } else {
@@ -249,21 +244,16 @@ pub fn run_tflite(model: Model, input: &Path, output: &Path, q: TfliteQuant) -> 
             names.join(", ")
         )
     };
-    println!(
-        "wrote {} (TFLite, {what}): {} int8 weights, {} int8 ops, {} biases corrected{float_note}, {:.1} MiB, {:.2}s",
-        output.display(),
-        report.weights,
-        report.int8_ops,
-        report.bias_corrections,
-        bytes as f64 / (1 << 20) as f64,
-        start.elapsed().as_secs_f64()
+    let summary = format!(
+        "TFLite, {what}, {} int8 weights, {} int8 ops, {} biases corrected{float_note}",
+        report.weights, report.int8_ops, report.bias_corrections,
     );
-    Ok(())
+    Ok((tfl, summary))
 }
 
 /// The values whose per-channel means bias correction needs: every
 /// Conv/Gemm input (none without bias correction).
-fn bias_correction_inputs(model: &edgec_core::Model, bias_correction: bool) -> HashSet<String> {
+fn bias_correction_inputs(model: &Model, bias_correction: bool) -> HashSet<String> {
     if !bias_correction {
         return HashSet::new();
     }

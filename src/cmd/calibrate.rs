@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use edgec_formats::output::check_not_input;
 
-use crate::calib;
+use edgec_pipeline::calib;
+
+use crate::progress::Bars;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -31,7 +33,7 @@ pub fn run(args: Args) -> Result<()> {
     check_not_input(&args.out, &[&args.model, &args.data])?;
     let model = edgec_formats::read_model(&args.model)?;
     let seqs = calib::sequences(&model, &args.data, args.samples, args.len)?;
-    let stats = calib::statistics(&model, &seqs, vec![])?;
+    let stats = calib::statistics(&model, &seqs, vec![], &Bars)?;
     let dataset = args.data.file_name().map_or_else(
         || args.data.display().to_string(),
         |n| n.to_string_lossy().into_owned(),

@@ -8,8 +8,8 @@ use edgec_calibration::TextTokenizer;
 use edgec_core::runtime::{Runtime, RuntimeOptions};
 use edgec_core::Family;
 
-use super::eval::read_sentences;
 use super::UsageError;
+use edgec_pipeline::eval::read_sentences;
 
 #[derive(clap::Args)]
 pub struct Args {

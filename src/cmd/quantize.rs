@@ -1,15 +1,18 @@
 //! `edgec quantize IN OUT [--bits N | --type T]`
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use edgec_formats::Format;
 use edgec_passes::presets::{Preset, PRESETS};
+use edgec_pipeline::calib::Method;
+use edgec_pipeline::graph_data::{ImageSpec, RangeArg};
+use edgec_pipeline::graph_quant::Int4Format;
+use edgec_pipeline::recipe::{absolute, DataSpec, Input, Recipe, Step};
 
-use super::UsageError;
-use crate::calib::{self, Method};
-use crate::graph_data::{ImageArgs, RangeArg};
-use crate::pipeline::{self, GgufOptions};
+use super::{named, RecipeFlags, UsageError};
+use crate::image_args::ImageArgs;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -45,8 +48,9 @@ pub struct Args {
     /// Tokens per calibration sequence.
     #[arg(long, default_value_t = 512, value_name = "L")]
     pub calib_len: usize,
-    /// How calibration is used (default with --calib: awq+gptq, the best measured).
-    #[arg(long, value_enum)]
+    /// How calibration is used: rtn, awq, imatrix, awq+imatrix, gptq,
+    /// awq+gptq (default with --calib: awq+gptq, the best measured).
+    #[arg(long, value_parser = named::<Method>)]
     pub method: Option<Method>,
     /// Round with the importance of an importance matrix file (llama-imatrix's
     /// GGUF or legacy .dat, or edgec calibrate's).
@@ -62,12 +66,12 @@ pub struct Args {
     pub dynamic: bool,
     /// ONNX --bits 4: onnxruntime's MatMulNBits (fastest there), or standard
     /// opset-21 DequantizeLinear with block_size on UINT4 weights.
-    #[arg(long, value_enum, default_value = "nbits")]
-    pub int4_format: super::quantize_onnx::Int4Format,
+    #[arg(long, default_value = "nbits", value_parser = named::<Int4Format>)]
+    pub int4_format: Int4Format,
     /// Static int8 (ONNX, TFLite): how activation ranges are chosen from
-    /// the data [default: mse; minmax with --int16-activations, whose 65536
-    /// levels gain nothing from clipping].
-    #[arg(long, value_enum)]
+    /// the data: minmax, percentile, mse, entropy [default: mse; minmax
+    /// with --int16-activations, whose 65536 levels gain nothing from clipping].
+    #[arg(long, value_parser = named::<RangeArg>)]
     pub calib_method: Option<RangeArg>,
     /// ONNX static int8: skip bias correction (moving each Conv/Gemm
     /// output's per-channel mean back onto the float model's).
@@ -84,6 +88,8 @@ pub struct Args {
     pub int16_activations: bool,
     #[command(flatten)]
     pub image: ImageArgs,
+    #[command(flatten)]
+    pub recipe: RecipeFlags,
 }
 
 pub fn preset_from_args(bits: Option<u32>, ty: Option<&str>, default: &str) -> Result<Preset> {
@@ -108,209 +114,174 @@ pub fn preset_from_args(bits: Option<u32>, ty: Option<&str>, default: &str) -> R
     }
 }
 
-pub fn run(args: Args) -> Result<()> {
-    if Format::of(&args.output) == Some(Format::Tflite) {
-        return run_tflite(args);
+/// A recipe step from JSON parameters (unset options, null, left out).
+pub fn step(pass: &str, mut params: serde_json::Value) -> Step {
+    if let serde_json::Value::Object(m) = &mut params {
+        m.retain(|_, v| !v.is_null());
     }
-    if args.int8_io || args.int16_activations {
+    let params = match toml::Value::try_from(params).expect("plain parameters") {
+        toml::Value::Table(t) => t,
+        _ => unreachable!("parameters are a table"),
+    };
+    Step {
+        pass: pass.into(),
+        params,
+    }
+}
+
+/// The one-step recipe `edgec quantize` stands for.
+pub fn recipe(args: &Args) -> Result<Recipe> {
+    let format = Format::of(&args.output);
+    let graph_out = matches!(format, Some(Format::Onnx | Format::Tflite));
+    if format != Some(Format::Tflite) && (args.int8_io || args.int16_activations) {
         return Err(UsageError(
             "--int8-io and --int16-activations are for TFLite output (.tflite)".into(),
         )
         .into());
     }
-    if Format::of(&args.output) == Some(Format::Onnx) {
-        let Some(bits) = args.bits else {
-            return Err(UsageError("ONNX output: give --bits 8 or --bits 4".into()).into());
-        };
-        if args.ty.is_some() || args.imatrix.is_some() || args.pure || args.method.is_some() {
-            return Err(UsageError(
-                "ONNX output takes --bits, --block and --calib; --type, --imatrix, --method and --pure are for GGUF".into(),
-            )
-            .into());
-        }
-        let model = super::read_input(&args.input, &args.output)?;
-        let calib = graph_calib(&args);
-        return super::quantize_onnx::run(
-            model,
-            &args.input,
-            &args.output,
-            &super::quantize_onnx::OnnxQuant {
-                bits,
-                block: args.block,
-                int4: args.int4_format,
-                dynamic: args.dynamic,
+    if graph_out
+        && (args.ty.is_some() || args.imatrix.is_some() || args.pure || args.method.is_some())
+    {
+        return Err(UsageError(format!(
+            "{} output takes --bits, --block and --calib; --type, --imatrix, --method and --pure are for GGUF",
+            if format == Some(Format::Onnx) { "ONNX" } else { "TFLite" }
+        ))
+        .into());
+    }
+    let mut data = BTreeMap::new();
+    if let Some(c) = &args.calib {
+        let text = !graph_out;
+        data.insert(
+            "calib".to_string(),
+            DataSpec {
+                path: absolute(c),
+                samples: if text {
+                    Some(args.calib_samples.unwrap_or(32))
+                } else {
+                    args.calib_samples
+                },
+                len: text.then_some(args.calib_len),
+                image: if text {
+                    ImageSpec::new()
+                } else {
+                    args.image.spec()
+                },
             },
-            calib,
         );
     }
-    let mut preset = preset_from_args(args.bits, args.ty.as_deref(), "Q4_K_M")?;
-    preset.pure = args.pure;
-    match Format::of(&args.output) {
-        Some(Format::Gguf) => {}
+    let calib = args.calib.as_ref().map(|_| "calib");
+    let quantize = match format {
+        Some(Format::Tflite) => {
+            match args.bits {
+                Some(8) => {}
+                Some(b) => return Err(UsageError(format!(
+                    "--bits {b}: TFLite output is int8 (--bits 8); for float16 weights use `edgec convert --dtype f16`"
+                )).into()),
+                None => return Err(UsageError("TFLite output: give --bits 8".into()).into()),
+            }
+            step(
+                "quantize.tflite",
+                serde_json::json!({
+                    "data": calib,
+                    "int8_io": args.int8_io,
+                    "int16_activations": args.int16_activations,
+                    "range_method": args.calib_method.unwrap_or(if args.int16_activations {
+                        RangeArg::Minmax
+                    } else {
+                        RangeArg::Mse
+                    }),
+                    "bias_correction": !args.no_bias_correction,
+                }),
+            )
+        }
+        Some(Format::Onnx) => {
+            let Some(bits) = args.bits else {
+                return Err(UsageError("ONNX output: give --bits 8 or --bits 4".into()).into());
+            };
+            step(
+                "quantize.onnx",
+                serde_json::json!({
+                    "bits": bits,
+                    "block": args.block,
+                    "int4_format": args.int4_format,
+                    "dynamic": args.dynamic,
+                    "data": calib,
+                    "range_method": args.calib_method.unwrap_or(RangeArg::Mse),
+                    "bias_correction": !args.no_bias_correction,
+                }),
+            )
+        }
+        Some(Format::Gguf) => {
+            let preset = preset_from_args(args.bits, args.ty.as_deref(), "Q4_K_M")?;
+            if args.imatrix.is_some() && args.method.is_some_and(|m| m != Method::Imatrix) {
+                return Err(UsageError(
+                    "--imatrix rounds by importance only (--method imatrix); for AWQ give --calib"
+                        .into(),
+                )
+                .into());
+            }
+            if let (None, Some(m)) = (&args.calib, args.method) {
+                if m != Method::Rtn && !(m == Method::Imatrix && args.imatrix.is_some()) {
+                    return Err(UsageError(format!(
+                        "--method {} needs calibration data: give --calib FILE",
+                        m.name()
+                    ))
+                    .into());
+                }
+            }
+            step(
+                "quantize.gguf",
+                serde_json::json!({
+                    "preset": preset.name,
+                    "pure": args.pure,
+                    "method": args.method,
+                    "data": calib,
+                    "imatrix": args.imatrix.as_deref().map(absolute),
+                }),
+            )
+        }
         _ => bail!(
             "{}: quantize writes .gguf, .onnx or .tflite files",
             args.output.display()
         ),
-    }
-    let model = super::read_input(&args.input, &args.output)?;
-    let method = match (&args.calib, args.method) {
-        (None, Some(m)) if m != Method::Rtn => {
-            return Err(UsageError(format!(
-                "--method {} needs calibration data: give --calib FILE",
-                m.name()
-            ))
-            .into())
-        }
-        (None, _) => Method::Rtn,
-        (Some(_), m) => m.unwrap_or(Method::AwqGptq),
     };
-    if args.imatrix.is_some() && args.method.is_some_and(|m| m != Method::Imatrix) {
-        return Err(UsageError(
-            "--imatrix rounds by importance only (--method imatrix); for AWQ give --calib".into(),
-        )
-        .into());
-    }
-    let file_importance = args
-        .imatrix
-        .as_deref()
-        .map(|p| calib::importance_from_file(&model, p))
-        .transpose()?;
-    let calibrated = match &args.calib {
-        Some(data) if method != Method::Rtn => {
-            let plans = pipeline::plan(&model, &preset, method.importance())?;
-            let types = model
-                .tensors
-                .iter()
-                .zip(&plans)
-                .map(|(t, p)| (t.name.clone(), p.ty))
-                .collect();
-            let seqs = calib::sequences(
-                &model,
-                data,
-                args.calib_samples.unwrap_or(32),
-                args.calib_len,
-            )?;
-            Some(calib::calibrate(
-                &model,
-                types,
-                &seqs,
-                method,
-                &Default::default(),
-            )?)
-        }
-        _ => None,
-    };
-    let report = pipeline::write_gguf(
-        calibrated.as_ref().map_or(&model, |c| &c.model),
-        &args.output,
-        &preset,
-        &GgufOptions {
-            input: &args.input,
-            allow_nonfinite: args.allow_nonfinite,
-            importance: calibrated
-                .as_ref()
-                .and_then(|c| c.importance.as_ref())
-                .or(file_importance.as_ref()),
-            hessians: calibrated.as_ref().and_then(|c| c.hessians.as_ref()),
+    let write = step(
+        "write",
+        serde_json::json!({
+            "path": absolute(&args.output),
+            "allow_nonfinite": args.allow_nonfinite,
+        }),
+    );
+    Ok(Recipe {
+        input: Input {
+            model: absolute(&args.input),
         },
-    )?;
-    let calib_report = calibrated.map(|c| c.report);
+        data,
+        steps: vec![quantize, write],
+        report: Default::default(),
+    })
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let recipe = recipe(&args)?;
+    let gguf = Format::of(&args.output) == Some(Format::Gguf);
+    let Some(report) = super::run_recipe(&recipe, &args.recipe, "edgec quantize", args.json)?
+    else {
+        return Ok(());
+    };
     if args.json {
-        let mut json = serde_json::to_value(&report)?;
-        if let Some(c) = &calib_report {
-            json["calibration"] = serde_json::to_value(c)?;
-        }
+        // GGUF: the writer's report (tensors, types, sizes) with the
+        // calibration's; other outputs: the run report.
+        let json = if gguf {
+            let mut json = report.steps[1].summary.clone();
+            if let Some(c) = report.steps[0].summary.get("calibration") {
+                json["calibration"] = c.clone();
+            }
+            json
+        } else {
+            serde_json::to_value(&report)?
+        };
         println!("{}", serde_json::to_string_pretty(&json)?);
-    } else {
-        if let Some(c) = &calib_report {
-            println!(
-                "calibrated ({}) on {} tokens in {:.2}s{}",
-                c.method,
-                c.tokens,
-                c.seconds,
-                match (c.awq_error_rtn, c.awq_error_final) {
-                    (Some(a), Some(b)) if a > 0.0 =>
-                        format!("; AWQ output error {:.3}x plain rounding's", b / a),
-                    _ => String::new(),
-                }
-            );
-        }
-        println!(
-            "wrote {} ({}): {} tensors, {:.2}M parameters, {:.2} bits/weight, {:.1} MiB, {:.2}s",
-            report.output,
-            report.preset,
-            report.tensors.len(),
-            report.params as f64 / 1e6,
-            report.bits_per_weight,
-            report.bytes as f64 / (1 << 20) as f64,
-            report.seconds
-        );
     }
     Ok(())
-}
-
-/// The calibration settings of graph (ONNX and TFLite) outputs, with --calib.
-fn graph_calib(args: &Args) -> Option<super::quantize_onnx::Calib<'_>> {
-    args.calib
-        .as_deref()
-        .map(|data| super::quantize_onnx::Calib {
-            data,
-            bias_correction: !args.no_bias_correction,
-            samples: args.calib_samples,
-            method: args.calib_method.unwrap_or(if args.int16_activations {
-                RangeArg::Minmax
-            } else {
-                RangeArg::Mse
-            }),
-            image: &args.image,
-        })
-}
-
-/// `.tflite` output: int8 only (dynamic range, or full integer with --calib).
-fn run_tflite(args: Args) -> Result<()> {
-    match args.bits {
-        Some(8) => {}
-        Some(b) => {
-            return Err(UsageError(format!(
-                "--bits {b}: TFLite output is int8 (--bits 8); for float16 weights use `edgec convert --dtype f16`"
-            ))
-            .into())
-        }
-        None => return Err(UsageError("TFLite output: give --bits 8".into()).into()),
-    }
-    if args.ty.is_some() || args.imatrix.is_some() || args.pure || args.method.is_some() {
-        return Err(UsageError(
-            "TFLite output takes --bits 8, --dynamic or --calib; --type, --imatrix, --method and --pure are for GGUF".into(),
-        )
-        .into());
-    }
-    if args.int8_io && args.calib.is_none() {
-        return Err(UsageError(
-            "--int8-io needs full-integer quantization: give --calib DATA (dynamic range keeps float inputs and outputs)".into(),
-        )
-        .into());
-    }
-    if args.int16_activations && args.calib.is_none() {
-        return Err(UsageError(
-            "--int16-activations needs full-integer quantization: give --calib DATA".into(),
-        )
-        .into());
-    }
-    if let Some(c) = &args.calib {
-        if !c.exists() {
-            bail!("{}: the calibration data does not exist", c.display());
-        }
-    }
-    let model = super::read_input(&args.input, &args.output)?;
-    let calib = graph_calib(&args);
-    super::quantize_onnx::run_tflite(
-        model,
-        &args.input,
-        &args.output,
-        super::quantize_onnx::TfliteQuant {
-            calib,
-            int8_io: args.int8_io,
-            int16_activations: args.int16_activations,
-        },
-    )
 }

@@ -27,7 +27,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let model = super::read_input(&args.model, &args.output)?;
-    let inputs = crate::graph_data::read_tensors(&args.inputs)?;
+    let inputs = edgec_pipeline::graph_data::read_tensors(&args.inputs)?;
     let outputs = if model.graph.is_some() {
         let rt = GraphRuntime::new(&model).with_context(|| format!("{}", args.model.display()))?;
         let refs: Vec<(&str, Tensor)> = inputs

@@ -12,76 +12,46 @@ use edgec_calibration::{
 };
 use edgec_core::runtime::{Runtime, RuntimeOptions};
 use edgec_core::{Family, Model};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::UsageError;
-use crate::graph_data::{self, ImageArgs};
-use crate::progress;
+use crate::error::UsageError;
+use crate::graph_data::{self, ImageSpec};
+use crate::progress::{Progress, Unit};
 
-#[derive(clap::Args)]
-pub struct Args {
-    /// The model to evaluate (alone).
-    pub model: Option<PathBuf>,
-    /// Reference model, compared with --candidate.
-    #[arg(long, requires = "candidate", conflicts_with = "model")]
-    pub reference: Option<PathBuf>,
-    /// Candidate model, judged against --reference.
-    #[arg(long, requires = "reference")]
+/// What to evaluate and how (the flags of `edgec eval`, the keys of a
+/// recipe's eval step).
+#[derive(Clone, Debug, Default)]
+pub struct EvalSpec {
+    /// The model to evaluate alone, or the reference of a comparison.
+    pub reference: PathBuf,
+    /// The candidate judged against the reference.
     pub candidate: Option<PathBuf>,
-    /// Evaluation data: a text file for language models; for encoders a
-    /// JSONL file of sentences ({"text": ...} or a JSON string per line) or
-    /// a text file with one sentence per line.
-    #[arg(long, required_unless_present = "llama_logits")]
+    /// Text (language models), JSONL or one sentence per line (encoders),
+    /// photos, IDX or tensors (classifiers).
     pub data: Option<PathBuf>,
-    /// Judge MODEL against llama.cpp's own run: the logits file written by
-    /// `llama-perplexity --kl-divergence-base FILE` (its tokens and context are used).
-    #[arg(long, conflicts_with_all = ["reference", "candidate", "data", "ctx"])]
+    /// Judge the model against llama-perplexity's saved logits.
     pub llama_logits: Option<PathBuf>,
-    /// Metrics to report: ppl, kld, top1 (language models), cosine (encoders).
-    #[arg(long, value_delimiter = ',')]
+    /// Metrics to report (empty: the family's defaults).
     pub metric: Vec<Metric>,
     /// Context length of each chunk (language models).
-    #[arg(long, default_value_t = 512)]
     pub ctx: usize,
-    /// At most this many chunks (default: all the data holds).
-    #[arg(long)]
+    /// At most this many chunks.
     pub chunks: Option<usize>,
-    /// Gate: the candidate's perplexity may exceed the reference's by at
-    /// most this much, relative (0.05 or 5%).
-    #[arg(long, value_parser = parse_fraction)]
+    /// Gates.
     pub max_ppl_increase: Option<f64>,
-    /// Gate: mean KL-divergence of the candidate from the reference.
-    #[arg(long)]
     pub max_kld: Option<f64>,
-    /// Gate: mean cosine similarity of pooled embeddings (encoders).
-    #[arg(long)]
     pub min_cosine: Option<f64>,
-    /// Gate: top-1 agreement of the candidate with the reference
-    /// (classifiers and language models; 0.97 or 97%).
-    #[arg(long, value_parser = parse_fraction)]
     pub min_top1: Option<f64>,
-    /// Print the results as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
-    /// Also write the gates as a JUnit XML report to this file.
-    #[arg(long)]
-    pub junit: Option<PathBuf>,
-    /// Encoders given as ONNX (which carries no tokenizer): the
-    /// tokenizer.json to read the sentences with.
-    #[arg(long, value_name = "FILE")]
+    /// Encoders given as ONNX: the tokenizer.json to read sentences with.
     pub tokenizer: Option<PathBuf>,
-    /// Classifiers: the true class of every sample (an IDX labels file, e.g.
-    /// Fashion-MNIST's), for top-1 accuracy.
-    #[arg(long, value_name = "FILE")]
+    /// Classifiers: the true class of every sample (IDX labels).
     pub labels: Option<PathBuf>,
-    /// Classifiers (ONNX graphs): at most this many samples.
-    #[arg(long, value_name = "N")]
+    /// Classifiers: at most this many samples.
     pub samples: Option<usize>,
-    #[command(flatten)]
-    pub image: ImageArgs,
+    pub image: ImageSpec,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Metric {
     Ppl,
@@ -90,7 +60,7 @@ pub enum Metric {
     Cosine,
 }
 
-fn parse_fraction(s: &str) -> Result<f64, String> {
+pub fn parse_fraction(s: &str) -> Result<f64, String> {
     let (num, scale) = match s.strip_suffix('%') {
         Some(n) => (n, 0.01),
         None => (s, 1.0),
@@ -163,16 +133,13 @@ pub struct Report {
     pub passed: bool,
 }
 
-/// Result of running `eval`: Ok(true) when every gate passed.
-pub fn run(args: Args) -> Result<bool> {
-    let (reference_path, candidate_path) = match (&args.model, &args.reference, &args.candidate) {
-        (Some(m), None, None) => (m.clone(), None),
-        (None, Some(r), Some(c)) => (r.clone(), Some(c.clone())),
-        _ => return Err(UsageError("give a MODEL, or --reference and --candidate".into()).into()),
-    };
+/// Evaluates as `spec` says; `report.passed` tells whether every gate passed.
+pub fn run(spec: &EvalSpec, progress: &dyn Progress) -> Result<Report> {
+    let reference_path = spec.reference.clone();
+    let candidate_path = spec.candidate.clone();
     if candidate_path.is_none()
-        && args.llama_logits.is_none()
-        && (args.max_kld.is_some() || args.min_cosine.is_some())
+        && spec.llama_logits.is_none()
+        && (spec.max_kld.is_some() || spec.min_cosine.is_some())
     {
         return Err(UsageError(
             "gates compare two models: give --reference and --candidate (or --llama-logits)".into(),
@@ -180,12 +147,11 @@ pub fn run(args: Args) -> Result<bool> {
         .into());
     }
     let opts = RuntimeOptions::default();
-    if let Some(logits) = &args.llama_logits {
+    if let Some(logits) = &spec.llama_logits {
         let model = edgec_formats::read_model(&reference_path)?;
-        let report = eval_against_llama(&args, logits, &reference_path, &model, &opts)?;
-        return finish(&args, report);
+        return eval_against_llama(spec, logits, &reference_path, &model, &opts, progress);
     }
-    if candidate_path.is_none() && args.max_ppl_increase.is_some() {
+    if candidate_path.is_none() && spec.max_ppl_increase.is_some() {
         return Err(UsageError(
             "--max-ppl-increase compares two models: give --reference and --candidate".into(),
         )
@@ -198,37 +164,59 @@ pub fn run(args: Args) -> Result<bool> {
         .transpose()?;
     // BERT models, and ONNX encoders given sentences
     let encoder = matches!(reference.meta.family, Some(Family::Bert(_)))
-        || (reference.graph.is_some() && is_text(args.data.as_deref()));
-    let report = match reference.meta.family {
+        || (reference.graph.is_some() && is_text(spec.data.as_deref()));
+    let (cand_path, cand) = (candidate_path.as_deref(), candidate.as_ref());
+    match reference.meta.family {
         _ if encoder => eval_encoder(
-            &args,
+            spec,
             &reference_path,
             &reference,
-            candidate_path.as_deref(),
-            candidate.as_ref(),
+            cand_path,
+            cand,
             &opts,
-        )?,
+            progress,
+        ),
         Some(Family::Llama(_)) => eval_lm(
-            &args,
+            spec,
             &reference_path,
             &reference,
-            candidate_path.as_deref(),
-            candidate.as_ref(),
+            cand_path,
+            cand,
             &opts,
-        )?,
-        _ if reference.graph.is_some() => eval_classifier(
-            &args,
-            &reference_path,
-            &reference,
-            candidate_path.as_deref(),
-            candidate.as_ref(),
-        )?,
+            progress,
+        ),
+        _ if reference.graph.is_some() => {
+            eval_classifier(spec, &reference_path, &reference, cand_path, cand, progress)
+        }
         _ => bail!(
             "{}: the model has no architecture to run",
             reference_path.display()
         ),
+    }
+}
+
+/// The metrics of a report by name, for the run report.
+pub fn metrics(r: &Report) -> std::collections::BTreeMap<String, f64> {
+    let mut m = std::collections::BTreeMap::new();
+    let mut put = |k: &str, v: Option<f64>| {
+        if let Some(v) = v {
+            m.insert(k.to_string(), v);
+        }
     };
-    finish(&args, report)
+    put("ppl_reference", r.reference.ppl);
+    put("accuracy_reference", r.reference.accuracy);
+    if let Some(c) = &r.candidate {
+        put("ppl_candidate", c.ppl);
+        put("accuracy_candidate", c.accuracy);
+    }
+    if let Some(d) = &r.delta {
+        put("ppl_increase", d.ppl_increase);
+        put("kld", d.kld);
+        put("top1_agreement", d.top1_agreement);
+        put("cosine_mean", d.cosine_mean);
+        put("cosine_min", d.cosine_min);
+    }
+    m
 }
 
 /// Whether evaluation data is sentences (text or JSONL) rather than images,
@@ -237,23 +225,6 @@ fn is_text(data: Option<&Path>) -> bool {
     data.and_then(|d| d.extension())
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
         .is_some_and(|e| matches!(e.as_str(), "txt" | "jsonl" | "json"))
-}
-
-/// Writes the JUnit file and prints the report; Ok(true) when every gate passed.
-fn finish(args: &Args, report: Report) -> Result<bool> {
-    if let Some(junit) = &args.junit {
-        edgec_formats::output::write_file_atomically(junit, |w| {
-            use std::io::Write;
-            w.write_all(junit_xml(&report).as_bytes())
-                .map_err(|e| edgec_formats::FormatError::io(junit, e))
-        })?;
-    }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", text_report(&report));
-    }
-    Ok(report.passed)
 }
 
 fn check_same_family(a: &Model, b: &Model, b_path: &Path) -> Result<()> {
@@ -276,12 +247,13 @@ fn check_same_family(a: &Model, b: &Model, b_path: &Path) -> Result<()> {
 }
 
 fn eval_lm(
-    args: &Args,
+    args: &EvalSpec,
     ref_path: &Path,
     reference: &Model,
     cand_path: Option<&Path>,
     candidate: Option<&Model>,
     opts: &RuntimeOptions,
+    progress: &dyn Progress,
 ) -> Result<Report> {
     let metrics: Vec<Metric> = if args.metric.is_empty() {
         if candidate.is_some() {
@@ -310,7 +282,7 @@ fn eval_lm(
     let (tokenized, ref_rt) = std::thread::scope(|s| {
         let tokenized = s.spawn(|| -> Result<(TextTokenizer, Vec<Vec<u32>>)> {
             let text = read_text(data)?;
-            let tok = super::tokenizer_of(reference, ref_path)?;
+            let tok = crate::tokenizer_of(reference, ref_path)?;
             let tokens = tok
                 .encode(&text, tok.add_bos())
                 .with_context(|| format!("{}: tokenizing", data.display()))?;
@@ -329,7 +301,7 @@ fn eval_lm(
     let mut cand_ppl = PerplexityAccumulator::new();
     let mut kl = KlAccumulator::new();
     let (mut ref_secs, mut cand_secs) = (0f64, 0f64);
-    let bar = progress::token_bar((chunks.len() * args.ctx) as u64, "eval");
+    let bar = progress.bar((chunks.len() * args.ctx) as u64, "eval", Unit::Tokens);
     let first = first_scored(args.ctx);
     let per_batch = Runtime::sequences_per_batch(args.ctx);
     for batch in chunks.chunks(per_batch) {
@@ -369,7 +341,7 @@ fn eval_lm(
             bar.inc(chunk.len() as u64);
         }
     }
-    bar.finish_and_clear();
+    bar.finish();
     let n_tokens = (chunks.len() * args.ctx) as f64;
     let want = |m: Metric| metrics.contains(&m);
     let reference_scores = Scores {
@@ -439,12 +411,13 @@ pub fn read_sentences(path: &Path) -> Result<Vec<String>> {
 }
 
 fn eval_encoder(
-    args: &Args,
+    args: &EvalSpec,
     ref_path: &Path,
     reference: &Model,
     cand_path: Option<&Path>,
     candidate: Option<&Model>,
     opts: &RuntimeOptions,
+    progress: &dyn Progress,
 ) -> Result<Report> {
     if args.metric.iter().any(|m| *m != Metric::Cosine) {
         return Err(UsageError("encoders report --metric cosine only".into()).into());
@@ -473,7 +446,7 @@ fn eval_encoder(
             let vocab = edgec_formats::tokenizer::vocab_from_hf(path, None)?;
             TextTokenizer::from_vocab(&vocab).with_context(|| path.display().to_string())?
         }
-        (None, Some(_), _) => super::tokenizer_of(reference, ref_path)?,
+        (None, Some(_), _) => crate::tokenizer_of(reference, ref_path)?,
         (None, None, Some(v)) => TextTokenizer::from_vocab(v)
             .with_context(|| format!("{}: tokenizer", cand_path.unwrap_or(ref_path).display()))?,
         (None, None, None) => {
@@ -490,7 +463,7 @@ fn eval_encoder(
         _ => usize::MAX,
     };
     let (mut cos, mut n_tokens, mut ref_secs, mut cand_secs) = (Vec::new(), 0usize, 0f64, 0f64);
-    let bar = progress::token_bar(sentences.len() as u64, "eval");
+    let bar = progress.bar(sentences.len() as u64, "eval", Unit::Tokens);
     for (i, s) in sentences.iter().enumerate() {
         let ids = tok
             .encode(s, true)
@@ -515,7 +488,7 @@ fn eval_encoder(
         }
         bar.inc(1);
     }
-    bar.finish_and_clear();
+    bar.finish();
     let mean = cos.iter().sum::<f64>() / cos.len().max(1) as f64;
     let min = cos.iter().copied().fold(f64::INFINITY, f64::min);
     let mut gates = vec![];
@@ -566,11 +539,12 @@ fn eval_encoder(
 /// MODEL against llama.cpp's saved f32 logits, on llama.cpp's tokens, with
 /// llama.cpp's KL formula: the reference is llama.cpp itself.
 fn eval_against_llama(
-    args: &Args,
+    args: &EvalSpec,
     logits: &Path,
     path: &Path,
     model: &Model,
     opts: &RuntimeOptions,
+    progress: &dyn Progress,
 ) -> Result<Report> {
     let file = LlamaLogitsFile::open(logits)?;
     match &model.meta.family {
@@ -595,7 +569,7 @@ fn eval_against_llama(
     let rt = Runtime::new(model, opts)?;
     let n_chunks = args.chunks.map_or(file.n_chunk, |c| c.min(file.n_chunk));
     let mut kl = LlamaKl::default();
-    let bar = progress::token_bar((n_chunks * file.n_ctx) as u64, "eval");
+    let bar = progress.bar((n_chunks * file.n_ctx) as u64, "eval", Unit::Tokens);
     let start = Instant::now();
     for c in 0..n_chunks {
         let mut chunk = file.chunk_tokens(c).to_vec();
@@ -607,7 +581,7 @@ fn eval_against_llama(
         kl.add_chunk(&file, &model_logits, &rows, &chunk);
         bar.inc(chunk.len() as u64);
     }
-    bar.finish_and_clear();
+    bar.finish();
     let secs = start.elapsed().as_secs_f64();
     let increase = kl.ppl() / kl.ppl_base() - 1.0;
     let gates = lm_gates(args, increase, kl.mean_kld());
@@ -648,7 +622,7 @@ fn eval_against_llama(
 }
 
 /// The language-model gates the flags ask for: each an upper bound.
-fn lm_gates(args: &Args, ppl_increase: f64, kld: f64) -> Vec<Gate> {
+fn lm_gates(args: &EvalSpec, ppl_increase: f64, kld: f64) -> Vec<Gate> {
     [
         ("max-ppl-increase", args.max_ppl_increase, ppl_increase),
         ("max-kld", args.max_kld, kld),
@@ -665,7 +639,7 @@ fn lm_gates(args: &Args, ppl_increase: f64, kld: f64) -> Vec<Gate> {
     .collect()
 }
 
-fn text_report(r: &Report) -> String {
+pub fn text_report(r: &Report) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "data: {} ({})", r.data, r.kind);
     if let (Some(ctx), Some(chunks)) = (r.ctx, r.chunks) {
@@ -784,11 +758,12 @@ pub fn junit_xml(r: &Report) -> String {
 /// top-1 agreement (over all samples, and over those where the reference's
 /// top probability exceeds 0.5).
 fn eval_classifier(
-    args: &Args,
+    args: &EvalSpec,
     ref_path: &Path,
     reference: &Model,
     cand_path: Option<&Path>,
     candidate: Option<&Model>,
+    progress: &dyn Progress,
 ) -> Result<Report> {
     use edgec_core::runtime::graph::GraphRuntime;
     if args
@@ -858,7 +833,7 @@ fn eval_classifier(
     let mut kl = KlAccumulator::new();
     let (mut confident, mut confident_agree) = (0usize, 0usize);
     let (mut ref_secs, mut cand_secs) = (0f64, 0f64);
-    let bar = progress::bar(samples.len() as u64, "eval");
+    let bar = progress.bar(samples.len() as u64, "eval", Unit::Items);
     let first_output = |rt: &GraphRuntime, s: &graph_data::Sample, secs: &mut f64, path: &Path| {
         let refs: Vec<(&str, candle_core::Tensor)> =
             s.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
@@ -901,7 +876,7 @@ fn eval_classifier(
         }
         bar.inc(1);
     }
-    bar.finish_and_clear();
+    bar.finish();
     let n = samples.len() as f64;
     let want = |m: Metric| args.metric.is_empty() || args.metric.contains(&m);
     let mut gates = Vec::new();

@@ -1,5 +1,5 @@
-//! Recipes that join readers, passes and writers: a model in the IR to a
-//! GGUF file under a preset.
+//! GGUF output: the per-tensor plan (llama.cpp's names and the preset's
+//! types), and the streaming writer that encodes each tensor as it goes.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,7 +17,7 @@ use edgec_passes::presets::{tensor_type, ModelShape, Preset, TensorDesc};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::progress;
+use crate::progress::{Progress, Unit};
 
 pub struct GgufOptions<'a> {
     /// The file the model was read from, named in errors about its weights.
@@ -39,6 +39,11 @@ pub struct TensorReport {
     #[serde(rename = "type")]
     pub ty: String,
     pub bytes: usize,
+    /// Bytes of the tensor as read.
+    #[serde(skip)]
+    pub bytes_before: usize,
+    #[serde(skip)]
+    pub errors: ErrorStats,
 }
 
 #[derive(Serialize)]
@@ -125,7 +130,7 @@ pub fn encode_tensor(
     allow_nonfinite: bool,
     importance: Option<&[f32]>,
     hessian: Option<&Hessian>,
-) -> Result<Vec<u8>, String> {
+) -> Result<(Vec<u8>, ErrorStats), String> {
     if let Some(h) = hessian {
         if h.cols() != t.row_len() {
             return Err(format!(
@@ -150,7 +155,7 @@ pub fn encode_tensor(
     let row_len = t.row_len();
     let out_row = ty.row_bytes(row_len).map_err(|e| e.to_string())?;
     let mut out = vec![0u8; out_row * t.row_count()];
-    let results: Vec<Result<(), String>> = out
+    let results: Vec<Result<ErrorStats, String>> = out
         .par_chunks_mut(out_row * ROWS_PER_TASK)
         .enumerate()
         .map(|(chunk, dst)| {
@@ -179,12 +184,65 @@ pub fn encode_tensor(
             }
             .map_err(|e| format!("tensor {}: {e}", t.name))?;
             dst.copy_from_slice(&encoded);
-            Ok(())
+            let mut decoded = vec![0f32; rows.len()];
+            edgec_core::ggml::dequant::dequantize(ty, &encoded, &mut decoded)
+                .map_err(|e| format!("tensor {}: {e}", t.name))?;
+            Ok(ErrorStats::of(&rows, &decoded))
         })
         .collect();
-    // The first failing row in order, whatever thread met it first.
-    results.into_iter().collect::<Result<(), String>>()?;
-    Ok(out)
+    // The first failing row in order, whatever thread met it first; the
+    // sums in row order, so they do not depend on the thread count either.
+    let mut total = ErrorStats::default();
+    for r in results {
+        total.add(&r?);
+    }
+    Ok((out, total))
+}
+
+/// How far written weights are from the float ones, summed over rows.
+#[derive(Default, Clone, Copy, Debug)]
+pub struct ErrorStats {
+    /// Σ (w − q)²
+    pub sq_error: f64,
+    /// Σ w²
+    pub sq_norm: f64,
+    /// Written values that are exactly zero, and all values.
+    pub zeros: u64,
+    pub count: u64,
+}
+
+impl ErrorStats {
+    fn of(orig: &[f32], written: &[f32]) -> ErrorStats {
+        let mut s = ErrorStats::default();
+        for (&w, &q) in orig.iter().zip(written) {
+            let d = (w - q) as f64;
+            s.sq_error += d * d;
+            s.sq_norm += (w as f64) * (w as f64);
+            s.zeros += u64::from(q == 0.0);
+        }
+        s.count = orig.len() as u64;
+        s
+    }
+
+    fn add(&mut self, o: &ErrorStats) {
+        self.sq_error += o.sq_error;
+        self.sq_norm += o.sq_norm;
+        self.zeros += o.zeros;
+        self.count += o.count;
+    }
+
+    /// ‖W − Q(W)‖ / ‖W‖ (0 for an all-zero tensor).
+    pub fn relative_rms(&self) -> f64 {
+        if self.sq_norm > 0.0 {
+            (self.sq_error / self.sq_norm).sqrt()
+        } else {
+            0.0
+        }
+    }
+
+    pub fn sparsity(&self) -> f64 {
+        self.zeros as f64 / self.count.max(1) as f64
+    }
 }
 
 /// Writes `model` as a GGUF file at `out` under `preset`.
@@ -193,6 +251,7 @@ pub fn write_gguf(
     out: &Path,
     preset: &Preset,
     opts: &GgufOptions,
+    progress: &dyn Progress,
 ) -> Result<GgufReport> {
     let start = Instant::now();
     let plans = plan(model, preset, opts.importance.is_some())?;
@@ -203,12 +262,13 @@ pub fn write_gguf(
         .expect("plan() checked the family");
     let file_type = gguf::file_type_id(preset.name).unwrap_or(0);
     let metadata = gguf::model_metadata(model, file_type);
-    let bar = progress::bar(plans.len() as u64, "quantize");
+    let bar = progress.bar(plans.len() as u64, "quantize", Unit::Items);
+    let errors = std::sync::Mutex::new(vec![ErrorStats::default(); plans.len()]);
     write_file_atomically(out, |w| {
         gguf::writer::write(out, w, &metadata, &plans, |i| {
             let t = &model.tensors[i];
             let plan = &plans[i];
-            bar.set_message(plan.name.clone());
+            bar.set_message(&plan.name);
             let rows = t.row_count();
             let rotary =
                 gguf::rotary_permute_heads(family, &t.name).filter(|h| rows.is_multiple_of(2 * h));
@@ -221,7 +281,7 @@ pub fn write_gguf(
                 .and_then(|m| m.get(&t.name))
                 .map(Vec::as_slice);
             let hessian = opts.hessians.and_then(|m| m.get(&t.name)).map(Arc::as_ref);
-            let bytes = encode_tensor(
+            let (bytes, err) = encode_tensor(
                 t,
                 plan.ty,
                 &source_row,
@@ -230,20 +290,26 @@ pub fn write_gguf(
                 hessian,
             )
             .map_err(|msg| FormatError::invalid(opts.input, msg))?;
+            errors.lock().expect("error stats lock")[i] = err;
             t.release_pages();
             bar.inc(1);
             Ok(bytes)
         })
     })?;
-    bar.finish_and_clear();
+    bar.finish();
     let bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+    let errors = errors.into_inner().expect("error stats lock");
     let tensors: Vec<TensorReport> = plans
         .iter()
-        .map(|p| TensorReport {
+        .zip(&model.tensors)
+        .zip(errors)
+        .map(|((p, t), errors)| TensorReport {
             name: p.name.clone(),
             shape: p.shape.clone(),
             ty: p.ty.name().to_string(),
             bytes: p.byte_len().unwrap_or(0),
+            bytes_before: t.bytes().len(),
+            errors,
         })
         .collect();
     let params = model.total_params();

@@ -1,0 +1,231 @@
+//! `quantize.gguf`: llama.cpp's block types and k-quants under a preset
+//! (per-tensor types by llama.cpp's rules), optionally calibrated on text:
+//! AWQ scaling, importance-weighted rounding, GPTQ error feedback, or an
+//! importance matrix file. The pass decides every tensor's type and the
+//! rounding's inputs; the GGUF writer encodes tensor by tensor.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use edgec_passes::presets::{Preset, PRESETS};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    CheckContext, Context, FamilyKind, GgufQuant, ModelView, Outcome, Pass, QuantKind, State,
+};
+use crate::calib::{self, Method};
+use crate::error::usage;
+use crate::registry::{Changes, DataNeed, ModelNeed, Needs};
+use crate::writers::gguf as gguf_out;
+
+fn default_preset() -> String {
+    "Q4_K_M".into()
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct QuantizeGguf {
+    /// A llama.cpp preset or type: Q4_K_M, Q8_0, IQ4_NL, F16 ...
+    #[serde(default = "default_preset")]
+    pub preset: String,
+    /// Every quantizable tensor gets the preset's base type (llama-quantize --pure).
+    #[serde(default)]
+    pub pure: bool,
+    /// How calibration data is used (default with data: awq+gptq; without: rtn).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<Method>,
+    /// The calibration text (a data set's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    /// Round by the importance of an importance matrix file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imatrix: Option<PathBuf>,
+}
+
+pub fn preset_names() -> String {
+    PRESETS
+        .iter()
+        .map(|p| p.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl QuantizeGguf {
+    fn preset(&self) -> Result<Preset> {
+        let mut p = Preset::by_name(&self.preset).ok_or_else(|| {
+            usage(format!(
+                "preset = \"{}\": unknown; known: {}",
+                self.preset,
+                preset_names()
+            ))
+        })?;
+        p.pure = self.pure;
+        Ok(p)
+    }
+
+    fn method(&self) -> Result<Method> {
+        match (&self.data, self.method) {
+            (None, Some(m)) if m != Method::Rtn && m != Method::Imatrix => Err(usage(format!(
+                "method = \"{}\" needs calibration data: give data = \"NAME\" (--calib FILE)",
+                m.name()
+            ))),
+            (None, Some(Method::Imatrix)) if self.imatrix.is_none() => Err(usage(
+                "method = \"imatrix\" needs calibration data or an imatrix file",
+            )),
+            (None, _) => Ok(Method::Rtn),
+            (Some(_), m) => Ok(m.unwrap_or(Method::AwqGptq)),
+        }
+    }
+}
+
+impl Pass for QuantizeGguf {
+    fn needs(&self) -> Needs {
+        Needs {
+            data: DataNeed::Optional,
+            activation_stats: self.data.is_some(),
+            model: ModelNeed::Family,
+            written_file: false,
+        }
+    }
+
+    fn changes(&self) -> Changes {
+        Changes {
+            weights: true,
+            dtypes: true,
+            ..Default::default()
+        }
+    }
+
+    fn data(&self) -> Option<&str> {
+        self.data.as_deref()
+    }
+
+    fn params(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("plain data");
+        if let Ok(m) = self.method() {
+            v["method"] = serde_json::Value::String(m.name().into());
+        }
+        v
+    }
+
+    fn check(&self, view: &mut ModelView, ctx: &CheckContext) -> Result<()> {
+        self.preset()?;
+        self.method()?;
+        if self.imatrix.is_some() && self.data.is_some() {
+            return Err(usage(
+                "imatrix: give calibration data or an importance matrix, not both",
+            ));
+        }
+        if self.imatrix.is_some() && self.method.is_some_and(|m| m != Method::Imatrix) {
+            return Err(usage(
+                "imatrix rounds by importance only (method = \"imatrix\"); for AWQ give data",
+            ));
+        }
+        if let Some(d) = &self.data {
+            let spec = ctx.data_set(d)?;
+            if !super::is_text(&spec.path) {
+                return Err(usage(format!(
+                    "data = \"{d}\": GGUF calibration reads text (a .txt file), not {}",
+                    spec.path.display()
+                )));
+            }
+        }
+        if view.family.is_none() {
+            return Err(usage(
+                "preset: GGUF output needs a llama/mistral/qwen2 or bert model (this one is a graph)",
+            ));
+        }
+        let awq = matches!(
+            self.method(),
+            Ok(Method::Awq | Method::AwqImatrix | Method::AwqGptq)
+        );
+        if self.data.is_some() && awq && view.family != Some(FamilyKind::Llama) {
+            return Err(usage(
+                "method: AWQ scaling is implemented for the llama family; use method = \"imatrix\"",
+            ));
+        }
+        if view.quant != QuantKind::None {
+            return Err(usage(
+                "preset: the model is already quantized by an earlier step",
+            ));
+        }
+        view.quant = QuantKind::Gguf;
+        Ok(())
+    }
+
+    fn run(&self, state: &mut State, ctx: &Context) -> Result<Outcome> {
+        let preset = self.preset()?;
+        let method = self.method()?;
+        let model = &state.model;
+        let file_importance = self
+            .imatrix
+            .as_deref()
+            .map(|p| calib::importance_from_file(model, p))
+            .transpose()?;
+        let mut out = Outcome::default();
+        let calibrated = match &self.data {
+            Some(name) if method != Method::Rtn => {
+                let spec = ctx.data_set(name)?;
+                let plans = gguf_out::plan(model, &preset, method.importance())?;
+                let types = model
+                    .tensors
+                    .iter()
+                    .zip(&plans)
+                    .map(|(t, p)| (t.name.clone(), p.ty))
+                    .collect();
+                let seqs = calib::sequences(
+                    model,
+                    &spec.path,
+                    spec.samples.unwrap_or(32),
+                    spec.len.unwrap_or(512),
+                )?;
+                Some(calib::calibrate(
+                    model,
+                    types,
+                    &seqs,
+                    method,
+                    &Default::default(),
+                    ctx.progress,
+                )?)
+            }
+            _ => None,
+        };
+        let importance = match calibrated {
+            Some(c) => {
+                let r = &c.report;
+                out.lines.push(format!(
+                    "calibrated ({}) on {} tokens in {:.2}s{}",
+                    r.method,
+                    r.tokens,
+                    r.seconds,
+                    match (r.awq_error_rtn, r.awq_error_final) {
+                        (Some(a), Some(b)) if a > 0.0 =>
+                            format!("; AWQ output error {:.3}x plain rounding's", b / a),
+                        _ => String::new(),
+                    }
+                ));
+                out.summary = serde_json::json!({ "calibration": r });
+                state.model = c.model;
+                state.gguf = Some(GgufQuant {
+                    preset,
+                    importance: c.importance,
+                    hessians: c.hessians,
+                });
+                return Ok(out);
+            }
+            None => file_importance,
+        };
+        if state.model.meta.family.is_none() {
+            bail!(
+                "{}: the model has no architecture (a GGUF needs one: give a model folder with config.json)",
+                ctx.input.display()
+            );
+        }
+        state.gguf = Some(GgufQuant {
+            preset,
+            importance,
+            hessians: None,
+        });
+        Ok(out)
+    }
+}
