@@ -14,6 +14,8 @@
 //!   against them computed as llama.cpp does;
 //! - [`stats`]: per-channel statistics of every linear layer's input, from
 //!   the runtime's hook.
+//! - [`sweep`]: the same statistics one layer at a time (sequential
+//!   calibration), with at most one layer's weights in memory.
 
 pub mod data;
 pub mod error;
@@ -23,6 +25,7 @@ pub mod llama_logits;
 pub mod metrics;
 pub mod ranges;
 pub mod stats;
+pub mod sweep;
 pub mod tokenize;
 
 pub use data::{calibration_sequences, read_jsonl_sentences, read_text, token_chunks};
@@ -33,4 +36,8 @@ pub use metrics::{
     PerplexityAccumulator, Stats,
 };
 pub use stats::{collect_linear_inputs, ChannelStats, StatsOptions};
+pub use sweep::{
+    sweep_linear_inputs, sweep_units, CallbackError, Replacements, SweepError, SweepOptions,
+    SweepReport,
+};
 pub use tokenize::TextTokenizer;

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use candle_core::Tensor;
-use edgec_core::runtime::{Runtime, RuntimeError};
+use edgec_core::runtime::{Hook, Runtime, RuntimeError};
 use rayon::prelude::*;
 
 /// The statistics of one linear layer's input.
@@ -132,7 +132,7 @@ pub struct StatsOptions {
 /// Accumulates hook observations. Linear layers that share one input
 /// tensor (q, k, v; gate, up) are summed once and reported under each name.
 #[derive(Default)]
-struct Collector {
+pub(crate) struct Collector {
     stats: HashMap<String, ChannelStats>,
     /// name → the name whose statistics it shares
     alias: HashMap<String, String>,
@@ -140,23 +140,14 @@ struct Collector {
     error: Option<String>,
 }
 
-/// Runs `seqs` (token ids, all of one length) through `rt` in batches of
-/// up to 2048 tokens and returns the statistics of every linear layer's
-/// input by module path (a causal LM's `lm_head` included, from the final
-/// norm's output).
-/// `progress` is called with the tokens done after every batch.
-pub fn collect_linear_inputs(
-    rt: &mut Runtime,
-    seqs: &[Vec<u32>],
-    opts: &StatsOptions,
-    progress: &dyn Fn(u64),
-) -> Result<BTreeMap<String, ChannelStats>, RuntimeError> {
-    let collector = Arc::new(Mutex::new(Collector::default()));
-    let gram_for: std::collections::HashSet<String> = opts.gram_for.iter().cloned().collect();
-    let step = opts.gram_step.max(1);
-    {
-        let c = Arc::clone(&collector);
-        rt.set_hook(Some(Arc::new(move |name: &str, x: &Tensor| {
+impl Collector {
+    /// A hook that feeds `collector` the input of every linear layer (a
+    /// causal LM's `lm_head` from the final norm's output).
+    pub(crate) fn hook(collector: &Arc<Mutex<Collector>>, opts: &StatsOptions) -> Hook {
+        let c = Arc::clone(collector);
+        let gram_for: std::collections::HashSet<String> = opts.gram_for.iter().cloned().collect();
+        let step = opts.gram_step.max(1);
+        Arc::new(move |name: &str, x: &Tensor| {
             // The LM head sees only the rows whose logits are asked for; the
             // final norm's output is its input at every position.
             let layer = match name {
@@ -191,8 +182,46 @@ pub fn collect_linear_inputs(
             if let Err(e) = added {
                 c.error = Some(format!("{layer}: {e}"));
             }
-        })));
+        })
     }
+
+    /// The statistics by module path, a shared input under each of its
+    /// layers' names. Every hook made by [`Collector::hook`] must be gone.
+    pub(crate) fn finish(
+        collector: Arc<Mutex<Collector>>,
+    ) -> Result<BTreeMap<String, ChannelStats>, RuntimeError> {
+        let c = Arc::try_unwrap(collector)
+            .ok()
+            .expect("the hook was dropped")
+            .into_inner()
+            .expect("stats lock");
+        if let Some(e) = c.error {
+            return Err(RuntimeError::Input(format!("activation statistics: {e}")));
+        }
+        let mut out: BTreeMap<String, ChannelStats> = c.stats.into_iter().collect();
+        for (name, first) in c.alias {
+            if let Some(mut s) = out.get(&first).cloned() {
+                s.shared_with = Some(first);
+                out.insert(name, s);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Runs `seqs` (token ids, all of one length) through `rt` in batches of
+/// up to 2048 tokens and returns the statistics of every linear layer's
+/// input by module path (a causal LM's `lm_head` included, from the final
+/// norm's output).
+/// `progress` is called with the tokens done after every batch.
+pub fn collect_linear_inputs(
+    rt: &mut Runtime,
+    seqs: &[Vec<u32>],
+    opts: &StatsOptions,
+    progress: &dyn Fn(u64),
+) -> Result<BTreeMap<String, ChannelStats>, RuntimeError> {
+    let collector = Arc::new(Mutex::new(Collector::default()));
+    rt.set_hook(Some(Collector::hook(&collector, opts)));
     let len = seqs.first().map_or(0, Vec::len);
     let per_batch = Runtime::sequences_per_batch(len);
     let mut done = 0u64;
@@ -215,20 +244,5 @@ pub fn collect_linear_inputs(
     })();
     rt.set_hook(None);
     result?;
-    let c = Arc::try_unwrap(collector)
-        .ok()
-        .expect("the hook was dropped")
-        .into_inner()
-        .expect("stats lock");
-    if let Some(e) = c.error {
-        return Err(RuntimeError::Input(format!("activation statistics: {e}")));
-    }
-    let mut out: BTreeMap<String, ChannelStats> = c.stats.into_iter().collect();
-    for (name, first) in c.alias {
-        if let Some(mut s) = out.get(&first).cloned() {
-            s.shared_with = Some(first);
-            out.insert(name, s);
-        }
-    }
-    Ok(out)
+    Collector::finish(collector)
 }

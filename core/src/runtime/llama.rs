@@ -1,7 +1,11 @@
 //! The llama family (Llama, Mistral, Qwen2) as Hugging Face's modeling code
 //! and llama.cpp compute it, in f32.
+//!
+//! The network is three kinds of parts, each loadable on its own (see
+//! [`super::stage`]): the token embeddings, the decoder layers, and the head
+//! (final norm and LM head). The whole forward pass chains the same parts.
 
-use candle_core::{Result, Tensor};
+use candle_core::{Device, Result, Tensor};
 use rayon::prelude::*;
 
 use super::attention;
@@ -12,7 +16,7 @@ use super::weights::{parts, Embedding, Group, Linear, Loader};
 use super::RuntimeError;
 use crate::{LlamaParams, LlamaVariant};
 
-struct Layer {
+pub(crate) struct Layer {
     input_norm: Tensor,
     post_norm: Tensor,
     /// q, k, v
@@ -31,66 +35,61 @@ struct LayerNames {
     out: String,
 }
 
-pub(crate) struct Llama {
-    p: LlamaParams,
-    embed: Embedding,
-    layers: Vec<Layer>,
+/// The final norm and the LM head.
+pub(crate) struct Head {
     norm: Tensor,
     lm_head: Linear,
 }
 
+pub(crate) struct Llama {
+    p: LlamaParams,
+    embed: Embedding,
+    layers: Vec<Layer>,
+    head: Head,
+}
+
+/// Checks the hyper-parameters every part relies on.
+pub(crate) fn check_params(p: &LlamaParams) -> std::result::Result<(), RuntimeError> {
+    if p.head_dim == 0 || !p.head_dim.is_multiple_of(2) {
+        return Err(RuntimeError::Model(format!(
+            "head_dim {} must be even and non-zero",
+            p.head_dim
+        )));
+    }
+    if p.num_kv_heads == 0 || !p.num_heads.is_multiple_of(p.num_kv_heads) {
+        return Err(RuntimeError::Model(format!(
+            "{} attention heads cannot share {} key/value heads",
+            p.num_heads, p.num_kv_heads
+        )));
+    }
+    Ok(())
+}
+
+/// The token embedding table.
+pub(crate) fn load_embedding(w: &mut Loader) -> std::result::Result<Embedding, RuntimeError> {
+    w.embedding("model.embed_tokens.weight")
+}
+
+/// `ids` `[batch, seq]` u32 → the embeddings `[batch·seq, hidden]`.
+pub(crate) fn embed(table: &Embedding, ids: &Tensor, tap: Tap) -> Result<Tensor> {
+    let x = table.lookup(ids)?;
+    tap.emit("model.embed_tokens:output", &x);
+    Ok(x)
+}
+
 impl Llama {
     pub(crate) fn load(p: &LlamaParams, w: &mut Loader) -> std::result::Result<Self, RuntimeError> {
-        if p.head_dim == 0 || !p.head_dim.is_multiple_of(2) {
-            return Err(RuntimeError::Model(format!(
-                "head_dim {} must be even and non-zero",
-                p.head_dim
-            )));
-        }
-        if p.num_kv_heads == 0 || !p.num_heads.is_multiple_of(p.num_kv_heads) {
-            return Err(RuntimeError::Model(format!(
-                "{} attention heads cannot share {} key/value heads",
-                p.num_heads, p.num_kv_heads
-            )));
-        }
-        let bias = p.variant == LlamaVariant::Qwen2;
-        let embed = w.embedding("model.embed_tokens.weight")?;
-        let mut layers = Vec::with_capacity(p.num_layers);
-        for i in 0..p.num_layers {
-            let l = format!("model.layers.{i}");
-            layers.push(Layer {
-                input_norm: w.dense(&format!("{l}.input_layernorm.weight"))?,
-                post_norm: w.dense(&format!("{l}.post_attention_layernorm.weight"))?,
-                qkv: w.group(
-                    &["q_proj", "k_proj", "v_proj"].map(|n| format!("{l}.self_attn.{n}")),
-                    bias,
-                )?,
-                o: w.linear(&format!("{l}.self_attn.o_proj"), false)?,
-                gate_up: w.group(
-                    &["gate_proj", "up_proj"].map(|n| format!("{l}.mlp.{n}")),
-                    false,
-                )?,
-                down: w.linear(&format!("{l}.mlp.down_proj"), false)?,
-                names: LayerNames {
-                    input_norm: format!("{l}.input_layernorm:output"),
-                    post_norm: format!("{l}.post_attention_layernorm:output"),
-                    attn: format!("{l}.self_attn:output"),
-                    out: format!("{l}:output"),
-                },
-            });
-        }
-        let norm = w.dense("model.norm.weight")?;
-        let lm_head = if p.tie_word_embeddings {
-            w.linear_from("model.embed_tokens.weight", "lm_head", None)?
-        } else {
-            w.linear("lm_head", false)?
-        };
+        check_params(p)?;
+        let embed = load_embedding(w)?;
+        let layers = (0..p.num_layers)
+            .map(|i| Layer::load(p, w, i))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let head = Head::load(p, w)?;
         Ok(Llama {
             p: p.clone(),
             embed,
             layers,
-            norm,
-            lm_head,
+            head,
         })
     }
 
@@ -98,9 +97,7 @@ impl Llama {
     pub(crate) fn forward(&self, ids: &Tensor, tap: Tap) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
         let x = self.hidden(ids, tap)?;
-        self.lm_head
-            .forward(&x, tap)?
-            .reshape((b, s, self.p.vocab_size))
+        self.head.logits_tensor(&self.p, &x, b, s, tap)
     }
 
     /// `ids` `[batch, seq]` u32 → the logits of positions `first..seq` of
@@ -110,8 +107,69 @@ impl Llama {
     pub(crate) fn logits(&self, ids: &Tensor, first: usize, tap: Tap) -> Result<Vec<f32>> {
         let (b, s) = ids.dims2()?;
         let x = self.hidden(ids, tap)?;
+        self.head.logits_vec(&x, b, s, first, tap)
+    }
+
+    /// The final norm's output, `[batch·seq, hidden]`.
+    fn hidden(&self, ids: &Tensor, tap: Tap) -> Result<Tensor> {
+        let (b, s) = ids.dims2()?;
+        let p = &self.p;
+        let mut x = embed(&self.embed, ids, tap)?;
+        let ctx = Ctx::new(p, b, s, ids.device())?;
+        for layer in &self.layers {
+            x = layer.forward(p, &x, &ctx, tap)?;
+        }
+        self.head.norm(p, &x, tap)
+    }
+
+    pub(crate) fn quantized_layers(&self) -> usize {
+        self.layers.iter().map(Layer::quantized).sum::<usize>() + self.head.quantized()
+    }
+}
+
+impl Head {
+    pub(crate) fn load(p: &LlamaParams, w: &mut Loader) -> std::result::Result<Self, RuntimeError> {
+        let norm = w.dense("model.norm.weight")?;
+        let lm_head = if p.tie_word_embeddings {
+            w.linear_from("model.embed_tokens.weight", "lm_head", None)?
+        } else {
+            w.linear("lm_head", false)?
+        };
+        Ok(Head { norm, lm_head })
+    }
+
+    /// The final norm of the last layer's output `[batch·seq, hidden]`.
+    pub(crate) fn norm(&self, p: &LlamaParams, x: &Tensor, tap: Tap) -> Result<Tensor> {
+        let x = rms_norm(x, &self.norm, p.rms_norm_eps as f64)?;
+        tap.emit("model.norm:output", &x);
+        Ok(x)
+    }
+
+    /// The final norm's output `[batch·seq, hidden]` → logits
+    /// `[batch, seq, vocab]`.
+    pub(crate) fn logits_tensor(
+        &self,
+        p: &LlamaParams,
+        x: &Tensor,
+        b: usize,
+        s: usize,
+        tap: Tap,
+    ) -> Result<Tensor> {
+        self.lm_head.forward(x, tap)?.reshape((b, s, p.vocab_size))
+    }
+
+    /// The final norm's output `[batch·seq, hidden]` → the logits of
+    /// positions `first..seq`, row-major `[batch·(seq - first), vocab]`.
+    pub(crate) fn logits_vec(
+        &self,
+        x: &Tensor,
+        b: usize,
+        s: usize,
+        first: usize,
+        tap: Tap,
+    ) -> Result<Vec<f32>> {
         let x = if first == 0 {
-            x
+            x.clone()
         } else {
             x.reshape((b, s, ()))?
                 .narrow(1, first, s - first)?
@@ -120,47 +178,13 @@ impl Llama {
         self.lm_head.forward_vec(&x, tap)
     }
 
-    /// The final norm's output, `[batch·seq, hidden]`.
-    fn hidden(&self, ids: &Tensor, tap: Tap) -> Result<Tensor> {
-        let (b, s) = ids.dims2()?;
-        let dev = ids.device();
-        let p = &self.p;
-        let mut x = self.embed.lookup(ids)?;
-        tap.emit("model.embed_tokens:output", &x);
-        let hd = p.head_dim;
-        let theta = p.rope_theta as f64;
-        // q's tables carry the softmax scale 1/√hd.
-        let rope_q = rope_tables(s, hd, p.num_heads, theta, 1.0 / (hd as f64).sqrt(), dev)?;
-        let rope_k = rope_tables(s, hd, p.num_kv_heads, theta, 1.0, dev)?;
-        let eps = p.rms_norm_eps as f64;
-        let ctx = Ctx {
-            b,
-            s,
-            rope_q,
-            rope_k,
-            eps,
-        };
-        for layer in &self.layers {
-            x = layer.forward(p, &x, &ctx, tap)?;
-        }
-        let x = rms_norm(&x, &self.norm, eps)?;
-        tap.emit("model.norm:output", &x);
-        Ok(x)
-    }
-
-    pub(crate) fn quantized_layers(&self) -> usize {
-        self.layers
-            .iter()
-            .map(|l| {
-                l.qkv.quantized() + l.o.quantized() + l.gate_up.quantized() + l.down.quantized()
-            })
-            .sum::<usize>()
-            + self.lm_head.quantized()
+    pub(crate) fn quantized(&self) -> usize {
+        self.lm_head.quantized()
     }
 }
 
 /// What every layer of one forward pass shares.
-struct Ctx {
+pub(crate) struct Ctx {
     b: usize,
     s: usize,
     rope_q: (Tensor, Tensor),
@@ -168,8 +192,62 @@ struct Ctx {
     eps: f64,
 }
 
+impl Ctx {
+    /// The rotary tables and sizes for a batch of `b` sequences of `s`
+    /// positions (every sequence starts at position 0).
+    pub(crate) fn new(p: &LlamaParams, b: usize, s: usize, dev: &Device) -> Result<Ctx> {
+        let hd = p.head_dim;
+        let theta = p.rope_theta as f64;
+        // q's tables carry the softmax scale 1/√hd.
+        let rope_q = rope_tables(s, hd, p.num_heads, theta, 1.0 / (hd as f64).sqrt(), dev)?;
+        let rope_k = rope_tables(s, hd, p.num_kv_heads, theta, 1.0, dev)?;
+        Ok(Ctx {
+            b,
+            s,
+            rope_q,
+            rope_k,
+            eps: p.rms_norm_eps as f64,
+        })
+    }
+}
+
 impl Layer {
-    fn forward(&self, p: &LlamaParams, x: &Tensor, c: &Ctx, tap: Tap) -> Result<Tensor> {
+    /// Decoder layer `i`.
+    pub(crate) fn load(
+        p: &LlamaParams,
+        w: &mut Loader,
+        i: usize,
+    ) -> std::result::Result<Self, RuntimeError> {
+        let bias = p.variant == LlamaVariant::Qwen2;
+        let l = format!("model.layers.{i}");
+        Ok(Layer {
+            input_norm: w.dense(&format!("{l}.input_layernorm.weight"))?,
+            post_norm: w.dense(&format!("{l}.post_attention_layernorm.weight"))?,
+            qkv: w.group(
+                &["q_proj", "k_proj", "v_proj"].map(|n| format!("{l}.self_attn.{n}")),
+                bias,
+            )?,
+            o: w.linear(&format!("{l}.self_attn.o_proj"), false)?,
+            gate_up: w.group(
+                &["gate_proj", "up_proj"].map(|n| format!("{l}.mlp.{n}")),
+                false,
+            )?,
+            down: w.linear(&format!("{l}.mlp.down_proj"), false)?,
+            names: LayerNames {
+                input_norm: format!("{l}.input_layernorm:output"),
+                post_norm: format!("{l}.post_attention_layernorm:output"),
+                attn: format!("{l}.self_attn:output"),
+                out: format!("{l}:output"),
+            },
+        })
+    }
+
+    pub(crate) fn quantized(&self) -> usize {
+        self.qkv.quantized() + self.o.quantized() + self.gate_up.quantized() + self.down.quantized()
+    }
+
+    /// The residual stream `[b·s, hidden]` before the layer → after it.
+    pub(crate) fn forward(&self, p: &LlamaParams, x: &Tensor, c: &Ctx, tap: Tap) -> Result<Tensor> {
         let h = rms_norm(x, &self.input_norm, c.eps)?;
         tap.emit(&self.names.input_norm, &h);
         let [q, k, v]: [Tensor; 3] = parts(self.qkv.forward(&h, tap)?)?;

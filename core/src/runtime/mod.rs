@@ -16,7 +16,9 @@
 //! inference. The whole forward pass is built from candle ops that have
 //! backward passes, so [`Runtime::trainable`] gives a differentiable model
 //! whose weights are `Var`s. A [`Hook`] observes intermediate values (see
-//! [`hook`] for the names). For speed, call [`init_process`] at program start.
+//! [`hook`] for the names). A [`Stage`] runs one part of the network
+//! (embeddings, one layer, or the head) built from that part's tensors only.
+//! For speed, call [`init_process`] at program start.
 
 mod attention;
 mod bert;
@@ -25,11 +27,13 @@ pub mod graph;
 pub mod hook;
 mod llama;
 mod ops;
+pub mod stage;
 mod weights;
 
 use candle_core::{DType, Device, Tensor, Var};
 
 pub use hook::Hook;
+pub use stage::{Part, Stage};
 
 use crate::{Family, Model};
 
@@ -257,51 +261,8 @@ impl Runtime {
         Ok(Tensor::from_slice(tokens, (1, tokens.len()), &Device::Cpu)?)
     }
 
-    /// Checks ids: `[batch, seq]`, integers, within the vocabulary and the
-    /// position table; returns them as contiguous u32.
     fn check_ids(&self, ids: &Tensor) -> Result<Tensor, RuntimeError> {
-        let (b, s) = ids.dims2().map_err(|_| {
-            RuntimeError::Input(format!("ids must be [batch, seq], got {:?}", ids.dims()))
-        })?;
-        if b == 0 || s == 0 {
-            return Err(RuntimeError::Input(format!("empty input {:?}", ids.dims())));
-        }
-        let (vocab, max_pos) = match &self.family {
-            Family::Llama(p) => (p.vocab_size, None),
-            Family::Bert(p) => (p.vocab_size, Some(p.max_position_embeddings)),
-        };
-        if let Some(m) = max_pos {
-            if s > m {
-                return Err(RuntimeError::Input(format!(
-                    "{s} tokens exceed the model's {m} positions"
-                )));
-            }
-        }
-        let ids = match ids.dtype() {
-            DType::U32 => ids.contiguous()?,
-            DType::U8 | DType::I16 | DType::I32 | DType::I64 => {
-                let min = ids.to_dtype(DType::I64)?.min_all()?.to_scalar::<i64>()?;
-                if min < 0 {
-                    return Err(RuntimeError::Input(format!("negative token id {min}")));
-                }
-                ids.to_dtype(DType::I64)?
-                    .clamp(0i64, u32::MAX as i64)?
-                    .to_dtype(DType::U32)?
-                    .contiguous()?
-            }
-            other => {
-                return Err(RuntimeError::Input(format!(
-                    "ids must be integers, got {other:?}"
-                )))
-            }
-        };
-        let max = ids.max_all()?.to_scalar::<u32>()?;
-        if max as usize >= vocab {
-            return Err(RuntimeError::Input(format!(
-                "token id {max} is out of range for a vocabulary of {vocab}"
-            )));
-        }
-        Ok(ids)
+        check_ids(&self.family, ids)
     }
 
     fn run<T: Send>(
@@ -313,6 +274,53 @@ impl Runtime {
             None => f(),
         }
     }
+}
+
+/// Checks ids: `[batch, seq]`, integers, within the vocabulary and the
+/// position table; returns them as contiguous u32.
+fn check_ids(family: &Family, ids: &Tensor) -> Result<Tensor, RuntimeError> {
+    let (b, s) = ids.dims2().map_err(|_| {
+        RuntimeError::Input(format!("ids must be [batch, seq], got {:?}", ids.dims()))
+    })?;
+    if b == 0 || s == 0 {
+        return Err(RuntimeError::Input(format!("empty input {:?}", ids.dims())));
+    }
+    let (vocab, max_pos) = match family {
+        Family::Llama(p) => (p.vocab_size, None),
+        Family::Bert(p) => (p.vocab_size, Some(p.max_position_embeddings)),
+    };
+    if let Some(m) = max_pos {
+        if s > m {
+            return Err(RuntimeError::Input(format!(
+                "{s} tokens exceed the model's {m} positions"
+            )));
+        }
+    }
+    let ids = match ids.dtype() {
+        DType::U32 => ids.contiguous()?,
+        DType::U8 | DType::I16 | DType::I32 | DType::I64 => {
+            let min = ids.to_dtype(DType::I64)?.min_all()?.to_scalar::<i64>()?;
+            if min < 0 {
+                return Err(RuntimeError::Input(format!("negative token id {min}")));
+            }
+            ids.to_dtype(DType::I64)?
+                .clamp(0i64, u32::MAX as i64)?
+                .to_dtype(DType::U32)?
+                .contiguous()?
+        }
+        other => {
+            return Err(RuntimeError::Input(format!(
+                "ids must be integers, got {other:?}"
+            )))
+        }
+    };
+    let max = ids.max_all()?.to_scalar::<u32>()?;
+    if max as usize >= vocab {
+        return Err(RuntimeError::Input(format!(
+            "token id {max} is out of range for a vocabulary of {vocab}"
+        )));
+    }
+    Ok(ids)
 }
 
 /// Process-wide setup for the runtime's speed; call it once at program start,

@@ -3,7 +3,7 @@
 //! candle's quantized matmul over the ggml blocks as stored.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
@@ -24,6 +24,11 @@ pub(crate) enum Mode {
 
 pub(crate) struct Loader<'a> {
     model: &'a Model,
+    /// Tensors that stand in for the model's tensors of the same name.
+    replaced: &'a [crate::Tensor],
+    /// When set, the only tensors this loader may read (one part of the
+    /// network, see `super::stage`).
+    allowed: Option<HashSet<String>>,
     mode: Mode,
     device: Device,
     shapes: HashMap<String, Vec<usize>>,
@@ -36,6 +41,8 @@ impl<'a> Loader<'a> {
     pub(crate) fn new(model: &'a Model, family: &Family, mode: Mode) -> Self {
         Loader {
             model,
+            replaced: &[],
+            allowed: None,
             mode,
             device: Device::Cpu,
             shapes: family.expected_tensors().into_iter().collect(),
@@ -44,11 +51,30 @@ impl<'a> Loader<'a> {
         }
     }
 
+    /// Restricts the loader to the tensors `allowed`, reading those of
+    /// `replaced` instead of the model's tensors of the same name.
+    pub(crate) fn restricted(
+        mut self,
+        allowed: HashSet<String>,
+        replaced: &'a [crate::Tensor],
+    ) -> Self {
+        self.allowed = Some(allowed);
+        self.replaced = replaced;
+        self
+    }
+
     /// The IR tensor `name`, checked against the shape its family implies.
     fn ir(&self, name: &str) -> Result<&'a crate::Tensor, RuntimeError> {
+        if self.allowed.as_ref().is_some_and(|a| !a.contains(name)) {
+            return Err(RuntimeError::Model(format!(
+                "tensor {name} is outside the part being loaded"
+            )));
+        }
         let t = self
-            .model
-            .tensor(name)
+            .replaced
+            .iter()
+            .find(|t| t.name == name)
+            .or_else(|| self.model.tensor(name))
             .ok_or_else(|| RuntimeError::Model(format!("missing tensor {name}")))?;
         if let Some(want) = self.shapes.get(name) {
             if &t.shape != want {
