@@ -139,7 +139,7 @@ impl Write {
             Preset::by_name(name).expect("float presets exist")
         };
         let q = state.gguf.as_ref();
-        let preset = q.map_or_else(float_preset, |q| q.preset.clone());
+        let preset = q.map_or_else(float_preset, |q| q.preset);
         let report = gguf_out::write_gguf(
             &state.model,
             &self.path,
