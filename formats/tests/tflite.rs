@@ -11,7 +11,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor as CTensor};
 use common::{vi, window};
 use edgec_core::runtime::graph::GraphRuntime;
-use edgec_core::{DType, Dim, Graph, Model, Node, Op, Tensor, ValueInfo, Window};
+use edgec_core::{DType, Dim, Graph, Model, Node, Op, Tensor, ValueInfo};
 use edgec_formats::tflite::{self, model::BuiltinOperator, WriteOptions};
 
 // ---------------------------------------------------------------------------

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{Device, Tensor as CTensor};
 use common::{vi, window};
 use edgec_core::runtime::graph::GraphRuntime;
-use edgec_core::{DType, Dim, Graph, Model, Node, Op, Tensor, ValueInfo, Window};
+use edgec_core::{DType, Graph, Model, Node, Op, Tensor};
 use edgec_formats::tflite::model::{BuiltinOperator as B, Options, TensorType, TflModel};
 use edgec_formats::tflite::{lower, quant, read_model, writer};
 
