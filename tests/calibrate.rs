@@ -210,3 +210,34 @@ fn imatrix_rounding_works_for_bert_too() {
         "importance changed nothing"
     );
 }
+
+#[test]
+fn sequential_calibration_without_propagation_equals_one_shot() {
+    let d = tempfile::tempdir().unwrap();
+    for method in ["awq+gptq", "gptq", "imatrix", "awq"] {
+        let mut extra = CALIB.to_vec();
+        extra.extend_from_slice(&["--method", method]);
+        let one_shot = quantize(d.path(), &format!("one-{method}"), "2", &extra);
+        extra.extend_from_slice(&["--sequential", "--no-propagate"]);
+        let sequential = quantize(d.path(), &format!("seq-{method}"), "2", &extra);
+        assert!(
+            one_shot == sequential,
+            "{method}: one layer at a time must give the same statistics and bytes"
+        );
+    }
+}
+
+#[test]
+fn sequential_calibration_with_propagation_is_deterministic() {
+    let d = tempfile::tempdir().unwrap();
+    let mut extra = CALIB.to_vec();
+    extra.push("--sequential");
+    let a = quantize(d.path(), "a", "1", &extra);
+    let b = quantize(d.path(), "b", "2", &extra);
+    assert!(a == b, "--threads 1 and 2 differ");
+    let one_shot = quantize(d.path(), "one", "2", &CALIB);
+    assert!(
+        a != one_shot,
+        "propagating quantized outputs changes the later layers' statistics"
+    );
+}

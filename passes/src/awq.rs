@@ -200,6 +200,33 @@ fn layer_groups(p: &LlamaParams, model: &Model, i: usize) -> Vec<Group> {
     ]
 }
 
+/// AWQ on layer `layer` alone (its groups only read and change that
+/// layer's tensors), for calibration that sweeps one layer at a time.
+pub fn awq_llama_layer(
+    model: &Model,
+    p: &LlamaParams,
+    layer: usize,
+    stats: &(dyn Fn(&str) -> Option<InputStats> + Sync),
+    quant: &dyn RowQuantizer,
+    opts: &AwqOptions,
+) -> Result<AwqResult, AwqError> {
+    let mut work = Tensors {
+        model,
+        changed: HashMap::new(),
+    };
+    let mut result = AwqResult::default();
+    for g in layer_groups(p, model, layer) {
+        if g.weights.iter().any(|w| quant.block(w).is_none()) {
+            continue; // kept in float: nothing to protect
+        }
+        let st = stats(&g.input).ok_or_else(|| AwqError::Stats(g.input.clone()))?;
+        let report = search_group(&g, &st, &mut work, &mut result, quant, opts)?;
+        result.groups.push(report);
+    }
+    result.tensors = work.changed;
+    Ok(result)
+}
+
 /// Runs the search on every layer (layers in parallel) and returns the
 /// changed tensors. `stats` is looked up by linear module path (the
 /// group's first layer); `layer_done` is called as each layer finishes.
@@ -214,20 +241,7 @@ pub fn awq_llama(
     let per_layer: Vec<AwqResult> = (0..p.num_layers)
         .into_par_iter()
         .map(|i| {
-            let mut work = Tensors {
-                model,
-                changed: HashMap::new(),
-            };
-            let mut result = AwqResult::default();
-            for g in layer_groups(p, model, i) {
-                if g.weights.iter().any(|w| quant.block(w).is_none()) {
-                    continue; // kept in float: nothing to protect
-                }
-                let st = stats(&g.input).ok_or_else(|| AwqError::Stats(g.input.clone()))?;
-                let report = search_group(&g, &st, &mut work, &mut result, quant, opts)?;
-                result.groups.push(report);
-            }
-            result.tensors = work.changed;
+            let result = awq_llama_layer(model, p, i, stats, quant, opts)?;
             layer_done();
             Ok(result)
         })

@@ -12,6 +12,7 @@ use edgec_core::runtime::{Runtime, RuntimeOptions};
 use edgec_core::{DType, Family, GgmlType, Model, Tensor, TensorData};
 use edgec_formats::gguf::gguf_tensor_name;
 use edgec_formats::imatrix::{ImatrixEntry, ImportanceMatrix};
+use edgec_formats::FormatError;
 use edgec_passes::awq::{self, AwqOptions, GroupReport, InputStats, RowQuantizer};
 use edgec_passes::ggml_quant;
 use edgec_passes::gptq::Hessian;
@@ -440,4 +441,230 @@ pub fn importance_from_file(model: &Model, path: &Path) -> Result<HashMap<String
         );
     }
     Ok(out)
+}
+
+/// A tensor encoded during a sequential sweep: its GGUF bytes (IR row order)
+/// and how far they are from the float weights.
+pub struct EncodedTensor {
+    pub bytes: Vec<u8>,
+    pub errors: crate::writers::gguf::ErrorStats,
+}
+
+/// What a sequential calibration produced: every tensor encoded.
+pub struct SequentialResult {
+    pub encoded: HashMap<String, EncodedTensor>,
+    pub report: CalibReport,
+    pub sweep: edgec_calibration::SweepReport,
+}
+
+/// Options of the sequential sweep.
+pub struct Sequential {
+    /// Compute each layer's outputs with its quantized weights (the next
+    /// layer is calibrated on what the quantized model feeds it).
+    pub propagate: bool,
+    /// Bytes of activations kept in memory; more spill to a temporary file.
+    pub cache_budget: usize,
+    pub allow_nonfinite: bool,
+    pub awq: AwqOptions,
+}
+
+/// Calibrates and encodes `model` one layer at a time: each layer is
+/// built from its own tensors, every calibration batch runs through it,
+/// its statistics drive AWQ, importance and GPTQ for that layer's weights,
+/// which are encoded to `types` right away; the layer and its statistics
+/// are then dropped. Peak memory is one layer, its Gram matrices and the
+/// activation cache, plus the encoded model, whatever the depth. Without
+/// propagation the statistics, and so the bytes, equal [`calibrate`]'s.
+pub fn calibrate_sequential(
+    model: &Model,
+    input: &Path,
+    types: HashMap<String, GgmlType>,
+    seqs: &[Vec<u32>],
+    method: Method,
+    opts: &Sequential,
+    progress: &dyn Progress,
+) -> Result<SequentialResult> {
+    use crate::writers::gguf::encode_tensor;
+    use edgec_calibration::{sweep_linear_inputs, sweep_units, Replacements, SweepOptions};
+    use edgec_core::runtime::Part;
+
+    let start = std::time::Instant::now();
+    let family = model
+        .meta
+        .family
+        .clone()
+        .context("the model has no architecture")?;
+    let llama = match &family {
+        Family::Llama(p) => Some(p.clone()),
+        _ => None,
+    };
+    if method.awq() && llama.is_none() {
+        bail!("AWQ scaling is implemented for the llama family; use --method imatrix");
+    }
+    let gram_for = if method.gptq() {
+        model
+            .tensors
+            .iter()
+            .filter(|t| t.shape.len() == 2)
+            .filter_map(|t| t.name.strip_suffix(".weight").map(str::to_string))
+            .collect()
+    } else {
+        match (&llama, method.awq()) {
+            (Some(p), true) => awq::gram_layers(p),
+            _ => vec![],
+        }
+    };
+    let total: usize = seqs.iter().map(Vec::len).sum();
+    let stats_opts = StatsOptions {
+        gram_for,
+        gram_step: total.div_ceil(GRAM_TOKENS),
+    };
+    let mut sweep_opts = SweepOptions::new(stats_opts);
+    sweep_opts.propagate = opts.propagate;
+    sweep_opts.cache_budget = opts.cache_budget;
+    let quant = PlanQuantizer {
+        types: types.clone(),
+    };
+    let mut report = CalibReport {
+        method: method.name(),
+        samples: seqs.len(),
+        tokens: total,
+        seconds: 0.0,
+        seconds_statistics: 0.0,
+        seconds_awq: 0.0,
+        seconds_hessians: 0.0,
+        awq_error_rtn: None,
+        awq_error_final: None,
+        groups: vec![],
+    };
+    let mut encoded: HashMap<String, EncodedTensor> = HashMap::new();
+    let encode = |name: &str,
+                  values: Option<&Vec<f32>>,
+                  importance: Option<&[f32]>,
+                  hessian: Option<&Hessian>|
+     -> Result<EncodedTensor> {
+        let t = model
+            .tensor(name)
+            .with_context(|| format!("{name}: not in the model"))?;
+        let owned;
+        let t = match values {
+            Some(v) => {
+                owned = Tensor::from_f32(t.name.clone(), t.shape.clone(), v.clone())?;
+                &owned
+            }
+            None => t,
+        };
+        let ty = *types
+            .get(name)
+            .with_context(|| format!("{name}: no planned type"))?;
+        let (bytes, errors) =
+            encode_tensor(t, ty, &|r| r, opts.allow_nonfinite, importance, hessian)
+                .map_err(|msg| FormatError::invalid(input, msg))?;
+        t.release_pages();
+        Ok(EncodedTensor { bytes, errors })
+    };
+    let bar = progress.bar(sweep_units(&family, seqs), "calibrate", Unit::Tokens);
+    let mut awq_rtn = 0.0;
+    let mut awq_final = 0.0;
+    let mut on_layer = |part: Part,
+                        stats: BTreeMap<String, ChannelStats>|
+     -> std::result::Result<Replacements, edgec_calibration::CallbackError> {
+        let mut scales: HashMap<String, Vec<f32>> = HashMap::new();
+        let mut changed: HashMap<String, Vec<f32>> = HashMap::new();
+        if let (Some(p), true, Part::Layer(i)) = (&llama, method.awq(), part) {
+            let t = std::time::Instant::now();
+            let lookup = |module: &str| -> Option<InputStats> {
+                let s = stats.get(module)?;
+                Some(InputStats {
+                    mean_abs: s.mean_abs(),
+                    mean_sq: s.mean_sq(),
+                    gram: s.gram_mean()?,
+                })
+            };
+            let awq_opts = AwqOptions {
+                importance: method.importance(),
+                ..opts.awq.clone()
+            };
+            let r = awq::awq_llama_layer(model, p, i, &lookup, &quant, &awq_opts)?;
+            awq_rtn += r.groups.iter().map(|g| g.error_rtn).sum::<f64>();
+            awq_final += r.groups.iter().map(|g| g.error_final).sum::<f64>();
+            report.groups.extend(r.groups);
+            scales = r.input_scales;
+            changed = r.tensors;
+            report.seconds_awq += t.elapsed().as_secs_f64();
+        }
+        let importance: HashMap<String, Vec<f32>> = if method.importance() {
+            stats
+                .iter()
+                .filter_map(|(module, s)| {
+                    let w = weight_of(model, module)?;
+                    let mut imp = s.mean_sq();
+                    if let Some(sc) = scales.get(&w) {
+                        for (v, s) in imp.iter_mut().zip(sc) {
+                            *v /= s * s;
+                        }
+                    }
+                    Some((w, imp))
+                })
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        let t = std::time::Instant::now();
+        let hessians = if method.gptq() {
+            hessians(model, &stats, &scales, &crate::progress::Silent)?
+        } else {
+            HashMap::new()
+        };
+        report.seconds_hessians += t.elapsed().as_secs_f64();
+        drop(stats);
+        let mut replacements = Replacements::new();
+        for name in part.tensors(&family) {
+            if model.tensor(&name).is_none() || encoded.contains_key(&name) {
+                continue;
+            }
+            let e = encode(
+                &name,
+                changed.get(&name),
+                importance.get(&name).map(Vec::as_slice),
+                hessians.get(&name).map(Arc::as_ref),
+            )?;
+            if opts.propagate {
+                let ty = types[&name];
+                let mut values =
+                    vec![0f32; model.tensor(&name).map_or(0, |t| t.shape.iter().product())];
+                edgec_core::ggml::dequant::dequantize(ty, &e.bytes, &mut values)?;
+                replacements.insert(name.clone(), values);
+            } else if let Some(v) = changed.remove(&name) {
+                // AWQ's scaled weights compute the same function in float
+                replacements.insert(name.clone(), v);
+            }
+            encoded.insert(name, e);
+        }
+        Ok(replacements)
+    };
+    let sweep = sweep_linear_inputs(model, seqs, &sweep_opts, &mut on_layer, &|done| {
+        bar.set_position(done)
+    })
+    .map_err(|e| anyhow::anyhow!("{}: calibration: {e}", input.display()))?;
+    bar.finish();
+    // What no layer read: untied token embeddings (no statistics, as in
+    // one-shot calibration, where no linear layer reads them).
+    for t in &model.tensors {
+        if !encoded.contains_key(&t.name) {
+            let e = encode(&t.name, None, None, None)?;
+            encoded.insert(t.name.clone(), e);
+        }
+    }
+    if method.awq() {
+        report.awq_error_rtn = Some(awq_rtn);
+        report.awq_error_final = Some(awq_final);
+    }
+    report.seconds = start.elapsed().as_secs_f64();
+    report.seconds_statistics = report.seconds - report.seconds_awq - report.seconds_hessians;
+    Ok(SequentialResult {
+        encoded,
+        report,
+        sweep,
+    })
 }

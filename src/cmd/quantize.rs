@@ -52,6 +52,14 @@ pub struct Args {
     /// awq+gptq (default with --calib: awq+gptq, the best measured).
     #[arg(long, value_parser = named::<Method>)]
     pub method: Option<Method>,
+    /// Calibrate one layer at a time (memory of one layer whatever the
+    /// depth), each layer on the outputs of the quantized layers before it.
+    #[arg(long, requires = "calib")]
+    pub sequential: bool,
+    /// With --sequential: calibrate each layer on the float model's
+    /// outputs instead (the same statistics, and bytes, as one-shot).
+    #[arg(long, requires = "sequential")]
+    pub no_propagate: bool,
     /// Round with the importance of an importance matrix file (llama-imatrix's
     /// GGUF or legacy .dat, or edgec calibrate's).
     #[arg(long, value_name = "FILE", conflicts_with = "calib")]
@@ -237,6 +245,9 @@ pub fn recipe(args: &Args) -> Result<Recipe> {
                     "method": args.method,
                     "data": calib,
                     "imatrix": args.imatrix.as_deref().map(absolute),
+                    "sweep": args.sequential.then_some("sequential"),
+                    "propagate": args.no_propagate.then_some(false),
+                    "allow_nonfinite": (args.sequential && args.allow_nonfinite).then_some(true),
                 }),
             )
         }

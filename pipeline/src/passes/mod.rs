@@ -74,6 +74,8 @@ pub struct GgufQuant {
     pub importance: Option<std::collections::HashMap<String, Vec<f32>>>,
     /// Per weight, the input Hessian for rounding with error feedback.
     pub hessians: Option<std::collections::HashMap<String, Arc<Hessian>>>,
+    /// Tensors already encoded by a sequential calibration (IR row order).
+    pub encoded: Option<std::collections::HashMap<String, crate::calib::EncodedTensor>>,
 }
 
 /// The model as the steps so far leave it.

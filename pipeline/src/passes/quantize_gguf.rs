@@ -40,6 +40,43 @@ pub struct QuantizeGguf {
     /// Round by the importance of an importance matrix file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imatrix: Option<PathBuf>,
+    /// How calibration runs the model: `oneshot` (the whole model, every
+    /// statistic at once) or `sequential` (one layer at a time, encoded as
+    /// it goes: memory of one layer whatever the depth).
+    #[serde(default, skip_serializing_if = "is_oneshot")]
+    pub sweep: Sweep,
+    /// Sequential: calibrate each layer on the outputs of the already
+    /// quantized layers before it.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub propagate: bool,
+    /// Sequential (which encodes as it goes): keep NaN or infinite weights.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_nonfinite: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// How calibration runs the model.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Sweep {
+    #[default]
+    Oneshot,
+    Sequential,
+}
+
+fn is_oneshot(s: &Sweep) -> bool {
+    *s == Sweep::Oneshot
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 pub fn preset_names() -> String {
@@ -121,6 +158,9 @@ impl Pass for QuantizeGguf {
                 "imatrix rounds by importance only (method = \"imatrix\"); for AWQ give data",
             ));
         }
+        if self.sweep == Sweep::Sequential && self.data.is_none() {
+            return Err(usage("sweep = \"sequential\" calibrates: give data"));
+        }
         if let Some(d) = &self.data {
             let spec = ctx.data_set(d)?;
             if !super::is_text(&spec.path) {
@@ -163,6 +203,11 @@ impl Pass for QuantizeGguf {
             .map(|p| calib::importance_from_file(model, p))
             .transpose()?;
         let mut out = Outcome::default();
+        if let (Some(name), Sweep::Sequential, true) =
+            (&self.data, self.sweep, method != Method::Rtn)
+        {
+            return self.run_sequential(state, ctx, name, preset, method);
+        }
         let calibrated = match &self.data {
             Some(name) if method != Method::Rtn => {
                 let spec = ctx.data_set(name)?;
@@ -210,6 +255,7 @@ impl Pass for QuantizeGguf {
                     preset,
                     importance: c.importance,
                     hessians: c.hessians,
+                    encoded: None,
                 });
                 return Ok(out);
             }
@@ -225,7 +271,83 @@ impl Pass for QuantizeGguf {
             preset,
             importance,
             hessians: None,
+            encoded: None,
         });
         Ok(out)
+    }
+}
+
+impl QuantizeGguf {
+    /// Calibration one layer at a time, each layer encoded as it goes.
+    fn run_sequential(
+        &self,
+        state: &mut State,
+        ctx: &Context,
+        data: &str,
+        preset: Preset,
+        method: Method,
+    ) -> Result<Outcome> {
+        let model = &state.model;
+        let spec = ctx.data_set(data)?;
+        let plans = gguf_out::plan(model, &preset, method.importance())?;
+        let types = model
+            .tensors
+            .iter()
+            .zip(&plans)
+            .map(|(t, p)| (t.name.clone(), p.ty))
+            .collect();
+        let seqs = calib::sequences(
+            model,
+            &spec.path,
+            spec.samples.unwrap_or(32),
+            spec.len.unwrap_or(512),
+        )?;
+        let r = calib::calibrate_sequential(
+            model,
+            ctx.input,
+            types,
+            &seqs,
+            method,
+            &calib::Sequential {
+                propagate: self.propagate,
+                cache_budget: 1 << 30,
+                allow_nonfinite: self.allow_nonfinite,
+                awq: Default::default(),
+            },
+            ctx.progress,
+        )?;
+        let c = &r.report;
+        let line = format!(
+            "calibrated ({}, sequential{}) on {} tokens in {:.2}s{}",
+            c.method,
+            if self.propagate { ", propagated" } else { "" },
+            c.tokens,
+            c.seconds,
+            match (c.awq_error_rtn, c.awq_error_final) {
+                (Some(a), Some(b)) if a > 0.0 =>
+                    format!("; AWQ output error {:.3}x plain rounding's", b / a),
+                _ => String::new(),
+            }
+        );
+        let summary = serde_json::json!({
+            "calibration": c,
+            "sweep": {
+                "layers": r.sweep.layers,
+                "batches": r.sweep.batches,
+                "peak_cache_bytes": r.sweep.peak_cache_bytes,
+                "peak_spilled_bytes": r.sweep.peak_spilled_bytes,
+            },
+        });
+        state.gguf = Some(GgufQuant {
+            preset,
+            importance: None,
+            hessians: None,
+            encoded: Some(r.encoded),
+        });
+        Ok(Outcome {
+            lines: vec![line],
+            summary,
+            ..Default::default()
+        })
     }
 }

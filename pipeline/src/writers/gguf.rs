@@ -30,6 +30,8 @@ pub struct GgufOptions<'a> {
     /// Per weight (IR name), the input Hessian for rounding with error
     /// feedback (GPTQ).
     pub hessians: Option<&'a HashMap<String, Arc<Hessian>>>,
+    /// Tensors already encoded (sequential calibration), in IR row order.
+    pub encoded: Option<&'a HashMap<String, crate::calib::EncodedTensor>>,
 }
 
 #[derive(Serialize)]
@@ -281,15 +283,20 @@ pub fn write_gguf(
                 .and_then(|m| m.get(&t.name))
                 .map(Vec::as_slice);
             let hessian = opts.hessians.and_then(|m| m.get(&t.name)).map(Arc::as_ref);
-            let (bytes, err) = encode_tensor(
-                t,
-                plan.ty,
-                &source_row,
-                opts.allow_nonfinite,
-                importance,
-                hessian,
-            )
-            .map_err(|msg| FormatError::invalid(opts.input, msg))?;
+            let (bytes, err) = match opts.encoded.and_then(|m| m.get(&t.name)) {
+                // rows are encoded independently: reordering encoded rows is
+                // the same as encoding reordered rows
+                Some(e) => (reorder_rows(&e.bytes, rows, &source_row), e.errors),
+                None => encode_tensor(
+                    t,
+                    plan.ty,
+                    &source_row,
+                    opts.allow_nonfinite,
+                    importance,
+                    hessian,
+                )
+                .map_err(|msg| FormatError::invalid(opts.input, msg))?,
+            };
             errors.lock().expect("error stats lock")[i] = err;
             t.release_pages();
             bar.inc(1);
@@ -326,6 +333,17 @@ pub fn write_gguf(
         seconds: start.elapsed().as_secs_f64(),
         tensors,
     })
+}
+
+/// Encoded rows in a new order: output row `r` is row `source_row(r)`.
+fn reorder_rows(bytes: &[u8], rows: usize, source_row: &dyn Fn(usize) -> usize) -> Vec<u8> {
+    let row_bytes = bytes.len() / rows.max(1);
+    let mut out = Vec::with_capacity(bytes.len());
+    for r in 0..rows {
+        let s = source_row(r);
+        out.extend_from_slice(&bytes[s * row_bytes..(s + 1) * row_bytes]);
+    }
+    out
 }
 
 /// Fails on the first NaN or infinite weight of the model read from
