@@ -108,8 +108,15 @@ pub fn check(recipe: &Recipe) -> Result<Checked> {
             )));
         }
         let before = view.clone();
-        pass.check(&mut view, &ctx)
-            .map_err(|e| usage(format!("step {} ({}): {e}", i + 1, step.pass)))?;
+        pass.check(&mut view, &ctx).map_err(|e| {
+            let msg = format!("step {} ({}): {e}", i + 1, step.pass);
+            if e.downcast_ref::<crate::UsageError>().is_some() {
+                usage(msg)
+            } else {
+                // the model does not fit the step: an error about the input
+                anyhow::anyhow!("{}: {msg}", recipe.input.model.display())
+            }
+        })?;
         plan.push(PlannedStep {
             pass: step.pass.clone(),
             params: pass.params(),

@@ -180,9 +180,10 @@ impl Pass for QuantizeGguf {
             Ok(Method::Awq | Method::AwqImatrix | Method::AwqGptq)
         );
         if self.data.is_some() && awq && view.family != Some(FamilyKind::Llama) {
-            return Err(usage(
-                "method: AWQ scaling is implemented for the llama family; use method = \"imatrix\"",
-            ));
+            // the model, not the recipe, is what does not fit: exit 1
+            bail!(
+                "method: AWQ scaling is implemented for the llama family; use method = \"imatrix\""
+            );
         }
         if view.quant != QuantKind::None {
             return Err(usage(
