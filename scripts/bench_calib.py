@@ -4,7 +4,9 @@ On SmolLM2-135M (f32), for each type (default Q4_K_M, Q4_0, IQ4_NL):
   - llama.cpp: plain llama-quantize, and llama-imatrix (-c L --chunks N) followed by
     llama-quantize --imatrix;
   - edgec: quantize --method rtn, and quantize --calib with N samples x L tokens (the
-    method edgec picks); with --all-methods also --method awq, imatrix, awq+imatrix, gptq.
+    method edgec picks); with --all-methods also --method awq, imatrix, awq+imatrix, gptq;
+    with --sequential also --calib --sequential (one layer at a time), with and without
+    --no-propagate.
 Both tools calibrate on the same text, /usr/share/common-licenses without GPL-3.
 Accuracy is judged by llama-perplexity --kl-divergence against the f32 GGUF's logits
 on GPL-3, which neither tool calibrated on. Time and peak RSS cover the whole
@@ -97,6 +99,11 @@ def bench(args, work):
             if method is None:
                 out = work / f"llama.{ty}.gguf"
                 row("llama.cpp", out, [quantize, f32, out, ty, t])
+            if method is None and args.sequential:
+                for extra in (["--sequential"], ["--sequential", "--no-propagate"]):
+                    out = work / f"edgec.calib{''.join(extra)}.{ty}.gguf"
+                    row("edgec --calib " + " ".join(extra), out,
+                        [edgec, "--threads", t, "quantize", "--type", ty, *calib_flags, *extra, MODEL_DIR, out])
 
         print(f"### {ty}\n\n| tool / method | MiB | seconds | peak RSS MiB | mean KLD | PPL |")
         print("| --- | ---: | ---: | ---: | ---: | ---: |")
@@ -117,6 +124,8 @@ def main():
     ap.add_argument("--len", type=int, default=512, help="tokens per calibration sequence L (default 512)")
     ap.add_argument("--types", default="Q4_K_M,Q4_0,IQ4_NL")
     ap.add_argument("--all-methods", action="store_true", help="also edgec --method awq, imatrix, awq+imatrix, gptq")
+    ap.add_argument("--sequential", action="store_true",
+                    help="also edgec --calib --sequential (with and without --no-propagate)")
     ap.add_argument("--keep", help="write the work files (texts, GGUFs, imatrix) here and keep them")
     args = ap.parse_args()
     check_edgec_flags(args.edgec)
