@@ -74,6 +74,8 @@ pub struct GgufQuant {
     pub importance: Option<std::collections::HashMap<String, Vec<f32>>>,
     /// Per weight, the input Hessian for rounding with error feedback.
     pub hessians: Option<std::collections::HashMap<String, Arc<Hessian>>>,
+    /// Per weight, a type that replaces the preset's (mixed precision).
+    pub types: Option<std::collections::HashMap<String, edgec_core::GgmlType>>,
 }
 
 /// The model as the steps so far leave it.

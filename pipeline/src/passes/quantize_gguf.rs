@@ -4,6 +4,7 @@
 //! importance matrix file. The pass decides every tensor's type and the
 //! rounding's inputs; the GGUF writer encodes tensor by tensor.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
@@ -15,6 +16,7 @@ use super::{
 };
 use crate::calib::{self, Method};
 use crate::error::usage;
+use crate::mixed::{self, ByteSize, Sensitivity};
 use crate::registry::{Changes, DataNeed, ModelNeed, Needs};
 use crate::writers::gguf as gguf_out;
 
@@ -40,6 +42,20 @@ pub struct QuantizeGguf {
     /// Round by the importance of an importance matrix file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imatrix: Option<PathBuf>,
+    /// Mixed precision: per-tensor types chosen by measured sensitivity so
+    /// that the tensors average this many bits per weight (needs data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_bpw: Option<f64>,
+    /// Mixed precision to a file size: bytes, or "80M", "1.2G" (needs data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_size: Option<ByteSize>,
+    /// Mixed precision's sensitivity proxy: "gram" (default) or "diag".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sensitivity: Option<Sensitivity>,
+    /// Types of given tensors by GGUF name ("blk.0.attn_v.weight" = "Q8_0"),
+    /// like llama-quantize --tensor-type; kept under a target.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tensor_types: BTreeMap<String, String>,
 }
 
 pub fn preset_names() -> String {
@@ -111,6 +127,7 @@ impl Pass for QuantizeGguf {
     fn check(&self, view: &mut ModelView, ctx: &CheckContext) -> Result<()> {
         self.preset()?;
         self.method()?;
+        self.target()?;
         if self.imatrix.is_some() && self.data.is_some() {
             return Err(usage(
                 "imatrix: give calibration data or an importance matrix, not both",
@@ -166,7 +183,10 @@ impl Pass for QuantizeGguf {
         let calibrated = match &self.data {
             Some(name) if method != Method::Rtn => {
                 let spec = ctx.data_set(name)?;
-                let plans = gguf_out::plan(model, &preset, method.importance())?;
+                let mut plans = gguf_out::plan(model, &preset, method.importance())?;
+                let pinned =
+                    mixed::pinned_types(model, &plans, &self.tensor_types, "tensor_types")?;
+                mixed::apply_types(model, &mut plans, &pinned);
                 let types = model
                     .tensors
                     .iter()
@@ -205,11 +225,20 @@ impl Pass for QuantizeGguf {
                     }
                 ));
                 out.summary = serde_json::json!({ "calibration": r });
+                let types = self.types(
+                    &c.model,
+                    &preset,
+                    c.importance.as_ref(),
+                    c.hessians.as_ref(),
+                    ctx,
+                    &mut out,
+                )?;
                 state.model = c.model;
                 state.gguf = Some(GgufQuant {
                     preset,
                     importance: c.importance,
                     hessians: c.hessians,
+                    types,
                 });
                 return Ok(out);
             }
@@ -221,10 +250,19 @@ impl Pass for QuantizeGguf {
                 ctx.input.display()
             );
         }
+        let types = self.types(
+            &state.model,
+            &preset,
+            importance.as_ref(),
+            None,
+            ctx,
+            &mut out,
+        )?;
         state.gguf = Some(GgufQuant {
             preset,
             importance,
             hessians: None,
+            types,
         });
         Ok(out)
     }

@@ -149,6 +149,7 @@ impl Write {
                 allow_nonfinite: self.allow_nonfinite,
                 importance: q.and_then(|q| q.importance.as_ref()),
                 hessians: q.and_then(|q| q.hessians.as_ref()),
+                types: q.and_then(|q| q.types.as_ref()),
             },
             ctx.progress,
         )?;

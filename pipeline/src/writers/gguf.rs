@@ -30,6 +30,9 @@ pub struct GgufOptions<'a> {
     /// Per weight (IR name), the input Hessian for rounding with error
     /// feedback (GPTQ).
     pub hessians: Option<&'a HashMap<String, Arc<Hessian>>>,
+    /// Per weight (IR name), a type that replaces the preset's (mixed
+    /// precision, pinned types).
+    pub types: Option<&'a HashMap<String, GgmlType>>,
 }
 
 #[derive(Serialize)]
@@ -254,7 +257,10 @@ pub fn write_gguf(
     progress: &dyn Progress,
 ) -> Result<GgufReport> {
     let start = Instant::now();
-    let plans = plan(model, preset, opts.importance.is_some())?;
+    let mut plans = plan(model, preset, opts.importance.is_some())?;
+    if let Some(types) = opts.types {
+        crate::mixed::apply_types(model, &mut plans, types);
+    }
     let family = model
         .meta
         .family
