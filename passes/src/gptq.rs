@@ -88,6 +88,31 @@ impl Hessian {
         self.cols
     }
 
+    /// `Σ_rows eᵀ (H + λI) e` for the rows of `err` (row-major, rows of
+    /// `cols`; overwritten): the layer's added squared output error per
+    /// token for weight errors `err`, with `H + λI = (UᵀU)⁻¹` solved
+    /// through the factor (`‖U⁻ᵀ e‖²`). Dead channels count nothing.
+    pub fn output_error(&self, err: &mut [f32]) -> f64 {
+        let cols = self.cols;
+        if err.is_empty() || !err.len().is_multiple_of(cols) {
+            return 0.0;
+        }
+        for row in err.chunks_exact_mut(cols) {
+            for (e, &dead) in row.iter_mut().zip(&self.dead) {
+                if dead {
+                    *e = 0.0;
+                }
+            }
+        }
+        let n = err.len() / cols;
+        // U row-major is Uᵀ column-major; the rows of err are the columns of
+        // a column-major [cols, n] right-hand side
+        let ut = faer::MatRef::from_column_major_slice(&self.u, cols, cols);
+        let rhs = faer::MatMut::from_column_major_slice_mut(err, cols, n);
+        faer::linalg::triangular_solve::solve_lower_triangular_in_place(ut, rhs, faer::Par::Seq);
+        err.iter().map(|&y| (y as f64) * (y as f64)).sum()
+    }
+
     /// Quantizes `row` as `ty` with error feedback, appending the same
     /// number of bytes [`quantize_row`] would. `importance` weighs columns
     /// inside each block's own rounding.

@@ -7,5 +7,6 @@ pub mod ggml_quant;
 pub mod gptq;
 pub mod graph_quant;
 pub mod groupwise;
+pub mod mixed;
 pub mod presets;
 pub mod qdq;

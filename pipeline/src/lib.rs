@@ -17,6 +17,7 @@ pub mod error;
 pub mod eval;
 pub mod graph_data;
 pub mod graph_quant;
+pub mod mixed;
 pub mod names;
 pub mod passes;
 pub mod progress;

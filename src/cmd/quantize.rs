@@ -9,6 +9,7 @@ use edgec_passes::presets::{Preset, PRESETS};
 use edgec_pipeline::calib::Method;
 use edgec_pipeline::graph_data::{ImageSpec, RangeArg};
 use edgec_pipeline::graph_quant::Int4Format;
+use edgec_pipeline::mixed::Sensitivity;
 use edgec_pipeline::recipe::{absolute, DataSpec, Input, Recipe, Step};
 
 use super::{named, RecipeFlags, UsageError};
@@ -64,6 +65,29 @@ pub struct Args {
     /// GGUF or legacy .dat, or edgec calibrate's).
     #[arg(long, value_name = "FILE", conflicts_with = "calib")]
     pub imatrix: Option<PathBuf>,
+    /// Mixed precision (GGUF): each tensor's type is chosen by its measured
+    /// sensitivity on --calib so that the tensors average B bits per weight
+    /// (within 1%), from Q2_K..Q6_K and Q8_0 (32-block types where rows are
+    /// not whole super-blocks); --type gives the preset calibration starts from.
+    #[arg(
+        long,
+        value_name = "B",
+        conflicts_with = "target_size",
+        requires = "calib"
+    )]
+    pub target_bpw: Option<f64>,
+    /// Mixed precision to a file size (within 1%): bytes, or 80M, 1.2G (K, M,
+    /// G: powers of 1024; KB, MB, GB: of 1000).
+    #[arg(long, value_name = "SIZE", requires = "calib")]
+    pub target_size: Option<String>,
+    /// Mixed precision's sensitivity measure: gram (Σ (w−q)ᵀ G (w−q) with the
+    /// input's Gram matrix, the default) or diag (its diagonal, mean x²).
+    #[arg(long, value_parser = named::<Sensitivity>)]
+    pub sensitivity: Option<Sensitivity>,
+    /// GGUF: the type of one tensor, by GGUF name (repeatable), like
+    /// llama-quantize --tensor-type: blk.0.attn_v.weight=Q8_0.
+    #[arg(long = "tensor-type", value_name = "NAME=TYPE")]
+    pub tensor_type: Vec<String>,
     /// ONNX --bits 4: weights per block (a power of two, at least 16).
     #[arg(long, default_value_t = 32, value_name = "N")]
     pub block: usize,
@@ -148,11 +172,22 @@ pub fn recipe(args: &Args) -> Result<Recipe> {
         .into());
     }
     if graph_out
-        && (args.ty.is_some() || args.imatrix.is_some() || args.pure || args.method.is_some())
+        && (args.ty.is_some()
+            || args.imatrix.is_some()
+            || args.pure
+            || args.method.is_some()
+            || args.target_bpw.is_some()
+            || args.target_size.is_some()
+            || !args.tensor_type.is_empty())
     {
         return Err(UsageError(format!(
-            "{} output takes --bits, --block and --calib; --type, --imatrix, --method and --pure are for GGUF",
-            if format == Some(Format::Onnx) { "ONNX" } else { "TFLite" }
+            "{} output takes --bits, --block and --calib; --type, --imatrix, --method, --pure, \
+             --target-bpw, --target-size and --tensor-type are for GGUF",
+            if format == Some(Format::Onnx) {
+                "ONNX"
+            } else {
+                "TFLite"
+            }
         ))
         .into());
     }
@@ -237,6 +272,16 @@ pub fn recipe(args: &Args) -> Result<Recipe> {
                     .into());
                 }
             }
+            let mut tensor_types = serde_json::Map::new();
+            for spec in &args.tensor_type {
+                let Some((name, ty)) = spec.split_once('=') else {
+                    return Err(UsageError(format!(
+                        "--tensor-type {spec}: give NAME=TYPE, e.g. blk.0.attn_v.weight=Q8_0"
+                    ))
+                    .into());
+                };
+                tensor_types.insert(name.trim().into(), ty.trim().into());
+            }
             step(
                 "quantize.gguf",
                 serde_json::json!({
@@ -248,6 +293,10 @@ pub fn recipe(args: &Args) -> Result<Recipe> {
                     "sweep": args.sequential.then_some("sequential"),
                     "propagate": args.no_propagate.then_some(false),
                     "allow_nonfinite": (args.sequential && args.allow_nonfinite).then_some(true),
+                    "target_bpw": args.target_bpw,
+                    "target_size": args.target_size,
+                    "sensitivity": args.sensitivity,
+                    "tensor_types": (!tensor_types.is_empty()).then_some(tensor_types),
                 }),
             )
         }
@@ -285,8 +334,10 @@ pub fn run(args: Args) -> Result<()> {
         // calibration's; other outputs: the run report.
         let json = if gguf {
             let mut json = report.steps[1].summary.clone();
-            if let Some(c) = report.steps[0].summary.get("calibration") {
-                json["calibration"] = c.clone();
+            for key in ["calibration", "mixed"] {
+                if let Some(c) = report.steps[0].summary.get(key) {
+                    json[key] = c.clone();
+                }
             }
             json
         } else {

@@ -76,6 +76,8 @@ pub struct GgufQuant {
     pub hessians: Option<std::collections::HashMap<String, Arc<Hessian>>>,
     /// Tensors already encoded by a sequential calibration (IR row order).
     pub encoded: Option<std::collections::HashMap<String, crate::calib::EncodedTensor>>,
+    /// Per weight, a type that replaces the preset's (mixed precision).
+    pub types: Option<std::collections::HashMap<String, edgec_core::GgmlType>>,
 }
 
 /// The model as the steps so far leave it.

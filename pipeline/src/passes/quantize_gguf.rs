@@ -4,6 +4,7 @@
 //! importance matrix file. The pass decides every tensor's type and the
 //! rounding's inputs; the GGUF writer encodes tensor by tensor.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
@@ -15,6 +16,7 @@ use super::{
 };
 use crate::calib::{self, Method};
 use crate::error::usage;
+use crate::mixed::{self, ByteSize, Sensitivity};
 use crate::registry::{Changes, DataNeed, ModelNeed, Needs};
 use crate::writers::gguf as gguf_out;
 
@@ -52,6 +54,20 @@ pub struct QuantizeGguf {
     /// Sequential (which encodes as it goes): keep NaN or infinite weights.
     #[serde(default, skip_serializing_if = "is_false")]
     pub allow_nonfinite: bool,
+    /// Mixed precision: per-tensor types chosen by measured sensitivity so
+    /// that the tensors average this many bits per weight (needs data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_bpw: Option<f64>,
+    /// Mixed precision to a file size: bytes, or "80M", "1.2G" (needs data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_size: Option<ByteSize>,
+    /// Mixed precision's sensitivity proxy: "gram" (default) or "diag".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sensitivity: Option<Sensitivity>,
+    /// Types of given tensors by GGUF name ("blk.0.attn_v.weight" = "Q8_0"),
+    /// like llama-quantize --tensor-type; kept under a target.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tensor_types: BTreeMap<String, String>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -148,6 +164,7 @@ impl Pass for QuantizeGguf {
     fn check(&self, view: &mut ModelView, ctx: &CheckContext) -> Result<()> {
         self.preset()?;
         self.method()?;
+        self.target()?;
         if self.imatrix.is_some() && self.data.is_some() {
             return Err(usage(
                 "imatrix: give calibration data or an importance matrix, not both",
@@ -156,6 +173,15 @@ impl Pass for QuantizeGguf {
         if self.imatrix.is_some() && self.method.is_some_and(|m| m != Method::Imatrix) {
             return Err(usage(
                 "imatrix rounds by importance only (method = \"imatrix\"); for AWQ give data",
+            ));
+        }
+        if self.sweep == Sweep::Sequential
+            && (self.target_bpw.is_some() || self.target_size.is_some())
+        {
+            // mixed precision chooses types from the whole model's
+            // sensitivities; a sequential sweep encodes each layer first
+            return Err(usage(
+                "sweep = \"sequential\" cannot yet meet target_bpw/target_size: use the one-shot sweep",
             ));
         }
         if self.sweep == Sweep::Sequential && self.data.is_none() {
@@ -212,7 +238,10 @@ impl Pass for QuantizeGguf {
         let calibrated = match &self.data {
             Some(name) if method != Method::Rtn => {
                 let spec = ctx.data_set(name)?;
-                let plans = gguf_out::plan(model, &preset, method.importance())?;
+                let mut plans = gguf_out::plan(model, &preset, method.importance())?;
+                let pinned =
+                    mixed::pinned_types(model, &plans, &self.tensor_types, "tensor_types")?;
+                mixed::apply_types(model, &mut plans, &pinned);
                 let types = model
                     .tensors
                     .iter()
@@ -251,12 +280,21 @@ impl Pass for QuantizeGguf {
                     }
                 ));
                 out.summary = serde_json::json!({ "calibration": r });
+                let types = self.types(
+                    &c.model,
+                    &preset,
+                    c.importance.as_ref(),
+                    c.hessians.as_ref(),
+                    ctx,
+                    &mut out,
+                )?;
                 state.model = c.model;
                 state.gguf = Some(GgufQuant {
                     preset,
                     importance: c.importance,
                     hessians: c.hessians,
                     encoded: None,
+                    types,
                 });
                 return Ok(out);
             }
@@ -268,11 +306,20 @@ impl Pass for QuantizeGguf {
                 ctx.input.display()
             );
         }
+        let types = self.types(
+            &state.model,
+            &preset,
+            importance.as_ref(),
+            None,
+            ctx,
+            &mut out,
+        )?;
         state.gguf = Some(GgufQuant {
             preset,
             importance,
             hessians: None,
             encoded: None,
+            types,
         });
         Ok(out)
     }
@@ -290,7 +337,9 @@ impl QuantizeGguf {
     ) -> Result<Outcome> {
         let model = &state.model;
         let spec = ctx.data_set(data)?;
-        let plans = gguf_out::plan(model, &preset, method.importance())?;
+        let mut plans = gguf_out::plan(model, &preset, method.importance())?;
+        let pinned = mixed::pinned_types(model, &plans, &self.tensor_types, "tensor_types")?;
+        mixed::apply_types(model, &mut plans, &pinned);
         let types = model
             .tensors
             .iter()
@@ -344,6 +393,8 @@ impl QuantizeGguf {
             importance: None,
             hessians: None,
             encoded: Some(r.encoded),
+            // the writer's plan must name the types the layers were encoded to
+            types: (!pinned.is_empty()).then_some(pinned),
         });
         Ok(Outcome {
             lines: vec![line],

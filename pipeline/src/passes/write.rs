@@ -150,6 +150,7 @@ impl Write {
                 importance: q.and_then(|q| q.importance.as_ref()),
                 hessians: q.and_then(|q| q.hessians.as_ref()),
                 encoded: q.and_then(|q| q.encoded.as_ref()),
+                types: q.and_then(|q| q.types.as_ref()),
             },
             ctx.progress,
         )?;

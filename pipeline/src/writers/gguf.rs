@@ -32,6 +32,9 @@ pub struct GgufOptions<'a> {
     pub hessians: Option<&'a HashMap<String, Arc<Hessian>>>,
     /// Tensors already encoded (sequential calibration), in IR row order.
     pub encoded: Option<&'a HashMap<String, crate::calib::EncodedTensor>>,
+    /// Per weight (IR name), a type that replaces the preset's (mixed
+    /// precision, pinned types).
+    pub types: Option<&'a HashMap<String, GgmlType>>,
 }
 
 #[derive(Serialize)]
@@ -256,7 +259,10 @@ pub fn write_gguf(
     progress: &dyn Progress,
 ) -> Result<GgufReport> {
     let start = Instant::now();
-    let plans = plan(model, preset, opts.importance.is_some())?;
+    let mut plans = plan(model, preset, opts.importance.is_some())?;
+    if let Some(types) = opts.types {
+        crate::mixed::apply_types(model, &mut plans, types);
+    }
     let family = model
         .meta
         .family
