@@ -222,6 +222,19 @@ pub fn recipe(args: &Args) -> Result<Recipe> {
                 )).into()),
                 None => return Err(UsageError("TFLite output: give --bits 8".into()).into()),
             }
+            // the command's own words for what the pass's check says in keys
+            if args.calib.is_none() && args.int8_io {
+                return Err(UsageError(
+                    "--int8-io needs full-integer quantization: give --calib DATA (dynamic range keeps float inputs and outputs)".into(),
+                )
+                .into());
+            }
+            if args.calib.is_none() && args.int16_activations {
+                return Err(UsageError(
+                    "--int16-activations needs full-integer quantization: give --calib DATA".into(),
+                )
+                .into());
+            }
             step(
                 "quantize.tflite",
                 serde_json::json!({
