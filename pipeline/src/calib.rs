@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use edgec_calibration::StatsOptions;
 use edgec_calibration::{calibration_sequences, collect_linear_inputs, read_text, ChannelStats};
 use edgec_core::runtime::{Runtime, RuntimeOptions};
-use edgec_core::{DType, Family, GgmlType, Model, Tensor, TensorData};
+use edgec_core::{DType, Family, GgmlType, LlamaParams, Model, Tensor, TensorData};
 use edgec_formats::gguf::gguf_tensor_name;
 use edgec_formats::imatrix::{ImatrixEntry, ImportanceMatrix};
 use edgec_formats::FormatError;
@@ -229,20 +229,7 @@ pub fn calibrate(
     if method.awq() && llama.is_none() {
         bail!("AWQ scaling is implemented for the llama family; use --method imatrix");
     }
-    let gram_for = if method.gptq() {
-        // every linear layer's input (shared inputs are summed once)
-        model
-            .tensors
-            .iter()
-            .filter(|t| t.shape.len() == 2)
-            .filter_map(|t| t.name.strip_suffix(".weight").map(str::to_string))
-            .collect()
-    } else {
-        match (&llama, method.awq()) {
-            (Some(p), true) => awq::gram_layers(p),
-            _ => vec![],
-        }
-    };
+    let gram_for = gram_inputs(model, llama.as_ref(), method);
     let stats = statistics(model, seqs, gram_for, progress)?;
     report.seconds_statistics = start.elapsed().as_secs_f64();
     let mut out = model.clone();
@@ -271,21 +258,9 @@ pub fn calibrate(
         replace_tensors(&mut out, result.tensors)?;
         report.seconds_awq = start.elapsed().as_secs_f64() - report.seconds_statistics;
     }
-    let importance = method.importance().then(|| {
-        stats
-            .iter()
-            .filter_map(|(module, s)| {
-                let w = weight_of(model, module)?;
-                let mut imp = s.mean_sq();
-                if let Some(sc) = scales.get(&w) {
-                    for (v, s) in imp.iter_mut().zip(sc) {
-                        *v /= s * s;
-                    }
-                }
-                Some((w, imp))
-            })
-            .collect()
-    });
+    let importance = method
+        .importance()
+        .then(|| importance_of(model, &stats, &scales));
     let before_hessians = start.elapsed().as_secs_f64();
     let hessians = method
         .gptq()
@@ -299,6 +274,45 @@ pub fn calibrate(
         hessians,
         report,
     })
+}
+
+/// The linear layers whose inputs need Gram matrices: every one for GPTQ
+/// (shared inputs are summed once), AWQ's groups for AWQ alone.
+fn gram_inputs(model: &Model, llama: Option<&LlamaParams>, method: Method) -> Vec<String> {
+    if method.gptq() {
+        return model
+            .tensors
+            .iter()
+            .filter(|t| t.shape.len() == 2)
+            .filter_map(|t| t.name.strip_suffix(".weight").map(str::to_string))
+            .collect();
+    }
+    match (llama, method.awq()) {
+        (Some(p), true) => awq::gram_layers(p),
+        _ => vec![],
+    }
+}
+
+/// Per weight (IR name), the importance of its input columns: mean x², over
+/// s² where AWQ scaled the column by s.
+fn importance_of(
+    model: &Model,
+    stats: &BTreeMap<String, ChannelStats>,
+    scales: &HashMap<String, Vec<f32>>,
+) -> HashMap<String, Vec<f32>> {
+    stats
+        .iter()
+        .filter_map(|(module, s)| {
+            let w = weight_of(model, module)?;
+            let mut imp = s.mean_sq();
+            if let Some(sc) = scales.get(&w) {
+                for (v, s) in imp.iter_mut().zip(sc) {
+                    *v /= s * s;
+                }
+            }
+            Some((w, imp))
+        })
+        .collect()
 }
 
 /// Damping of the Hessians, as a fraction of their mean diagonal (GPTQ's).
@@ -501,19 +515,7 @@ pub fn calibrate_sequential(
     if method.awq() && llama.is_none() {
         bail!("AWQ scaling is implemented for the llama family; use --method imatrix");
     }
-    let gram_for = if method.gptq() {
-        model
-            .tensors
-            .iter()
-            .filter(|t| t.shape.len() == 2)
-            .filter_map(|t| t.name.strip_suffix(".weight").map(str::to_string))
-            .collect()
-    } else {
-        match (&llama, method.awq()) {
-            (Some(p), true) => awq::gram_layers(p),
-            _ => vec![],
-        }
-    };
+    let gram_for = gram_inputs(model, llama.as_ref(), method);
     let total: usize = seqs.iter().map(Vec::len).sum();
     let stats_opts = StatsOptions {
         gram_for,
@@ -593,20 +595,8 @@ pub fn calibrate_sequential(
             changed = r.tensors;
             report.seconds_awq += t.elapsed().as_secs_f64();
         }
-        let importance: HashMap<String, Vec<f32>> = if method.importance() {
-            stats
-                .iter()
-                .filter_map(|(module, s)| {
-                    let w = weight_of(model, module)?;
-                    let mut imp = s.mean_sq();
-                    if let Some(sc) = scales.get(&w) {
-                        for (v, s) in imp.iter_mut().zip(sc) {
-                            *v /= s * s;
-                        }
-                    }
-                    Some((w, imp))
-                })
-                .collect()
+        let importance = if method.importance() {
+            importance_of(model, &stats, &scales)
         } else {
             HashMap::new()
         };

@@ -238,16 +238,7 @@ impl Pass for QuantizeGguf {
         let calibrated = match &self.data {
             Some(name) if method != Method::Rtn => {
                 let spec = ctx.data_set(name)?;
-                let mut plans = gguf_out::plan(model, &preset, method.importance())?;
-                let pinned =
-                    mixed::pinned_types(model, &plans, &self.tensor_types, "tensor_types")?;
-                mixed::apply_types(model, &mut plans, &pinned);
-                let types = model
-                    .tensors
-                    .iter()
-                    .zip(&plans)
-                    .map(|(t, p)| (t.name.clone(), p.ty))
-                    .collect();
+                let (types, _) = self.planned_types(model, &preset, method)?;
                 let seqs = calib::sequences(
                     model,
                     &spec.path,
@@ -268,17 +259,7 @@ impl Pass for QuantizeGguf {
         let importance = match calibrated {
             Some(c) => {
                 let r = &c.report;
-                out.lines.push(format!(
-                    "calibrated ({}) on {} tokens in {:.2}s{}",
-                    r.method,
-                    r.tokens,
-                    r.seconds,
-                    match (r.awq_error_rtn, r.awq_error_final) {
-                        (Some(a), Some(b)) if a > 0.0 =>
-                            format!("; AWQ output error {:.3}x plain rounding's", b / a),
-                        _ => String::new(),
-                    }
-                ));
+                out.lines.push(calibration_line(r, ""));
                 out.summary = serde_json::json!({ "calibration": r });
                 let types = self.types(
                     &c.model,
@@ -325,7 +306,45 @@ impl Pass for QuantizeGguf {
     }
 }
 
+/// The line people read about a calibration; `how` follows the method.
+fn calibration_line(r: &calib::CalibReport, how: &str) -> String {
+    format!(
+        "calibrated ({}{how}) on {} tokens in {:.2}s{}",
+        r.method,
+        r.tokens,
+        r.seconds,
+        match (r.awq_error_rtn, r.awq_error_final) {
+            (Some(a), Some(b)) if a > 0.0 =>
+                format!("; AWQ output error {:.3}x plain rounding's", b / a),
+            _ => String::new(),
+        }
+    )
+}
+
 impl QuantizeGguf {
+    /// Every tensor's planned type (IR name → type), with the pinned
+    /// `tensor_types` applied; and the pinned ones alone.
+    fn planned_types(
+        &self,
+        model: &edgec_core::Model,
+        preset: &Preset,
+        method: Method,
+    ) -> Result<(
+        std::collections::HashMap<String, edgec_core::GgmlType>,
+        std::collections::HashMap<String, edgec_core::GgmlType>,
+    )> {
+        let mut plans = gguf_out::plan(model, preset, method.importance())?;
+        let pinned = mixed::pinned_types(model, &plans, &self.tensor_types, "tensor_types")?;
+        mixed::apply_types(model, &mut plans, &pinned);
+        let types = model
+            .tensors
+            .iter()
+            .zip(&plans)
+            .map(|(t, p)| (t.name.clone(), p.ty))
+            .collect();
+        Ok((types, pinned))
+    }
+
     /// Calibration one layer at a time, each layer encoded as it goes.
     fn run_sequential(
         &self,
@@ -337,15 +356,7 @@ impl QuantizeGguf {
     ) -> Result<Outcome> {
         let model = &state.model;
         let spec = ctx.data_set(data)?;
-        let mut plans = gguf_out::plan(model, &preset, method.importance())?;
-        let pinned = mixed::pinned_types(model, &plans, &self.tensor_types, "tensor_types")?;
-        mixed::apply_types(model, &mut plans, &pinned);
-        let types = model
-            .tensors
-            .iter()
-            .zip(&plans)
-            .map(|(t, p)| (t.name.clone(), p.ty))
-            .collect();
+        let (types, pinned) = self.planned_types(model, &preset, method)?;
         let seqs = calib::sequences(
             model,
             &spec.path,
@@ -367,17 +378,13 @@ impl QuantizeGguf {
             ctx.progress,
         )?;
         let c = &r.report;
-        let line = format!(
-            "calibrated ({}, sequential{}) on {} tokens in {:.2}s{}",
-            c.method,
-            if self.propagate { ", propagated" } else { "" },
-            c.tokens,
-            c.seconds,
-            match (c.awq_error_rtn, c.awq_error_final) {
-                (Some(a), Some(b)) if a > 0.0 =>
-                    format!("; AWQ output error {:.3}x plain rounding's", b / a),
-                _ => String::new(),
-            }
+        let line = calibration_line(
+            c,
+            if self.propagate {
+                ", sequential, propagated"
+            } else {
+                ", sequential"
+            },
         );
         let summary = serde_json::json!({
             "calibration": c,
