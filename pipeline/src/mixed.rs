@@ -87,12 +87,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
-/// Which proxy drives the allocation (recipe key `sensitivity`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// Which proxy drives the allocation (recipe key `sensitivity`; default
+/// kfac for causal LMs, gram for encoders, which have no next-token loss).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Sensitivity {
     /// Σ (w − q)ᵀ G (w − q) with the input's Gram matrix.
-    #[default]
     Gram,
     /// Σ_j E[x_j²] (w_j − q_j)², the Gram matrix's diagonal.
     Diag,
@@ -133,6 +133,8 @@ impl Sensitivity {
 pub struct Mixed {
     /// Per IR weight name, its type (every quantizable weight).
     pub types: HashMap<String, GgmlType>,
+    /// Seconds the measurement and the allocation took.
+    pub seconds: f64,
     pub summary: serde_json::Value,
     pub line: String,
 }
@@ -445,6 +447,7 @@ pub fn choose(
     });
     Ok(Mixed {
         types,
+        seconds,
         summary,
         line,
     })
@@ -514,7 +517,20 @@ impl QuantizeGguf {
         let Some(target) = self.target()? else {
             return Ok((!pinned.is_empty()).then_some(pinned));
         };
-        let sensitivity = self.sensitivity.unwrap_or_default();
+        let causal = matches!(model.meta.family, Some(edgec_core::Family::Llama(_)));
+        let sensitivity = self.sensitivity.unwrap_or(if causal {
+            Sensitivity::Kfac
+        } else {
+            Sensitivity::Gram
+        });
+        if sensitivity.needs_fisher() && !causal {
+            return Err(usage(format!(
+                "sensitivity = \"{}\": the Fisher information needs a causal language model (llama family); \
+                 use \"gram\"",
+                sensitivity.name()
+            )));
+        }
+        let fisher_start = std::time::Instant::now();
         let fisher = match (&self.data, sensitivity.needs_fisher()) {
             (Some(name), true) => {
                 let spec = ctx.data_set(name)?;
@@ -541,6 +557,10 @@ impl QuantizeGguf {
         )?;
         out.lines.push(m.line);
         out.summary["mixed"] = m.summary;
+        if fisher.is_some() {
+            out.summary["mixed"]["seconds_fisher"] =
+                serde_json::json!(fisher_start.elapsed().as_secs_f64() - m.seconds);
+        }
         Ok(Some(m.types))
     }
 }
