@@ -12,8 +12,9 @@ Then the proxy check: with --method gptq (no AWQ, so every tensor's rounding is 
 of the others' types), a Q8_0 file and, for a sample of tensors, the same file with that one
 tensor lowered to its lowest candidate (--tensor-type). The real effect is the KLD increase
 over the Q8_0 file; the predicted one is the proxy's error increase (lowest candidate minus
-Q8_0) from the mixed run's report. Spearman's rank correlation for each proxy: gram
-(Σ (w-q)ᵀ G (w-q)), diag (Σ E[x²](w-q)²) and plain (Σ (w-q)², no activations).
+Q8_0) from the mixed run's report. Spearman's rank correlation for each proxy: kfac (the Gram
+error of each row weighed by its share of the loss's Fisher information), fisher (Σ F (w-q)²),
+gram (Σ (w-q)ᵀ G (w-q)), diag (Σ E[x²](w-q)²) and plain (Σ (w-q)², no activations).
 
 SmolLM2's only published weights are Q4_1, so the "f32" model is Q4_1's grid: types whose grids
 contain it (Q5_1 can, with the scale search finding d and m) reproduce some tensors exactly,
@@ -237,7 +238,7 @@ def bench(args, work):
         if not args.rank_only:
             compare(args, work, name, model, calib, base)
         if name == args.models.split(",")[-1] and args.rank_tensors > 0:
-            rank_check(args, work, model, calib, base)
+            rank_check(args, work, model, calib, f32, heldout)
 
 
 def compare(args, work, name, model, calib, base):
@@ -283,9 +284,13 @@ def compare(args, work, name, model, calib, base):
           f"{'met' if ratio <= 0.8 else 'MISSED'})\n", flush=True)
 
 
-def rank_check(args, work, model, calib, base):
-    """The proxy against the real effect, one tensor lowered at a time."""
+def rank_check(args, work, model, calib, f32, heldout):
+    """The proxy against the real effect, one tensor lowered at a time (on the first --rank-chunks
+    chunks of the held-out text: one llama-perplexity run per tensor)."""
     edgec, t = args.edgec, args.threads
+    base = work / "rank.f32.kld"
+    measure([LLAMA_BIN / "llama-perplexity", "-m", f32, "-f", heldout, "-c", CTX, "--chunks", args.rank_chunks,
+             "--kl-divergence-base", base, "-t", t])
     rank_flags = ["--calib", calib, "--calib-samples", args.rank_samples, "--calib-len", args.len,
                   "--method", "gptq"]
     # GPTQ without AWQ rounds every tensor from its own weights and statistics alone, so a file
@@ -302,7 +307,7 @@ def rank_check(args, work, model, calib, base):
     sample = [records[i * len(records) // n + (len(records) // n) // 2] for i in range(n)]
     pts = []
     print(f"### Proxy vs real effect (--method gptq, {args.rank_samples} x {args.len} calibration tokens; "
-          f"Q8_0 file KLD {k0:.5f})\n")
+          f"KLD on {args.rank_chunks} x {CTX} held-out tokens; Q8_0 file KLD {k0:.5f})\n")
     print("| tensor | lowered to | real KLD increase | " + " | ".join(PROXIES) + " |")
     print("| --- | --- | ---: |" + " ---: |" * len(PROXIES))
     for rec in sample:
@@ -332,10 +337,11 @@ def main():
     ap.add_argument("--samples", type=int, default=32, help="calibration sequences N (default 32)")
     ap.add_argument("--len", type=int, default=512, help="tokens per calibration sequence L (default 512)")
     ap.add_argument("--chunks", type=int, default=40, help="held-out chunks of 512 tokens judged (default 40)")
-    ap.add_argument("--proxies", default="gram,diag", help="sensitivity proxies to run --target-bpw with")
+    ap.add_argument("--proxies", default="kfac,gram", help="sensitivity proxies to run --target-bpw with")
     ap.add_argument("--models", default="packaged,dithered", help="packaged and/or dithered SmolLM2")
     ap.add_argument("--size-check", action="store_true", help="also --target-size at the Q4_K_M file's bytes")
     ap.add_argument("--rank-tensors", type=int, default=16, help="tensors lowered one at a time (0: skip)")
+    ap.add_argument("--rank-chunks", type=int, default=10, help="held-out chunks of the proxy check")
     ap.add_argument("--rank-samples", type=int, default=16, help="calibration sequences of the proxy check")
     ap.add_argument("--rank-only", action="store_true", help="only the proxy check (on the last model)")
     ap.add_argument("--recalibrate", action="store_true",
