@@ -12,8 +12,9 @@ Then the proxy check: with --method gptq (no AWQ, so every tensor's rounding is 
 of the others' types), a Q8_0 file and, for a sample of tensors, the same file with that one
 tensor lowered to its lowest candidate (--tensor-type). The real effect is the KLD increase
 over the Q8_0 file; the predicted one is the proxy's error increase (lowest candidate minus
-Q8_0) from the mixed run's report. Spearman's rank correlation for each proxy: gram
-(Σ (w-q)ᵀ G (w-q)), diag (Σ E[x²](w-q)²) and plain (Σ (w-q)², no activations).
+Q8_0) from the mixed run's report. Spearman's rank correlation for each proxy: kfac (the Gram
+error of each row weighed by its share of the loss's Fisher information), fisher (Σ F (w-q)²),
+gram (Σ (w-q)ᵀ G (w-q)), diag (Σ E[x²](w-q)²) and plain (Σ (w-q)², no activations).
 
 SmolLM2's only published weights are Q4_1, so the "f32" model is Q4_1's grid: types whose grids
 contain it (Q5_1 can, with the scale search finding d and m) reproduce some tensors exactly,
@@ -43,6 +44,7 @@ from tokenizers import Tokenizer
 from bench_calib import CTX, write_calib_text
 from bench_quantize import LLAMA_BIN, MODEL_DIR, kld, measure
 
+PROXIES = ("kfac", "fisher", "gram", "diag", "plain")
 STDLIB = Path(sys.base_prefix) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
 
 
@@ -97,6 +99,76 @@ def dither_model(src, dst, seed=0):
         out[name] = np.ascontiguousarray(w)
     save_file(out, str(dst / "model.safetensors"))
     return dst
+
+
+def _gguf_layout(path):
+    """(raw metadata bytes, [(name, dims, type, offset)], data start) of a GGUF v3 file (alignment 32)."""
+    import struct
+    buf = path.read_bytes()
+    pos = 0
+
+    def take(fmt):
+        nonlocal pos
+        v = struct.unpack_from("<" + fmt, buf, pos)
+        pos += struct.calcsize("<" + fmt)
+        return v[0]
+
+    def string():
+        nonlocal pos
+        n = take("Q")
+        pos += n
+        return buf[pos - n:pos].decode()
+
+    scalar = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+
+    def value(ty):
+        if ty == 8:
+            string()
+        elif ty == 9:
+            elem, n = take("I"), take("Q")
+            for _ in range(n):
+                value(elem)
+        else:
+            take(scalar[ty])
+
+    assert buf[:4] == b"GGUF" and struct.unpack_from("<I", buf, 4)[0] == 3
+    pos = 8
+    n_tensors, n_kv = take("Q"), take("Q")
+    kv_start = pos
+    for _ in range(n_kv):
+        string()
+        value(take("I"))
+    kv = buf[kv_start:pos]
+    infos = []
+    for _ in range(n_tensors):
+        name = string()
+        dims = [take("Q") for _ in range(take("I"))]
+        infos.append((name, dims, take("I"), take("Q")))
+    start = (pos + 31) // 32 * 32
+    return buf, n_kv, kv, infos, start
+
+
+def splice(base, donor, name, out):
+    """`base` with tensor `name`'s type and bytes taken from `donor` (same model, other types)."""
+    import struct
+    b_buf, n_kv, kv, b_infos, b_start = _gguf_layout(base)
+    d_buf, _, _, d_infos, d_start = _gguf_layout(donor)
+
+    def extents(infos, start, size):
+        offs = [o for *_, o in infos] + [size - start]
+        return {n: (t, start + o, start + offs[i + 1]) for i, (n, _, t, o) in enumerate(infos)}
+
+    b_ext, d_ext = extents(b_infos, b_start, len(b_buf)), extents(d_infos, d_start, len(d_buf))
+    head, data = bytearray(b"GGUF" + struct.pack("<IQQ", 3, len(b_infos), n_kv) + kv), bytearray()
+    for n, dims, ty, _ in b_infos:
+        src_buf, (t, lo, hi) = (d_buf, d_ext[n]) if n == name else (b_buf, b_ext[n])
+        enc = n.encode()
+        head += struct.pack("<Q", len(enc)) + enc + struct.pack("<I", len(dims))
+        head += b"".join(struct.pack("<Q", d) for d in dims) + struct.pack("<IQ", t, len(data))
+        data += src_buf[lo:hi]  # each extent already ends on the alignment
+        data += b"\0" * (-len(data) % 32)
+    head += b"\0" * (-len(head) % 32)
+    out.write_bytes(bytes(head + data))
 
 
 def spearman(xs, ys):
@@ -163,9 +235,10 @@ def bench(args, work):
         measure([edgec, "convert", model, f32])
         measure([LLAMA_BIN / "llama-perplexity", "-m", f32, "-f", heldout, "-c", CTX, "--chunks", args.chunks,
                  "--kl-divergence-base", base, "-t", t])
-        compare(args, work, name, model, calib, base)
+        if not args.rank_only:
+            compare(args, work, name, model, calib, base)
         if name == args.models.split(",")[-1] and args.rank_tensors > 0:
-            rank_check(args, work, model, calib, base)
+            rank_check(args, work, model, calib, f32, heldout)
 
 
 def compare(args, work, name, model, calib, base):
@@ -211,38 +284,48 @@ def compare(args, work, name, model, calib, base):
           f"{'met' if ratio <= 0.8 else 'MISSED'})\n", flush=True)
 
 
-def rank_check(args, work, model, calib, base):
-    """The proxy against the real effect, one tensor lowered at a time."""
+def rank_check(args, work, model, calib, f32, heldout):
+    """The proxy against the real effect, one tensor lowered at a time (on the first --rank-chunks
+    chunks of the held-out text: one llama-perplexity run per tensor)."""
     edgec, t = args.edgec, args.threads
+    base = work / "rank.f32.kld"
+    measure([LLAMA_BIN / "llama-perplexity", "-m", f32, "-f", heldout, "-c", CTX, "--chunks", args.rank_chunks,
+             "--kl-divergence-base", base, "-t", t])
     rank_flags = ["--calib", calib, "--calib-samples", args.rank_samples, "--calib-len", args.len,
                   "--method", "gptq"]
-    base_q8 = work / "rank.q8.gguf"
+    # GPTQ without AWQ rounds every tensor from its own weights and statistics alone, so a file
+    # with one tensor lowered is the Q8_0 file with that tensor's bytes from the all-lowest file
+    base_q8, lowest = work / "rank.q8.gguf", work / "rank.lowest.gguf"
     r = quantize_json([edgec, "--threads", t, "quantize", "--type", "Q8_0", *rank_flags, "--target-bpw", "8.4",
-                       "--json", model, work / "rank.mixed.gguf"])
+                       "--sensitivity", "kfac", "--json", model, work / "rank.mixed.gguf"])
     records = r["mixed"]["tensors"]
     measure([edgec, "--threads", t, "quantize", "--type", "Q8_0", *rank_flags, model, base_q8])
+    measure([edgec, "--threads", t, "quantize", "--type", "Q2_K", "--pure", *rank_flags, model, lowest])
     k0 = kld(base_q8, base, t)["kld"]
     # an even sample over the weights (in model order: every kind, every depth)
     n = min(args.rank_tensors, len(records))
     sample = [records[i * len(records) // n + (len(records) // n) // 2] for i in range(n)]
     pts = []
     print(f"### Proxy vs real effect (--method gptq, {args.rank_samples} x {args.len} calibration tokens; "
-          f"Q8_0 file KLD {k0:.5f})\n")
-    print("| tensor | lowered to | real KLD increase | gram | diag | plain |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
+          f"KLD on {args.rank_chunks} x {CTX} held-out tokens; Q8_0 file KLD {k0:.5f})\n")
+    print("| tensor | lowered to | real KLD increase | " + " | ".join(PROXIES) + " |")
+    print("| --- | --- | ---: |" + " ---: |" * len(PROXIES))
     for rec in sample:
         cands = rec["candidates"]
         low, top = cands[0], next(c for c in cands if c["type"] == "Q8_0")
         out = work / "rank.one.gguf"
-        measure([edgec, "--threads", t, "quantize", "--type", "Q8_0", *rank_flags,
-                 "--tensor-type", f"{rec['gguf']}={low['type']}", model, out])
+        if args.recalibrate:
+            measure([edgec, "--threads", t, "quantize", "--type", "Q8_0", *rank_flags,
+                     "--tensor-type", f"{rec['gguf']}={low['type']}", model, out])
+        else:
+            splice(base_q8, lowest, rec["gguf"], out)
         dk = kld(out, base, t)["kld"] - k0
-        pred = {p: low[p] - top[p] for p in ("gram", "diag", "plain")}
+        pred = {p: low[p] - top[p] for p in PROXIES}
         pts.append((dk, pred))
-        print(f"| {rec['gguf']} | {low['type']} | {dk:.5f} | {pred['gram']:.4g} | {pred['diag']:.4g} "
-              f"| {pred['plain']:.4g} |", flush=True)
+        print(f"| {rec['gguf']} | {low['type']} | {dk:.5f} | " + " | ".join(f"{pred[p]:.4g}" for p in PROXIES) + " |",
+              flush=True)
     print()
-    for p in ("gram", "diag", "plain"):
+    for p in PROXIES:
         rho = spearman([x[0] for x in pts], [x[1][p] for x in pts])
         print(f"Spearman rank correlation, {p} proxy vs real KLD increase ({len(pts)} tensors): {rho:.3f}")
 
@@ -254,11 +337,15 @@ def main():
     ap.add_argument("--samples", type=int, default=32, help="calibration sequences N (default 32)")
     ap.add_argument("--len", type=int, default=512, help="tokens per calibration sequence L (default 512)")
     ap.add_argument("--chunks", type=int, default=40, help="held-out chunks of 512 tokens judged (default 40)")
-    ap.add_argument("--proxies", default="gram,diag", help="sensitivity proxies to run --target-bpw with")
+    ap.add_argument("--proxies", default="kfac,gram", help="sensitivity proxies to run --target-bpw with")
     ap.add_argument("--models", default="packaged,dithered", help="packaged and/or dithered SmolLM2")
     ap.add_argument("--size-check", action="store_true", help="also --target-size at the Q4_K_M file's bytes")
     ap.add_argument("--rank-tensors", type=int, default=16, help="tensors lowered one at a time (0: skip)")
+    ap.add_argument("--rank-chunks", type=int, default=10, help="held-out chunks of the proxy check")
     ap.add_argument("--rank-samples", type=int, default=16, help="calibration sequences of the proxy check")
+    ap.add_argument("--rank-only", action="store_true", help="only the proxy check (on the last model)")
+    ap.add_argument("--recalibrate", action="store_true",
+                    help="proxy check: quantize each lowered file with --tensor-type instead of splicing")
     ap.add_argument("--keep", help="write the work files here and keep them")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="edgec-bench-mixed-") as tmp:

@@ -71,6 +71,8 @@ fn target_bpw_lands_within_one_percent_with_a_mix_of_types() {
         // the allocation's summary: every quantizable weight with its candidates
         let mixed = &json["mixed"];
         assert_eq!(mixed["target_bpw"].as_f64(), Some(target));
+        // language models default to the Fisher-weighted Gram error
+        assert_eq!(mixed["sensitivity"], "kfac");
         let tensors = mixed["tensors"].as_array().unwrap();
         assert!(!tensors.is_empty());
         for t in tensors {

@@ -93,9 +93,14 @@ impl Hessian {
     /// token for weight errors `err`, with `H + λI = (UᵀU)⁻¹` solved
     /// through the factor (`‖U⁻ᵀ e‖²`). Dead channels count nothing.
     pub fn output_error(&self, err: &mut [f32]) -> f64 {
+        self.output_errors(err).iter().sum()
+    }
+
+    /// [`Hessian::output_error`] of each row.
+    pub fn output_errors(&self, err: &mut [f32]) -> Vec<f64> {
         let cols = self.cols;
         if err.is_empty() || !err.len().is_multiple_of(cols) {
-            return 0.0;
+            return vec![];
         }
         for row in err.chunks_exact_mut(cols) {
             for (e, &dead) in row.iter_mut().zip(&self.dead) {
@@ -110,7 +115,9 @@ impl Hessian {
         let ut = faer::MatRef::from_column_major_slice(&self.u, cols, cols);
         let rhs = faer::MatMut::from_column_major_slice_mut(err, cols, n);
         faer::linalg::triangular_solve::solve_lower_triangular_in_place(ut, rhs, faer::Par::Seq);
-        err.iter().map(|&y| (y as f64) * (y as f64)).sum()
+        err.chunks_exact(cols)
+            .map(|r| r.iter().map(|&y| (y as f64) * (y as f64)).sum())
+            .collect()
     }
 
     /// Quantizes `row` as `ty` with error feedback, appending the same

@@ -68,6 +68,10 @@ pub enum Proxy {
     Gram,
     /// `Σ_j E[x_j²] (w_j − q_j)²`, the Gram matrix's diagonal (the importance).
     Diag,
+    /// `Σ F (w − q)²`, the weights' diagonal Fisher information.
+    Fisher,
+    /// The Gram error of each row weighed by the row's share of the Fisher.
+    Kfac,
 }
 
 /// One candidate's measured errors over the sampled rows, by each proxy
@@ -80,6 +84,13 @@ pub struct Errors {
     pub diag: f64,
     /// Σ (w − q)ᵀ G (w − q) (`diag` without a Hessian).
     pub gram: f64,
+    /// Σ F (w − q)², F the diagonal Fisher information of the weights
+    /// (squared loss gradients; `gram` without one).
+    pub fisher: f64,
+    /// Σ_rows γ_row (w − q)ᵀ G (w − q), γ_row = Σ_j F_j / Σ_j G_jj over the
+    /// row: the Gram error weighed by how much the row's output moves the
+    /// loss (a Kronecker-factored Fisher; `gram` without one).
+    pub kfac: f64,
 }
 
 impl Errors {
@@ -87,6 +98,8 @@ impl Errors {
         match proxy {
             Proxy::Gram => self.gram,
             Proxy::Diag => self.diag,
+            Proxy::Fisher => self.fisher,
+            Proxy::Kfac => self.kfac,
         }
     }
 
@@ -95,6 +108,8 @@ impl Errors {
             plain: self.plain * k,
             diag: self.diag * k,
             gram: self.gram * k,
+            fisher: self.fisher * k,
+            kfac: self.kfac * k,
         }
     }
 }
@@ -111,13 +126,15 @@ pub fn sample_rows(row_count: usize, n: usize) -> Vec<usize> {
 
 /// The errors of `rows` (row-major, rows of `row_len`) rounded to each of
 /// `types` the way the writer will round them: with error feedback through
-/// `hessian` when given, else by `importance` (per column).
+/// `hessian` when given, else by `importance` (per column). `fisher`: the
+/// rows' Fisher information (same layout as `rows`), for those proxies.
 pub fn candidate_errors(
     rows: &[f32],
     row_len: usize,
     types: &[GgmlType],
     importance: Option<&[f32]>,
     hessian: Option<&Hessian>,
+    fisher: Option<&[f32]>,
 ) -> Result<Vec<Errors>, String> {
     if row_len == 0 || !rows.len().is_multiple_of(row_len) {
         return Err(format!(
@@ -131,6 +148,19 @@ pub fn candidate_errors(
     if hessian.is_some_and(|h| h.cols() != row_len) {
         return Err(format!("the Hessian is not {row_len} columns wide"));
     }
+    if fisher.is_some_and(|f| f.len() != rows.len()) {
+        return Err("the Fisher information does not match the rows".into());
+    }
+    // γ per row: the row's Fisher over its input energy
+    let gamma: Option<Vec<f64>> = fisher.map(|f| {
+        let energy: f64 = match importance {
+            Some(imp) => imp.iter().map(|&v| v.max(0.0) as f64).sum(),
+            None => row_len as f64,
+        };
+        f.chunks_exact(row_len)
+            .map(|r| r.iter().map(|&v| v as f64).sum::<f64>() / energy.max(1e-30))
+            .collect()
+    });
     let mut bytes = Vec::new();
     let mut decoded = vec![0f32; rows.len()];
     types
@@ -155,11 +185,40 @@ pub fn candidate_errors(
                     .sum(),
                 None => plain,
             };
-            let gram = match hessian {
-                Some(h) => h.output_error(&mut err),
-                None => diag,
+            let fisher_err = match fisher {
+                Some(f) => err
+                    .iter()
+                    .zip(f)
+                    .map(|(&e, &v)| (e as f64) * (e as f64) * v.max(0.0) as f64)
+                    .sum(),
+                None => f64::NAN,
             };
-            Ok(Errors { plain, diag, gram })
+            let per_row: Vec<f64> = match hessian {
+                Some(h) => h.output_errors(&mut err),
+                None => err
+                    .chunks_exact(row_len)
+                    .map(|r| match importance {
+                        Some(imp) => r
+                            .iter()
+                            .zip(imp)
+                            .map(|(&e, &i)| (e as f64) * (e as f64) * i.max(0.0) as f64)
+                            .sum(),
+                        None => r.iter().map(|&e| (e as f64) * (e as f64)).sum(),
+                    })
+                    .collect(),
+            };
+            let gram: f64 = per_row.iter().sum();
+            let (fisher, kfac) = match &gamma {
+                Some(g) => (fisher_err, per_row.iter().zip(g).map(|(e, g)| e * g).sum()),
+                None => (gram, gram),
+            };
+            Ok(Errors {
+                plain,
+                diag,
+                gram,
+                fisher,
+                kfac,
+            })
         })
         .collect()
 }
@@ -470,13 +529,27 @@ mod tests {
         let imp: Vec<f32> = (0..row_len).map(|i| gram[i * row_len + i]).collect();
         let h = Hessian::new(&gram, row_len, 0.0).unwrap();
         let types = candidates(row_len);
-        let e = candidate_errors(&rows, row_len, &types, Some(&imp), Some(&h)).unwrap();
+        let e = candidate_errors(&rows, row_len, &types, Some(&imp), Some(&h), None).unwrap();
         for w in e.windows(2) {
             assert!(w[1].gram < w[0].gram, "{e:?}");
         }
         // without a Hessian, the Gram proxy is the diagonal one
-        let d = candidate_errors(&rows, row_len, &types, Some(&imp), None).unwrap();
-        assert!(d.iter().all(|x| x.gram == x.diag));
+        let d = candidate_errors(&rows, row_len, &types, Some(&imp), None, None).unwrap();
+        assert!(d.iter().all(|x| (x.gram - x.diag).abs() <= 1e-12 * x.diag));
+        // a Fisher of γ·G_jj in every row makes the kfac proxy γ times the Gram one
+        let fisher: Vec<f32> = (0..rows.len()).map(|i| 3.0 * imp[i % row_len]).collect();
+        let f =
+            candidate_errors(&rows, row_len, &types, Some(&imp), Some(&h), Some(&fisher)).unwrap();
+        for (a, b) in f.iter().zip(&e) {
+            assert!(
+                (a.kfac - 3.0 * b.gram).abs() <= 1e-9 * a.kfac,
+                "{a:?} vs {b:?}"
+            );
+            assert!(
+                (a.fisher - 3.0 * b.diag).abs() <= 1e-6 * a.fisher,
+                "{a:?} vs {b:?}"
+            );
+        }
         // the Gram proxy of a plain round trip equals eᵀ G e computed directly
         let mut q = vec![0f32; row_len];
         crate::ggml_quant::round_trip(GgmlType::Q4K, &rows[..row_len], Some(&imp), &mut q).unwrap();

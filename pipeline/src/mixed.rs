@@ -87,15 +87,21 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
-/// Which proxy drives the allocation (recipe key `sensitivity`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// Which proxy drives the allocation (recipe key `sensitivity`; default
+/// kfac for causal LMs, gram for encoders, which have no next-token loss).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Sensitivity {
     /// Σ (w − q)ᵀ G (w − q) with the input's Gram matrix.
-    #[default]
     Gram,
     /// Σ_j E[x_j²] (w_j − q_j)², the Gram matrix's diagonal.
     Diag,
+    /// Σ F (w − q)², F the weights' diagonal Fisher information (squared
+    /// gradients of the calibration loss; costs backward passes).
+    Fisher,
+    /// Σ_rows γ_row (w − q)ᵀ G (w − q), γ the row's Fisher over its input
+    /// energy: the Gram error in units of the loss.
+    Kfac,
 }
 
 impl Sensitivity {
@@ -103,6 +109,8 @@ impl Sensitivity {
         match self {
             Sensitivity::Gram => "gram",
             Sensitivity::Diag => "diag",
+            Sensitivity::Fisher => "fisher",
+            Sensitivity::Kfac => "kfac",
         }
     }
 
@@ -110,7 +118,14 @@ impl Sensitivity {
         match self {
             Sensitivity::Gram => Proxy::Gram,
             Sensitivity::Diag => Proxy::Diag,
+            Sensitivity::Fisher => Proxy::Fisher,
+            Sensitivity::Kfac => Proxy::Kfac,
         }
+    }
+
+    /// Whether the proxy needs the Fisher information.
+    pub fn needs_fisher(self) -> bool {
+        matches!(self, Sensitivity::Fisher | Sensitivity::Kfac)
     }
 }
 
@@ -118,6 +133,8 @@ impl Sensitivity {
 pub struct Mixed {
     /// Per IR weight name, its type (every quantizable weight).
     pub types: HashMap<String, GgmlType>,
+    /// Seconds the measurement and the allocation took.
+    pub seconds: f64,
     pub summary: serde_json::Value,
     pub line: String,
 }
@@ -130,6 +147,8 @@ struct CandidateRecord {
     plain: f64,
     diag: f64,
     gram: f64,
+    fisher: f64,
+    kfac: f64,
 }
 
 #[derive(Serialize)]
@@ -188,6 +207,53 @@ pub fn apply_types(
     }
 }
 
+/// Sequences of the calibration data the Fisher information is summed over.
+pub const FISHER_SEQS: usize = 8;
+
+/// The diagonal Fisher information of every weight (IR name, row-major like
+/// the weight): the mean over `seqs` of the squared gradient of each
+/// sequence's next-token cross-entropy.
+pub fn fisher_information(
+    model: &Model,
+    seqs: &[Vec<u32>],
+    progress: &dyn Progress,
+) -> Result<HashMap<String, Vec<f32>>> {
+    use candle_core::{Device, Tensor, D};
+    let (rt, vars) = edgec_core::runtime::Runtime::trainable(model)?;
+    let bar = progress.bar(seqs.len() as u64, "fisher", Unit::Items);
+    let mut acc: HashMap<String, Vec<f32>> = HashMap::new();
+    for s in seqs.iter().filter(|s| s.len() >= 2) {
+        let n = s.len();
+        let ids = Tensor::from_vec(s.clone(), (1, n), &Device::Cpu)?;
+        let logits = rt.forward(&ids)?.squeeze(0)?.narrow(0, 0, n - 1)?;
+        let max = logits.max_keepdim(D::Minus1)?;
+        let shifted = logits.broadcast_sub(&max)?;
+        let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+        let logp = shifted.broadcast_sub(&lse)?;
+        let tgt = Tensor::from_vec(s[1..].to_vec(), (n - 1, 1), &Device::Cpu)?;
+        let loss = logp.gather(&tgt, 1)?.mean_all()?.neg()?;
+        let grads = loss.backward()?;
+        for (name, var) in &vars {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                let g: Vec<f32> = g.flatten_all()?.to_vec1()?;
+                let a = acc
+                    .entry(name.clone())
+                    .or_insert_with(|| vec![0f32; g.len()]);
+                for (a, g) in a.iter_mut().zip(g) {
+                    *a += g * g;
+                }
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish();
+    let k = 1.0 / seqs.len().max(1) as f32;
+    for v in acc.values_mut() {
+        v.iter_mut().for_each(|x| *x *= k);
+    }
+    Ok(acc)
+}
+
 /// Chooses every quantizable weight's type so that the file meets `target`
 /// with the least summed sensitivity. `pinned` weights keep their type;
 /// weights the preset leaves in a float type (norms, rows of no block
@@ -198,6 +264,7 @@ pub fn choose(
     preset: &Preset,
     importance: Option<&HashMap<String, Vec<f32>>>,
     hessians: Option<&HashMap<String, Arc<Hessian>>>,
+    fisher: Option<&HashMap<String, Vec<f32>>>,
     pinned: &HashMap<String, GgmlType>,
     target: Target,
     sensitivity: Sensitivity,
@@ -263,7 +330,13 @@ pub fn choose(
             }
             let imp = importance.and_then(|m| m.get(&t.name)).map(Vec::as_slice);
             let h = hessians.and_then(|m| m.get(&t.name)).map(Arc::as_ref);
-            let errs = mixed::candidate_errors(&data, len, cands, imp, h)
+            let f: Option<Vec<f32>> = fisher.and_then(|m| m.get(&t.name)).map(|f| {
+                rows.iter()
+                    .flat_map(|&r| &f[r * len..(r + 1) * len])
+                    .copied()
+                    .collect()
+            });
+            let errs = mixed::candidate_errors(&data, len, cands, imp, h, f.as_deref())
                 .map_err(|e| anyhow::anyhow!("tensor {}: {e}", t.name))?;
             let scale = t.row_count() as f64 / rows.len() as f64;
             bar.inc(1);
@@ -336,6 +409,8 @@ pub fn choose(
                     plain: e.plain,
                     diag: e.diag,
                     gram: e.gram,
+                    fisher: e.fisher,
+                    kfac: e.kfac,
                 })
                 .collect(),
         });
@@ -372,6 +447,7 @@ pub fn choose(
     });
     Ok(Mixed {
         types,
+        seconds,
         summary,
         line,
     })
@@ -441,18 +517,50 @@ impl QuantizeGguf {
         let Some(target) = self.target()? else {
             return Ok((!pinned.is_empty()).then_some(pinned));
         };
+        let causal = matches!(model.meta.family, Some(edgec_core::Family::Llama(_)));
+        let sensitivity = self.sensitivity.unwrap_or(if causal {
+            Sensitivity::Kfac
+        } else {
+            Sensitivity::Gram
+        });
+        if sensitivity.needs_fisher() && !causal {
+            return Err(usage(format!(
+                "sensitivity = \"{}\": the Fisher information needs a causal language model (llama family); \
+                 use \"gram\"",
+                sensitivity.name()
+            )));
+        }
+        let fisher_start = std::time::Instant::now();
+        let fisher = match (&self.data, sensitivity.needs_fisher()) {
+            (Some(name), true) => {
+                let spec = ctx.data_set(name)?;
+                let seqs = crate::calib::sequences(
+                    model,
+                    &spec.path,
+                    spec.samples.unwrap_or(32).min(FISHER_SEQS),
+                    spec.len.unwrap_or(512).min(512),
+                )?;
+                Some(fisher_information(model, &seqs, ctx.progress)?)
+            }
+            _ => None,
+        };
         let m = choose(
             model,
             preset,
             importance,
             hessians,
+            fisher.as_ref(),
             &pinned,
             target,
-            self.sensitivity.unwrap_or_default(),
+            sensitivity,
             ctx.progress,
         )?;
         out.lines.push(m.line);
         out.summary["mixed"] = m.summary;
+        if fisher.is_some() {
+            out.summary["mixed"]["seconds_fisher"] =
+                serde_json::json!(fisher_start.elapsed().as_secs_f64() - m.seconds);
+        }
         Ok(Some(m.types))
     }
 }

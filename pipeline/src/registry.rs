@@ -84,7 +84,7 @@ pub const PASSES: &[PassInfo] = &[
     },
     PassInfo {
         name: "quantize.gguf",
-        summary: "llama.cpp block types and k-quants under a preset, optionally calibrated (AWQ, importance, GPTQ)",
+        summary: "llama.cpp block types and k-quants under a preset, optionally calibrated (AWQ, importance, GPTQ); mixed precision under a size budget",
         path_keys: &["imatrix"],
         build: build::<passes::quantize_gguf::QuantizeGguf>,
     },

@@ -80,8 +80,11 @@ pub struct Args {
     /// G: powers of 1024; KB, MB, GB: of 1000).
     #[arg(long, value_name = "SIZE", requires = "calib")]
     pub target_size: Option<String>,
-    /// Mixed precision's sensitivity measure: gram (Σ (w−q)ᵀ G (w−q) with the
-    /// input's Gram matrix, the default) or diag (its diagonal, mean x²).
+    /// Mixed precision's sensitivity measure: kfac (the Gram error of each
+    /// row weighed by its share of the loss's Fisher information; the
+    /// default for language models), fisher (Σ F (w−q)²), gram (Σ (w−q)ᵀ G
+    /// (w−q) with the input's Gram matrix; the default for encoders) or diag
+    /// (its diagonal, mean x²).
     #[arg(long, value_parser = named::<Sensitivity>)]
     pub sensitivity: Option<Sensitivity>,
     /// GGUF: the type of one tensor, by GGUF name (repeatable), like

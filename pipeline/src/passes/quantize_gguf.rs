@@ -61,7 +61,8 @@ pub struct QuantizeGguf {
     /// Mixed precision to a file size: bytes, or "80M", "1.2G" (needs data).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_size: Option<ByteSize>,
-    /// Mixed precision's sensitivity proxy: "gram" (default) or "diag".
+    /// Mixed precision's sensitivity proxy: "kfac" (default for language
+    /// models), "fisher", "gram" (default for encoders) or "diag".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sensitivity: Option<Sensitivity>,
     /// Types of given tensors by GGUF name ("blk.0.attn_v.weight" = "Q8_0"),
