@@ -209,7 +209,10 @@ pub fn sweep_linear_inputs(
             done += (batch.len() * len) as u64;
             progress(done);
         }
-        stage.set_hook(None);
+        // The stage's f32 weights are released before the callback, whose
+        // AWQ and GPTQ work is the sweep's peak; with propagation the stage
+        // is built again from the callback's weights.
+        drop(stage);
         let stats = Collector::finish(collector)?;
         let replaced = on_layer(part, stats)
             .map_err(|source| SweepError::Callback { part, source })
@@ -218,13 +221,10 @@ pub fn sweep_linear_inputs(
             break;
         }
         if opts.propagate {
-            let stage = if replaced.is_empty() {
-                stage
-            } else {
-                drop(stage);
+            if !replaced.is_empty() {
                 budget.report.propagated_layers += 1;
-                Stage::with_replaced(model, part, &opts.runtime, &replaced)?
-            };
+            }
+            let stage = Stage::with_replaced(model, part, &opts.runtime, &replaced)?;
             for (i, batch) in batches.iter().enumerate() {
                 let x = cache.take(i)?;
                 let x = Tensor::from_vec(x, (batch.len(), len, hidden(family)), &Device::Cpu)?;
@@ -234,7 +234,6 @@ pub fn sweep_linear_inputs(
         }
         cache = next;
         budget.report.layers += 1;
-        // The stage drops here, releasing its mapped pages.
     }
     Ok(report)
 }

@@ -527,7 +527,7 @@ mod tests {
             gram[i * row_len + j] = 0.5;
         }
         let imp: Vec<f32> = (0..row_len).map(|i| gram[i * row_len + i]).collect();
-        let h = Hessian::new(&gram, row_len, 0.0).unwrap();
+        let h = Hessian::new(gram.clone(), row_len, 0.0).unwrap();
         let types = candidates(row_len);
         let e = candidate_errors(&rows, row_len, &types, Some(&imp), Some(&h), None).unwrap();
         for w in e.windows(2) {

@@ -321,14 +321,12 @@ const DAMP: f64 = 0.01;
 /// The GPTQ factor of every weight whose input has a Gram matrix, for the
 /// input as the (possibly AWQ-scaled) weight sees it: `G / (s·sᵀ)`. Weights
 /// that share an input and its scales share one factor.
-fn hessians(
+/// The weights that read each input with a Gram matrix, keyed by the
+/// input's stats entry (q, k and v share q's; gate and up share gate's).
+fn hessian_inputs(
     model: &Model,
     stats: &BTreeMap<String, ChannelStats>,
-    scales: &HashMap<String, Vec<f32>>,
-    progress: &dyn Progress,
-) -> Result<HashMap<String, Arc<Hessian>>> {
-    use rayon::prelude::*;
-    // (input, weight) pairs; the first weight of each input is its key
+) -> BTreeMap<String, Vec<String>> {
     let mut by_input: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (module, s) in stats {
         if s.gram.is_none() {
@@ -340,22 +338,45 @@ fn hessians(
         let input = s.shared_with.clone().unwrap_or_else(|| module.clone());
         by_input.entry(input).or_default().push(w);
     }
+    by_input
+}
+
+/// GPTQ's Hessian of `input` (Gram matrix from `stats`, divided by the AWQ
+/// input scales of the first weight reading it, where there are some).
+fn hessian_of(
+    stats: &BTreeMap<String, ChannelStats>,
+    input: &str,
+    weights: &[String],
+    scales: &HashMap<String, Vec<f32>>,
+) -> Result<Hessian> {
+    let s = &stats[input];
+    let cols = s.channels();
+    let mut g = s.gram_mean().context("filtered on gram")?;
+    if let Some(sc) = weights.first().and_then(|w| scales.get(w)) {
+        for i in 0..cols {
+            for j in 0..cols {
+                g[i * cols + j] /= sc[i] * sc[j];
+            }
+        }
+    }
+    Hessian::new(g, cols, DAMP).map_err(|e| anyhow::anyhow!("input of {input}: {e}"))
+}
+
+/// Every weight's Hessian, built in parallel (one-shot calibration, which
+/// holds them all until the writer is done).
+fn hessians(
+    model: &Model,
+    stats: &BTreeMap<String, ChannelStats>,
+    scales: &HashMap<String, Vec<f32>>,
+    progress: &dyn Progress,
+) -> Result<HashMap<String, Arc<Hessian>>> {
+    use rayon::prelude::*;
+    let by_input = hessian_inputs(model, stats);
     let bar = progress.bar(by_input.len() as u64, "hessians", Unit::Items);
     let built: Vec<(Vec<String>, Arc<Hessian>)> = by_input
         .into_par_iter()
         .map(|(input, weights)| {
-            let s = &stats[&input];
-            let cols = s.channels();
-            let mut g = s.gram_mean().expect("filtered on gram");
-            if let Some(sc) = weights.first().and_then(|w| scales.get(w)) {
-                for i in 0..cols {
-                    for j in 0..cols {
-                        g[i * cols + j] /= sc[i] * sc[j];
-                    }
-                }
-            }
-            let h = Hessian::new(&g, cols, DAMP)
-                .map_err(|e| anyhow::anyhow!("input of {input}: {e}"))?;
+            let h = hessian_of(stats, &input, &weights, scales)?;
             bar.inc(1);
             Ok((weights, Arc::new(h)))
         })
@@ -457,16 +478,9 @@ pub fn importance_from_file(model: &Model, path: &Path) -> Result<HashMap<String
     Ok(out)
 }
 
-/// A tensor encoded during a sequential sweep: its GGUF bytes (IR row order)
-/// and how far they are from the float weights.
-pub struct EncodedTensor {
-    pub bytes: Vec<u8>,
-    pub errors: crate::writers::gguf::ErrorStats,
-}
-
 /// What a sequential calibration produced: every tensor encoded.
 pub struct SequentialResult {
-    pub encoded: HashMap<String, EncodedTensor>,
+    pub encoded: crate::encoded::EncodedStore,
     pub report: CalibReport,
     pub sweep: edgec_calibration::SweepReport,
 }
@@ -478,6 +492,9 @@ pub struct Sequential {
     pub propagate: bool,
     /// Bytes of activations kept in memory; more spill to a temporary file.
     pub cache_budget: usize,
+    /// Where spilled activations and the encoded tensors go (the system's
+    /// temporary folder when `None`).
+    pub spill_dir: Option<std::path::PathBuf>,
     pub allow_nonfinite: bool,
     pub awq: AwqOptions,
 }
@@ -487,7 +504,8 @@ pub struct Sequential {
 /// its statistics drive AWQ, importance and GPTQ for that layer's weights,
 /// which are encoded to `types` right away; the layer and its statistics
 /// are then dropped. Peak memory is one layer, its Gram matrices and the
-/// activation cache, plus the encoded model, whatever the depth. Without
+/// activation cache, whatever the depth: the encoded tensors wait in a
+/// temporary file. Without
 /// propagation the statistics, and so the bytes, equal [`calibrate`]'s.
 pub fn calibrate_sequential(
     model: &Model,
@@ -524,6 +542,7 @@ pub fn calibrate_sequential(
     let mut sweep_opts = SweepOptions::new(stats_opts);
     sweep_opts.propagate = opts.propagate;
     sweep_opts.cache_budget = opts.cache_budget;
+    sweep_opts.spill_dir = opts.spill_dir.clone();
     let quant = PlanQuantizer {
         types: types.clone(),
     };
@@ -539,12 +558,13 @@ pub fn calibrate_sequential(
         awq_error_final: None,
         groups: vec![],
     };
-    let mut encoded: HashMap<String, EncodedTensor> = HashMap::new();
+    let mut encoded = crate::encoded::EncodedStore::new(opts.spill_dir.as_deref())
+        .map_err(|e| anyhow::anyhow!("a temporary file for the encoded tensors: {e}"))?;
     let encode = |name: &str,
                   values: Option<&Vec<f32>>,
                   importance: Option<&[f32]>,
                   hessian: Option<&Hessian>|
-     -> Result<EncodedTensor> {
+     -> Result<(Vec<u8>, crate::writers::gguf::ErrorStats)> {
         let t = model
             .tensor(name)
             .with_context(|| format!("{name}: not in the model"))?;
@@ -563,7 +583,7 @@ pub fn calibrate_sequential(
             encode_tensor(t, ty, &|r| r, opts.allow_nonfinite, importance, hessian)
                 .map_err(|msg| FormatError::invalid(input, msg))?;
         t.release_pages();
-        Ok(EncodedTensor { bytes, errors })
+        Ok((bytes, errors))
     };
     let bar = progress.bar(sweep_units(&family, seqs), "calibrate", Unit::Tokens);
     let mut awq_rtn = 0.0;
@@ -600,37 +620,66 @@ pub fn calibrate_sequential(
         } else {
             HashMap::new()
         };
-        let t = std::time::Instant::now();
-        let hessians = if method.gptq() {
-            hessians(model, &stats, &scales, &crate::progress::Silent)?
+        // One input's Hessian at a time, freed once the weights reading that
+        // input are encoded: a layer's Hessians built together were most of
+        // the sweep's peak.
+        let mut stats = stats;
+        let mut groups: Vec<(Option<String>, Vec<String>)> = if method.gptq() {
+            hessian_inputs(model, &stats)
+                .into_iter()
+                .map(|(input, weights)| (Some(input), weights))
+                .collect()
         } else {
-            HashMap::new()
+            vec![]
         };
-        report.seconds_hessians += t.elapsed().as_secs_f64();
-        drop(stats);
+        let grouped: std::collections::HashSet<String> = groups
+            .iter()
+            .flat_map(|(_, ws)| ws.iter().cloned())
+            .collect();
+        groups.extend(
+            part.tensors(&family)
+                .into_iter()
+                .filter(|n| !grouped.contains(n))
+                .map(|n| (None, vec![n])),
+        );
         let mut replacements = Replacements::new();
-        for name in part.tensors(&family) {
-            if model.tensor(&name).is_none() || encoded.contains_key(&name) {
-                continue;
+        for (input, weights) in groups {
+            let t = std::time::Instant::now();
+            let hessian = match &input {
+                Some(i) => Some(hessian_of(&stats, i, &weights, &scales)?),
+                None => None,
+            };
+            if let Some(s) = input.as_ref().and_then(|i| stats.get_mut(i)) {
+                s.gram = None;
             }
-            let e = encode(
-                &name,
-                changed.get(&name),
-                importance.get(&name).map(Vec::as_slice),
-                hessians.get(&name).map(Arc::as_ref),
-            )?;
-            if opts.propagate {
-                let ty = types[&name];
-                let mut values =
-                    vec![0f32; model.tensor(&name).map_or(0, |t| t.shape.iter().product())];
-                edgec_core::ggml::dequant::dequantize(ty, &e.bytes, &mut values)?;
-                replacements.insert(name.clone(), values);
-            } else if let Some(v) = changed.remove(&name) {
-                // AWQ's scaled weights compute the same function in float
-                replacements.insert(name.clone(), v);
+            report.seconds_hessians += t.elapsed().as_secs_f64();
+            for name in weights {
+                if model.tensor(&name).is_none() || encoded.contains(&name) {
+                    continue;
+                }
+                let (bytes, errors) = encode(
+                    &name,
+                    changed.get(&name),
+                    importance.get(&name).map(Vec::as_slice),
+                    hessian.as_ref(),
+                )?;
+                // the head feeds no further layer: nothing to propagate
+                if opts.propagate && part != Part::Head {
+                    let ty = types[&name];
+                    let mut values =
+                        vec![0f32; model.tensor(&name).map_or(0, |t| t.shape.iter().product())];
+                    edgec_core::ggml::dequant::dequantize(ty, &bytes, &mut values)?;
+                    replacements.insert(name.clone(), values);
+                } else if let Some(v) = changed.remove(&name) {
+                    // AWQ's scaled weights compute the same function in float
+                    replacements.insert(name.clone(), v);
+                }
+                encoded.insert(name, &bytes, errors).map_err(|e| {
+                    anyhow::anyhow!("writing the encoded tensors' temporary file: {e}")
+                })?;
             }
-            encoded.insert(name, e);
         }
+        drop(stats);
         Ok(replacements)
     };
     let sweep = sweep_linear_inputs(model, seqs, &sweep_opts, &mut on_layer, &|done| {
@@ -641,9 +690,11 @@ pub fn calibrate_sequential(
     // What no layer read: untied token embeddings (no statistics, as in
     // one-shot calibration, where no linear layer reads them).
     for t in &model.tensors {
-        if !encoded.contains_key(&t.name) {
-            let e = encode(&t.name, None, None, None)?;
-            encoded.insert(t.name.clone(), e);
+        if !encoded.contains(&t.name) {
+            let (bytes, errors) = encode(&t.name, None, None, None)?;
+            encoded
+                .insert(t.name.clone(), &bytes, errors)
+                .context("writing the encoded tensors' temporary file")?;
         }
     }
     if method.awq() {

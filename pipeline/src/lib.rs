@@ -13,6 +13,7 @@
 
 pub mod calib;
 pub mod check;
+pub mod encoded;
 pub mod error;
 pub mod eval;
 pub mod graph_data;

@@ -75,7 +75,7 @@ pub struct GgufQuant {
     /// Per weight, the input Hessian for rounding with error feedback.
     pub hessians: Option<std::collections::HashMap<String, Arc<Hessian>>>,
     /// Tensors already encoded by a sequential calibration (IR row order).
-    pub encoded: Option<std::collections::HashMap<String, crate::calib::EncodedTensor>>,
+    pub encoded: Option<crate::encoded::EncodedStore>,
     /// Per weight, a type that replaces the preset's (mixed precision).
     pub types: Option<std::collections::HashMap<String, edgec_core::GgmlType>>,
 }

@@ -373,6 +373,7 @@ impl QuantizeGguf {
             &calib::Sequential {
                 propagate: self.propagate,
                 cache_budget: 1 << 30,
+                spill_dir: None,
                 allow_nonfinite: self.allow_nonfinite,
                 awq: Default::default(),
             },

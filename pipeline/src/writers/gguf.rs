@@ -31,7 +31,7 @@ pub struct GgufOptions<'a> {
     /// feedback (GPTQ).
     pub hessians: Option<&'a HashMap<String, Arc<Hessian>>>,
     /// Tensors already encoded (sequential calibration), in IR row order.
-    pub encoded: Option<&'a HashMap<String, crate::calib::EncodedTensor>>,
+    pub encoded: Option<&'a crate::encoded::EncodedStore>,
     /// Per weight (IR name), a type that replaces the preset's (mixed
     /// precision, pinned types).
     pub types: Option<&'a HashMap<String, GgmlType>>,
@@ -289,10 +289,14 @@ pub fn write_gguf(
                 .and_then(|m| m.get(&t.name))
                 .map(Vec::as_slice);
             let hessian = opts.hessians.and_then(|m| m.get(&t.name)).map(Arc::as_ref);
-            let (bytes, err) = match opts.encoded.and_then(|m| m.get(&t.name)) {
+            let stored = match opts.encoded {
+                Some(store) => store.get(&t.name).map_err(|e| FormatError::io(out, e))?,
+                None => None,
+            };
+            let (bytes, err) = match stored {
                 // rows are encoded independently: reordering encoded rows is
                 // the same as encoding reordered rows
-                Some(e) => (reorder_rows(&e.bytes, rows, &source_row), e.errors),
+                Some((bytes, errors)) => (reorder_rows(&bytes, rows, &source_row), errors),
                 None => encode_tensor(
                     t,
                     plan.ty,
