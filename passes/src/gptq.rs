@@ -130,6 +130,11 @@ impl Hessian {
         self.cols
     }
 
+    /// `U`, row-major `[cols, cols]` (SparseGPT's update reads it too).
+    pub(crate) fn factor(&self) -> &[f32] {
+        &self.u
+    }
+
     /// `Σ_rows eᵀ (H + λI) e` for the rows of `err` (row-major, rows of
     /// `cols`; overwritten): the layer's added squared output error per
     /// token for weight errors `err`, with `H + λI = (UᵀU)⁻¹` solved

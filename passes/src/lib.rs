@@ -9,4 +9,5 @@ pub mod graph_quant;
 pub mod groupwise;
 pub mod mixed;
 pub mod presets;
+pub mod prune;
 pub mod qdq;
