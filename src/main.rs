@@ -33,6 +33,9 @@ struct Cli {
 enum Command {
     /// Quantize a model (HF folder, .safetensors or .gguf) to a GGUF file.
     Quantize(cmd::quantize::Args),
+    /// Prune the linear layers of a llama-family or BERT model: magnitude,
+    /// Wanda or SparseGPT, to a sparsity or an N:M pattern.
+    Prune(cmd::prune::Args),
     /// Collect activation statistics on text and write an importance matrix
     /// (GGUF imatrix, or legacy .dat) that llama-quantize and `quantize --imatrix` use.
     Calibrate(cmd::calibrate::Args),
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
     let runs_model = match &cli.command {
         Command::Eval(_) | Command::Embed(_) | Command::Calibrate(_) | Command::Run(_) => true,
         Command::Quantize(a) => a.calib.is_some(),
+        Command::Prune(a) => a.calib.is_some(),
         Command::Recipe(_) => true,
         _ => false,
     };
@@ -85,6 +89,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Quantize(args) => cmd::quantize::run(args),
         Command::Convert(args) => cmd::convert::run(args),
+        Command::Prune(args) => cmd::prune::run(args),
         Command::Calibrate(args) => cmd::calibrate::run(args),
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Embed(args) => cmd::embed::run(args),

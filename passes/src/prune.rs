@@ -142,7 +142,7 @@ pub fn apply_mask(w: &mut [f32], mask: &[bool]) {
 pub fn sparsegpt(w: &mut [f32], h: &Hessian, s: Sparsity, block: usize) -> Vec<bool> {
     let cols = h.cols();
     let u = h.factor();
-    let rows = if cols == 0 { 0 } else { w.len() / cols };
+    let rows = w.len().checked_div(cols).unwrap_or(0);
     let mut mask = vec![false; w.len()];
     let block = match s {
         // a pattern group must not straddle two blocks

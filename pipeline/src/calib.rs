@@ -323,7 +323,7 @@ const DAMP: f64 = 0.01;
 /// that share an input and its scales share one factor.
 /// The weights that read each input with a Gram matrix, keyed by the
 /// input's stats entry (q, k and v share q's; gate and up share gate's).
-fn hessian_inputs(
+pub(crate) fn hessian_inputs(
     model: &Model,
     stats: &BTreeMap<String, ChannelStats>,
 ) -> BTreeMap<String, Vec<String>> {
@@ -343,7 +343,7 @@ fn hessian_inputs(
 
 /// GPTQ's Hessian of `input` (Gram matrix from `stats`, divided by the AWQ
 /// input scales of the first weight reading it, where there are some).
-fn hessian_of(
+pub(crate) fn hessian_of(
     stats: &BTreeMap<String, ChannelStats>,
     input: &str,
     weights: &[String],
@@ -389,7 +389,10 @@ fn hessians(
 }
 
 /// Replaces tensors of `model` by new f32 values of the same shape.
-fn replace_tensors(model: &mut Model, mut values: HashMap<String, Vec<f32>>) -> Result<()> {
+pub(crate) fn replace_tensors(
+    model: &mut Model,
+    mut values: HashMap<String, Vec<f32>>,
+) -> Result<()> {
     for t in &mut model.tensors {
         if let Some(v) = values.remove(&t.name) {
             let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();

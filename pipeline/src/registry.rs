@@ -83,6 +83,12 @@ pub const PASSES: &[PassInfo] = &[
         build: build::<passes::cast::Cast>,
     },
     PassInfo {
+        name: "prune",
+        summary: "unstructured or N:M sparsity in the blocks' linear layers: magnitude, Wanda or SparseGPT",
+        path_keys: &[],
+        build: build::<passes::prune::Prune>,
+    },
+    PassInfo {
         name: "quantize.gguf",
         summary: "llama.cpp block types and k-quants under a preset, optionally calibrated (AWQ, importance, GPTQ); mixed precision under a size budget",
         path_keys: &["imatrix"],

@@ -6,6 +6,7 @@ pub mod convert;
 pub mod embed;
 pub mod eval;
 pub mod inspect;
+pub mod prune;
 pub mod quantize;
 pub mod recipe;
 pub mod run;

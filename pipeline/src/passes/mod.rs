@@ -3,6 +3,7 @@
 
 pub mod cast;
 pub mod eval;
+pub mod prune;
 pub mod quantize_gguf;
 pub mod quantize_graph;
 pub mod write;

@@ -1,0 +1,319 @@
+//! `prune`: unstructured or N:M sparsity in the linear layers of a llama or
+//! bert model's blocks — magnitude (no data), Wanda or SparseGPT (on
+//! calibration text, one layer at a time). Embeddings, the head and norms
+//! are left alone. The weights stay dense: zeros are stored as values.
+
+use std::collections::{BTreeMap, HashMap};
+
+use anyhow::{Context as _, Result};
+use edgec_calibration::{
+    sweep_linear_inputs, ChannelStats, Replacements, StatsOptions, SweepOptions,
+};
+use edgec_core::runtime::Part;
+use edgec_core::Model;
+use edgec_passes::prune::{self, Sparsity};
+use serde::{Deserialize, Serialize};
+
+use super::{CheckContext, Context, ModelView, Outcome, Pass, QuantKind, State};
+use crate::calib;
+use crate::error::usage;
+use crate::progress::Unit;
+use crate::registry::{Changes, DataNeed, ModelNeed, Needs};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PruneMethod {
+    /// Drop the smallest |w| of each weight.
+    Magnitude,
+    /// Drop the lowest |w|·‖x‖ of each output row (calibration data).
+    Wanda,
+    /// Mask by w²/[H⁻¹]ⱼⱼ and update the weights kept (calibration data).
+    Sparsegpt,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct Prune {
+    pub method: PruneMethod,
+    /// Fraction of each weight to drop (0 < s < 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sparsity: Option<f64>,
+    /// Or `N:M`: N of every M consecutive inputs (2:4, 4:8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    /// Calibration text (Wanda, SparseGPT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+}
+
+impl Prune {
+    fn sparsity(&self) -> Result<Sparsity> {
+        let s = match (self.sparsity, &self.pattern) {
+            (Some(f), None) => Sparsity::Fraction(f),
+            (None, Some(p)) => {
+                return Sparsity::parse_pattern(p).map_err(|e| usage(format!("pattern: {e}")))
+            }
+            (Some(_), Some(_)) => return Err(usage("sparsity, pattern: give one or the other")),
+            (None, None) => {
+                return Err(usage(
+                    "sparsity: give a fraction (e.g. 0.5) or a pattern (e.g. \"2:4\")",
+                ))
+            }
+        };
+        s.check().map_err(|e| usage(format!("sparsity: {e}")))?;
+        Ok(s)
+    }
+}
+
+/// The weights pruned in `part`: the 2-D `.weight` tensors of a block.
+fn targets(model: &Model, part: Part) -> Vec<String> {
+    let Some(family) = &model.meta.family else {
+        return vec![];
+    };
+    match part {
+        Part::Layer(_) => part
+            .tensors(family)
+            .into_iter()
+            .filter(|n| {
+                n.ends_with(".weight") && model.tensor(n).is_some_and(|t| t.shape.len() == 2)
+            })
+            .collect(),
+        _ => vec![],
+    }
+}
+
+/// A weight's values as `[rows, cols]` f32 and its row length.
+fn weight(model: &Model, name: &str) -> Result<(Vec<f32>, usize)> {
+    let t = model
+        .tensor(name)
+        .with_context(|| format!("{name}: not in the model"))?;
+    let cols = *t.shape.last().context("a weight without a shape")?;
+    Ok((t.to_f32()?, cols))
+}
+
+impl Pass for Prune {
+    fn needs(&self) -> Needs {
+        let data = self.method != PruneMethod::Magnitude;
+        Needs {
+            data: if data {
+                DataNeed::Required
+            } else {
+                DataNeed::None
+            },
+            activation_stats: data,
+            model: ModelNeed::Family,
+            written_file: false,
+        }
+    }
+
+    fn changes(&self) -> Changes {
+        Changes {
+            weights: true,
+            ..Default::default()
+        }
+    }
+
+    fn data(&self) -> Option<&str> {
+        self.data.as_deref()
+    }
+
+    fn params(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("plain data")
+    }
+
+    fn check(&self, view: &mut ModelView, ctx: &CheckContext) -> Result<()> {
+        self.sparsity()?;
+        if view.family.is_none() {
+            return Err(usage(
+                "method: pruning works on llama-family and bert models (read from a Hugging Face folder or GGUF)",
+            ));
+        }
+        if view.quant != QuantKind::None {
+            return Err(usage("method: prune before quantizing, not after"));
+        }
+        match (&self.data, self.method) {
+            (Some(d), _) => {
+                ctx.data_set(d)?;
+            }
+            (None, PruneMethod::Wanda | PruneMethod::Sparsegpt) => {
+                return Err(usage(format!(
+                    "data: method = \"{}\" scores weights by their inputs: give calibration text",
+                    crate::names::name_of(&self.method)
+                )))
+            }
+            (None, PruneMethod::Magnitude) => {}
+        }
+        Ok(())
+    }
+
+    fn run(&self, state: &mut State, ctx: &Context) -> Result<Outcome> {
+        let sparsity = self.sparsity()?;
+        let model = &state.model;
+        let family = model
+            .meta
+            .family
+            .clone()
+            .context("the model has no architecture")?;
+        let layers: Vec<Part> = (0..family.num_layers()).map(Part::Layer).collect();
+        for part in &layers {
+            for name in targets(model, *part) {
+                let cols = *model
+                    .tensor(&name)
+                    .and_then(|t| t.shape.last())
+                    .unwrap_or(&0);
+                sparsity
+                    .fits(cols)
+                    .map_err(|e| usage(format!("pattern: {name}: {e}")))?;
+            }
+        }
+        let mut pruned: HashMap<String, Vec<f32>> = HashMap::new();
+        let mut seconds_sweep = None;
+        match self.method {
+            PruneMethod::Magnitude => {
+                let bar = ctx.progress.bar(layers.len() as u64, "prune", Unit::Items);
+                for part in &layers {
+                    for name in targets(model, *part) {
+                        let (mut w, cols) = weight(model, &name)?;
+                        let mask =
+                            prune::mask_per_tensor(&prune::magnitude_scores(&w), cols, sparsity);
+                        prune::apply_mask(&mut w, &mask);
+                        pruned.insert(name, w);
+                    }
+                    bar.inc(1);
+                }
+                bar.finish();
+            }
+            PruneMethod::Wanda | PruneMethod::Sparsegpt => {
+                let start = std::time::Instant::now();
+                let spec = ctx.data_set(self.data.as_deref().context("checked: data")?)?;
+                let seqs = calib::sequences(
+                    model,
+                    &spec.path,
+                    spec.samples.unwrap_or(128),
+                    spec.len.unwrap_or(512),
+                )?;
+                let total: usize = seqs.iter().map(Vec::len).sum();
+                let gram_for = if self.method == PruneMethod::Sparsegpt {
+                    layers
+                        .iter()
+                        .flat_map(|p| targets(model, *p))
+                        .filter_map(|n| n.strip_suffix(".weight").map(str::to_string))
+                        .collect()
+                } else {
+                    vec![]
+                };
+                // every token enters the Gram matrices, as SparseGPT's reference does
+                let mut opts = SweepOptions::new(StatsOptions {
+                    gram_for,
+                    gram_step: 1,
+                });
+                opts.propagate = true;
+                let bar = ctx.progress.bar(
+                    edgec_calibration::sweep_units(&family, &seqs),
+                    "prune",
+                    Unit::Tokens,
+                );
+                let method = self.method;
+                let mut on_layer = |part: Part,
+                                    stats: BTreeMap<String, ChannelStats>|
+                 -> std::result::Result<
+                    Replacements,
+                    edgec_calibration::CallbackError,
+                > {
+                    let mut out = Replacements::new();
+                    let names = targets(model, part);
+                    if names.is_empty() {
+                        return Ok(out);
+                    }
+                    let hessians: HashMap<String, std::sync::Arc<edgec_passes::gptq::Hessian>> =
+                        if method == PruneMethod::Sparsegpt {
+                            let mut hs = HashMap::new();
+                            for (input, weights) in calib::hessian_inputs(model, &stats) {
+                                let h = std::sync::Arc::new(calib::hessian_of(
+                                    &stats,
+                                    &input,
+                                    &weights,
+                                    &HashMap::new(),
+                                )?);
+                                for w in weights {
+                                    hs.insert(w, h.clone());
+                                }
+                            }
+                            hs
+                        } else {
+                            HashMap::new()
+                        };
+                    for name in names {
+                        let (mut w, cols) = weight(model, &name)?;
+                        let module = name.trim_end_matches(".weight");
+                        match method {
+                            PruneMethod::Wanda => {
+                                let s = stats
+                                    .get(module)
+                                    .with_context(|| format!("{module}: no input statistics"))?;
+                                let norms: Vec<f32> =
+                                    s.sum_sq.iter().map(|v| v.sqrt() as f32).collect();
+                                let mask = prune::mask_per_row(
+                                    &prune::wanda_scores(&w, &norms),
+                                    cols,
+                                    sparsity,
+                                );
+                                prune::apply_mask(&mut w, &mask);
+                            }
+                            _ => {
+                                let h = hessians
+                                    .get(&name)
+                                    .with_context(|| format!("{name}: no Hessian"))?;
+                                prune::sparsegpt(&mut w, h, sparsity, 128);
+                            }
+                        }
+                        out.insert(name.clone(), w.clone());
+                        pruned.insert(name, w);
+                    }
+                    Ok(out)
+                };
+                let report = sweep_linear_inputs(model, &seqs, &opts, &mut on_layer, &|done| {
+                    bar.set_position(done)
+                })
+                .map_err(|e| anyhow::anyhow!("{}: pruning: {e}", ctx.input.display()))?;
+                bar.finish();
+                seconds_sweep = Some((start.elapsed().as_secs_f64(), report.tokens, total));
+            }
+        }
+        // what the weights are now, before the model takes them
+        let mut tensors = serde_json::Map::new();
+        let (mut zeros, mut count) = (0usize, 0usize);
+        let mut names: Vec<&String> = pruned.keys().collect();
+        names.sort();
+        for name in names {
+            let w = &pruned[name];
+            let z = w.iter().filter(|v| **v == 0.0).count();
+            zeros += z;
+            count += w.len();
+            tensors.insert(
+                name.clone(),
+                serde_json::json!(z as f64 / w.len().max(1) as f64),
+            );
+        }
+        let n = pruned.len();
+        calib::replace_tensors(&mut state.model, pruned)?;
+        let how = match (self.sparsity, &self.pattern) {
+            (_, Some(p)) => p.clone(),
+            (Some(f), None) => format!("{:.0}%", f * 100.0),
+            _ => unreachable!("checked"),
+        };
+        let mut line = format!(
+            "pruned {n} weights ({}, {how}): {:.2}% of their values are zero",
+            crate::names::name_of(&self.method),
+            100.0 * zeros as f64 / count.max(1) as f64
+        );
+        if let Some((s, tokens, _)) = seconds_sweep {
+            line.push_str(&format!("; calibrated on {tokens} tokens in {s:.2}s"));
+        }
+        Ok(Outcome {
+            lines: vec![line],
+            summary: serde_json::json!({ "sparsity": tensors }),
+            ..Default::default()
+        })
+    }
+}

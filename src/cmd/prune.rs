@@ -1,0 +1,102 @@
+//! `edgec prune IN OUT --method magnitude|wanda|sparsegpt (--sparsity F |
+//! --pattern N:M) [--calib TEXT]`: a one-step recipe, `prune` then `write`
+//! (by the output's extension, as `convert` writes).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use edgec_pipeline::passes::prune::PruneMethod;
+use edgec_pipeline::passes::FloatType;
+use edgec_pipeline::recipe::{absolute, DataSpec, Input, Recipe};
+
+use super::quantize::step;
+use super::{named, RecipeFlags};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Input model: a Hugging Face folder, a .safetensors or .gguf file (llama family or BERT).
+    pub input: PathBuf,
+    /// Output: a .gguf file or a folder for a Hugging Face model (weights stay dense).
+    pub output: PathBuf,
+    /// magnitude (no data), wanda or sparsegpt (both need --calib).
+    #[arg(long, value_parser = named::<PruneMethod>)]
+    pub method: PruneMethod,
+    /// Fraction of each linear weight to drop, between 0 and 1.
+    #[arg(
+        long,
+        value_name = "F",
+        conflicts_with = "pattern",
+        required_unless_present = "pattern"
+    )]
+    pub sparsity: Option<f64>,
+    /// N of every M consecutive inputs dropped (2:4, 4:8).
+    #[arg(long, value_name = "N:M")]
+    pub pattern: Option<String>,
+    /// Calibration text for wanda and sparsegpt.
+    #[arg(long, value_name = "FILE")]
+    pub calib: Option<PathBuf>,
+    /// Calibration sequences spread evenly over the text.
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    pub calib_samples: usize,
+    /// Tokens per calibration sequence.
+    #[arg(long, default_value_t = 512, value_name = "L")]
+    pub calib_len: usize,
+    /// Float type of the weights written: f32, f16, bf16.
+    #[arg(long, default_value = "f32", value_parser = named::<FloatType>)]
+    pub dtype: FloatType,
+    #[command(flatten)]
+    pub recipe: RecipeFlags,
+}
+
+/// The recipe `edgec prune` stands for.
+pub fn recipe(args: &Args) -> Recipe {
+    let mut data = BTreeMap::new();
+    if let Some(c) = &args.calib {
+        data.insert(
+            "calib".to_string(),
+            DataSpec {
+                path: absolute(c),
+                samples: Some(args.calib_samples),
+                len: Some(args.calib_len),
+                image: Default::default(),
+            },
+        );
+    }
+    let mut steps = vec![step(
+        "prune",
+        serde_json::json!({
+            "method": args.method,
+            "sparsity": args.sparsity,
+            "pattern": args.pattern,
+            "data": args.calib.as_ref().map(|_| "calib"),
+        }),
+    )];
+    if args.dtype != FloatType::F32 {
+        steps.push(step("cast", serde_json::json!({ "dtype": args.dtype })));
+    }
+    steps.push(step(
+        "write",
+        serde_json::json!({ "path": absolute(&args.output) }),
+    ));
+    Recipe {
+        input: Input {
+            model: absolute(&args.input),
+        },
+        data,
+        steps,
+        report: Default::default(),
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if args.calib.is_none() && args.method != PruneMethod::Magnitude {
+        return Err(super::UsageError(format!(
+            "--method {} scores weights by their inputs: give --calib TEXT (or use --method magnitude)",
+            edgec_pipeline::names::name_of(&args.method)
+        ))
+        .into());
+    }
+    super::run_recipe(&recipe(&args), &args.recipe, "edgec prune", false)?;
+    Ok(())
+}

@@ -1,0 +1,266 @@
+//! `edgec prune`: the masks land where they should (exact N:M counts,
+//! exact fractions, only the blocks' linear weights), the command and its
+//! printed recipe write the same bytes whatever the thread count, and bad
+//! requests are usage errors.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use edgec_core::Model;
+use edgec_formats::{gguf, hf};
+
+const TEXT: &str = "/usr/share/common-licenses/GPL-3";
+
+fn is_block_linear(m: &Model, name: &str) -> bool {
+    name.starts_with("model.layers.")
+        && name.ends_with(".weight")
+        && m.tensor(name).is_some_and(|t| t.shape.len() == 2)
+}
+
+fn zeros(v: &[f32]) -> usize {
+    v.iter().filter(|x| **x == 0.0).count()
+}
+
+/// Checks every tensor of `out` against the input: block linear weights by
+/// `check`, everything else unchanged.
+fn check_pruned(out: &Model, check: impl Fn(&str, &[f32], usize)) {
+    let input = hf::read(&fixture("tiny-llama")).unwrap();
+    let mut pruned = 0;
+    for t in &input.tensors {
+        let after = out.tensor(&t.name).unwrap().to_f32().unwrap();
+        let before = t.to_f32().unwrap();
+        if is_block_linear(&input, &t.name) {
+            check(&t.name, &after, *t.shape.last().unwrap());
+            // kept weights keep their values (magnitude and Wanda do not update)
+            pruned += 1;
+        } else {
+            assert_eq!(
+                before, after,
+                "{}: not a block's linear weight, must be unchanged",
+                t.name
+            );
+        }
+    }
+    assert_eq!(pruned, 14, "2 layers x 7 linear weights");
+}
+
+#[test]
+fn patterns_leave_exactly_n_zeros_in_every_group() {
+    let d = tempfile::tempdir().unwrap();
+    let tiny = fixture("tiny-llama");
+    for (method, pattern, calib) in [
+        ("magnitude", "2:4", false),
+        ("magnitude", "4:8", false),
+        ("wanda", "2:4", true),
+        ("sparsegpt", "2:4", true),
+    ] {
+        let out = d
+            .path()
+            .join(format!("{method}-{}.gguf", pattern.replace(':', "-")));
+        let mut args = vec![
+            "prune",
+            s(&tiny),
+            s(&out),
+            "--method",
+            method,
+            "--pattern",
+            pattern,
+        ];
+        if calib {
+            args.extend(["--calib", TEXT, "--calib-samples", "8", "--calib-len", "64"]);
+        }
+        ok(&args);
+        let (n, m): (usize, usize) = {
+            let (a, b) = pattern.split_once(':').unwrap();
+            (a.parse().unwrap(), b.parse().unwrap())
+        };
+        check_pruned(&gguf::read_model(&out).unwrap(), |name, w, cols| {
+            assert_eq!(cols % m, 0);
+            for (g, group) in w.chunks(m).enumerate() {
+                assert_eq!(
+                    zeros(group),
+                    n,
+                    "{method} {pattern}: {name} group {g}: {group:?}"
+                );
+            }
+        });
+    }
+}
+
+#[test]
+fn fractions_are_met_per_weight_and_per_row() {
+    let d = tempfile::tempdir().unwrap();
+    // magnitude: the fraction of each whole weight; wanda: of each row
+    let mag = d.path().join("mag");
+    ok(&[
+        "prune",
+        s(&fixture("tiny-llama")),
+        s(&mag),
+        "--method",
+        "magnitude",
+        "--sparsity",
+        "0.5",
+    ]);
+    check_pruned(&hf::read(&mag).unwrap(), |name, w, _| {
+        assert_eq!(zeros(w), w.len() / 2, "{name}");
+    });
+    let wanda = d.path().join("wanda");
+    ok(&[
+        "prune",
+        s(&fixture("tiny-llama")),
+        s(&wanda),
+        "--method",
+        "wanda",
+        "--sparsity",
+        "0.25",
+        "--calib",
+        TEXT,
+        "--calib-samples",
+        "8",
+        "--calib-len",
+        "64",
+    ]);
+    check_pruned(&hf::read(&wanda).unwrap(), |name, w, cols| {
+        for row in w.chunks(cols) {
+            assert_eq!(zeros(row), (cols as f64 * 0.25).round() as usize, "{name}");
+        }
+    });
+}
+
+#[test]
+fn command_and_recipe_agree_whatever_the_thread_count() {
+    let d = tempfile::tempdir().unwrap();
+    for method in ["wanda", "sparsegpt"] {
+        let direct = d.path().join(format!("{method}-direct.gguf"));
+        let args = |out: &Path, threads: &str| -> Vec<String> {
+            [
+                "--threads",
+                threads,
+                "prune",
+                s(&fixture("tiny-llama")),
+                s(out),
+                "--method",
+                method,
+                "--sparsity",
+                "0.5",
+                "--calib",
+                TEXT,
+                "--calib-samples",
+                "8",
+                "--calib-len",
+                "64",
+            ]
+            .map(String::from)
+            .to_vec()
+        };
+        let a = args(&direct, "2");
+        ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        let one = d.path().join(format!("{method}-1.gguf"));
+        let a = args(&one, "1");
+        ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(
+            std::fs::read(&direct).unwrap(),
+            std::fs::read(&one).unwrap(),
+            "{method}: 1 vs 2 threads"
+        );
+        let via = d.path().join(format!("{method}-recipe.gguf"));
+        let mut a = args(&via, "2");
+        a.push("--print-recipe".into());
+        let printed = ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        let recipe = d.path().join(format!("{method}.toml"));
+        std::fs::write(&recipe, &printed.stdout).unwrap();
+        ok(&["recipe", "run", s(&recipe)]);
+        assert_eq!(
+            std::fs::read(&direct).unwrap(),
+            std::fs::read(&via).unwrap(),
+            "{method}: command vs recipe"
+        );
+    }
+}
+
+#[test]
+fn sparsegpt_updates_the_weights_it_keeps_and_wanda_does_not() {
+    let d = tempfile::tempdir().unwrap();
+    let input = hf::read(&fixture("tiny-llama")).unwrap();
+    for (method, updates) in [("wanda", false), ("sparsegpt", true)] {
+        let out = d.path().join(method);
+        ok(&[
+            "prune",
+            s(&fixture("tiny-llama")),
+            s(&out),
+            "--method",
+            method,
+            "--sparsity",
+            "0.5",
+            "--calib",
+            TEXT,
+            "--calib-samples",
+            "8",
+            "--calib-len",
+            "64",
+        ]);
+        let m = hf::read(&out).unwrap();
+        let name = "model.layers.1.mlp.down_proj.weight";
+        let before = input.tensor(name).unwrap().to_f32().unwrap();
+        let after = m.tensor(name).unwrap().to_f32().unwrap();
+        let changed = before
+            .iter()
+            .zip(&after)
+            .filter(|(b, a)| **a != 0.0 && a != b)
+            .count();
+        assert_eq!(
+            changed > 0,
+            updates,
+            "{method}: {changed} kept weights changed"
+        );
+    }
+}
+
+#[test]
+fn bad_requests_are_usage_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("x.gguf");
+    let tiny = fixture("tiny-llama");
+    for (args, says) in [
+        (
+            vec!["--method", "magnitude", "--sparsity", "1"],
+            "between 0 and 1",
+        ),
+        (
+            vec!["--method", "magnitude", "--sparsity", "0"],
+            "between 0 and 1",
+        ),
+        (
+            vec!["--method", "magnitude", "--pattern", "4:2"],
+            "0 < N < M",
+        ),
+        (
+            vec!["--method", "magnitude", "--pattern", "2:3"],
+            "not a multiple of 3",
+        ),
+        (vec!["--method", "wanda", "--sparsity", "0.5"], "--calib"),
+        (vec!["--method", "sparsegpt", "--pattern", "2:4"], "--calib"),
+        (
+            vec![
+                "--method",
+                "magnitude",
+                "--sparsity",
+                "0.5",
+                "--pattern",
+                "2:4",
+            ],
+            "cannot be used with",
+        ),
+        (vec!["--method", "magnitude"], "--sparsity"),
+    ] {
+        let mut all = vec!["prune", s(&tiny), s(&out)];
+        all.extend(args.iter());
+        let r = run(&all);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(!out.exists(), "{args:?}: no output on a bad request");
+    }
+}
