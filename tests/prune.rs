@@ -264,3 +264,44 @@ fn bad_requests_are_usage_errors() {
         assert!(!out.exists(), "{args:?}: no output on a bad request");
     }
 }
+
+#[test]
+fn inspect_shows_the_zeros_and_they_survive_plain_q8_0_and_q4_0() {
+    let d = tempfile::tempdir().unwrap();
+    let pruned = d.path().join("pruned");
+    ok(&[
+        "prune",
+        s(&fixture("tiny-llama")),
+        s(&pruned),
+        "--method",
+        "magnitude",
+        "--pattern",
+        "2:4",
+    ]);
+    for ty in ["F32", "Q8_0", "Q4_0"] {
+        let out = d.path().join(format!("{ty}.gguf"));
+        if ty == "F32" {
+            ok(&["convert", s(&pruned), s(&out)]);
+        } else {
+            ok(&["quantize", s(&pruned), s(&out), "--type", ty, "--pure"]);
+        }
+        let json = ok(&["inspect", s(&out), "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+        let mut linears = 0;
+        for t in v["tensors"].as_array().unwrap() {
+            let name = t["name"].as_str().unwrap();
+            let zeros = t["zero_fraction"].as_f64().unwrap();
+            // GGUF names: blk.N.attn_q.weight, blk.N.ffn_down.weight, ...
+            if name.starts_with("blk.") && t["shape"].as_array().unwrap().len() == 2 {
+                linears += 1;
+                assert!(
+                    zeros >= 0.5,
+                    "{ty}: {name}: {zeros} zero, want the 2:4 half at least"
+                );
+            } else if name.contains("norm") {
+                assert_eq!(zeros, 0.0, "{ty}: {name}");
+            }
+        }
+        assert_eq!(linears, 14, "{ty}");
+    }
+}

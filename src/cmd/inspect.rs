@@ -64,6 +64,17 @@ pub fn run(args: Args) -> Result<()> {
             .unwrap_or_else(|| "unknown".into());
         (arch, vec![], model.tensors)
     };
+    // Exact zeros as the tensor decodes (a pruned model's sparsity, and what
+    // of it survived quantization); one tensor at a time, pages released.
+    let zero_fractions: Vec<f64> = tensors
+        .iter()
+        .map(|t| {
+            let values = t.to_f32()?;
+            t.release_pages();
+            let zeros = values.iter().filter(|v| **v == 0.0).count();
+            Ok(zeros as f64 / values.len().max(1) as f64)
+        })
+        .collect::<Result<_>>()?;
     let params: usize = tensors.iter().map(Tensor::numel).sum();
     let bytes: usize = tensors.iter().map(|t| t.bytes().len()).sum();
     let bpw = if params > 0 {
@@ -76,9 +87,10 @@ pub fn run(args: Args) -> Result<()> {
             "path": args.path.display().to_string(),
             "architecture": arch,
             "metadata": metadata.iter().map(|(k, v)| (k.clone(), value_json(v))).collect::<serde_json::Map<_, _>>(),
-            "tensors": tensors.iter().map(|t| (&t.name, &t.shape, t.dtype, t.bytes().len())).map(|(name, shape, dtype, b)| json!({
-                "name": name, "shape": shape, "type": dtype.name(), "bytes": b,
-                "bits_per_weight": b as f64 * 8.0 / shape.iter().product::<usize>().max(1) as f64,
+            "tensors": tensors.iter().zip(&zero_fractions).map(|(t, zeros)| json!({
+                "name": t.name, "shape": t.shape, "type": t.dtype.name(), "bytes": t.bytes().len(),
+                "bits_per_weight": t.bytes().len() as f64 * 8.0 / t.shape.iter().product::<usize>().max(1) as f64,
+                "zero_fraction": zeros,
             })).collect::<Vec<_>>(),
             "total_params": params,
             "total_bytes": bytes,
@@ -96,11 +108,16 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     println!("tensors ({}):", tensors.len());
-    for t in &tensors {
+    for (t, zeros) in tensors.iter().zip(&zero_fractions) {
         let (name, shape, dtype, b) = (&t.name, &t.shape, t.dtype, t.bytes().len());
         let n = shape.iter().product::<usize>().max(1);
+        let sparsity = if *zeros > 0.0 {
+            format!(" {:>6.2}% zero", zeros * 100.0)
+        } else {
+            String::new()
+        };
         println!(
-            "  {name:<48} {dtype:<7} {:<20} {:>6.2} bpw",
+            "  {name:<48} {dtype:<7} {:<20} {:>6.2} bpw{sparsity}",
             format!("{shape:?}"),
             b as f64 * 8.0 / n as f64
         );
