@@ -305,3 +305,68 @@ fn inspect_shows_the_zeros_and_they_survive_plain_q8_0_and_q4_0() {
         assert_eq!(linears, 14, "{ty}");
     }
 }
+
+#[test]
+fn ignored_weights_stay_dense() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out");
+    ok(&[
+        "prune",
+        s(&fixture("tiny-llama")),
+        s(&out),
+        "--method",
+        "magnitude",
+        "--sparsity",
+        "0.5",
+        "--ignore",
+        ".*down_proj.*",
+        "--ignore",
+        r"model\.layers\.0\.self_attn\..*",
+    ]);
+    let input = hf::read(&fixture("tiny-llama")).unwrap();
+    let m = hf::read(&out).unwrap();
+    let mut dense = 0;
+    for t in &input.tensors {
+        if !is_block_linear(&input, &t.name) {
+            continue;
+        }
+        let after = m.tensor(&t.name).unwrap().to_f32().unwrap();
+        let kept = t.name.contains("down_proj") || t.name.starts_with("model.layers.0.self_attn.");
+        if kept {
+            dense += 1;
+            assert_eq!(
+                after,
+                t.to_f32().unwrap(),
+                "{}: ignored, must be unchanged",
+                t.name
+            );
+        } else {
+            assert_eq!(zeros(&after), after.len() / 2, "{}", t.name);
+        }
+    }
+    assert_eq!(dense, 2 + 4, "2 down_proj and layer 0's q, k, v, o");
+    for (pattern, says) in [
+        ("(", "not a regular expression"),
+        (".*", "nothing to prune"),
+    ] {
+        let bad = d.path().join("bad.gguf");
+        let r = run(&[
+            "prune",
+            s(&fixture("tiny-llama")),
+            s(&bad),
+            "--method",
+            "magnitude",
+            "--sparsity",
+            "0.5",
+            "--ignore",
+            pattern,
+        ]);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{pattern}: {err}");
+        assert!(
+            err.contains(says) && err.contains("ignore"),
+            "{pattern}: {err}"
+        );
+        assert!(!bad.exists());
+    }
+}

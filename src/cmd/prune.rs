@@ -42,6 +42,10 @@ pub struct Args {
     /// Tokens per calibration sequence.
     #[arg(long, default_value_t = 512, value_name = "L")]
     pub calib_len: usize,
+    /// Leave weights dense whose names (as in the HF model) match this
+    /// regular expression, e.g. `--ignore '.*down_proj.*'` (repeatable).
+    #[arg(long, value_name = "REGEX")]
+    pub ignore: Vec<String>,
     /// Float type of the weights written: f32, f16, bf16.
     #[arg(long, default_value = "f32", value_parser = named::<FloatType>)]
     pub dtype: FloatType,
@@ -70,6 +74,7 @@ pub fn recipe(args: &Args) -> Recipe {
             "sparsity": args.sparsity,
             "pattern": args.pattern,
             "data": args.calib.as_ref().map(|_| "calib"),
+            "ignore": if args.ignore.is_empty() { None } else { Some(&args.ignore) },
         }),
     )];
     if args.dtype != FloatType::F32 {

@@ -44,6 +44,10 @@ pub struct Prune {
     /// Calibration text (Wanda, SparseGPT).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<String>,
+    /// Weights left dense: regular expressions matched against whole
+    /// tensor names (e.g. `.*down_proj.*`, `model\.layers\.0\..*`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignore: Vec<String>,
 }
 
 impl Prune {
@@ -63,10 +67,21 @@ impl Prune {
         s.check().map_err(|e| usage(format!("sparsity: {e}")))?;
         Ok(s)
     }
+
+    fn ignored(&self) -> Result<Vec<regex::Regex>> {
+        self.ignore
+            .iter()
+            .map(|p| {
+                regex::Regex::new(&format!("^(?:{p})$"))
+                    .map_err(|e| usage(format!("ignore: {p:?} is not a regular expression: {e}")))
+            })
+            .collect()
+    }
 }
 
-/// The weights pruned in `part`: the 2-D `.weight` tensors of a block.
-fn targets(model: &Model, part: Part) -> Vec<String> {
+/// The weights pruned in `part`: the 2-D `.weight` tensors of a block
+/// that no `ignore` pattern matches.
+fn targets(model: &Model, part: Part, ignore: &[regex::Regex]) -> Vec<String> {
     let Some(family) = &model.meta.family else {
         return vec![];
     };
@@ -77,6 +92,7 @@ fn targets(model: &Model, part: Part) -> Vec<String> {
             .filter(|n| {
                 n.ends_with(".weight") && model.tensor(n).is_some_and(|t| t.shape.len() == 2)
             })
+            .filter(|n| !ignore.iter().any(|r| r.is_match(n)))
             .collect(),
         _ => vec![],
     }
@@ -123,6 +139,7 @@ impl Pass for Prune {
 
     fn check(&self, view: &mut ModelView, ctx: &CheckContext) -> Result<()> {
         self.sparsity()?;
+        self.ignored()?;
         if view.family.is_none() {
             return Err(usage(
                 "method: pruning works on llama-family and bert models (read from a Hugging Face folder or GGUF)",
@@ -155,8 +172,15 @@ impl Pass for Prune {
             .clone()
             .context("the model has no architecture")?;
         let layers: Vec<Part> = (0..family.num_layers()).map(Part::Layer).collect();
+        let ignore = self.ignored()?;
+        let targets = |part: Part| targets(model, part, &ignore);
+        if layers.iter().all(|p| targets(*p).is_empty()) {
+            return Err(usage(
+                "ignore: every linear weight is ignored: nothing to prune",
+            ));
+        }
         for part in &layers {
-            for name in targets(model, *part) {
+            for name in targets(*part) {
                 let cols = *model
                     .tensor(&name)
                     .and_then(|t| t.shape.last())
@@ -172,7 +196,7 @@ impl Pass for Prune {
             PruneMethod::Magnitude => {
                 let bar = ctx.progress.bar(layers.len() as u64, "prune", Unit::Items);
                 for part in &layers {
-                    for name in targets(model, *part) {
+                    for name in targets(*part) {
                         let (mut w, cols) = weight(model, &name)?;
                         let mask =
                             prune::mask_per_tensor(&prune::magnitude_scores(&w), cols, sparsity);
@@ -196,7 +220,7 @@ impl Pass for Prune {
                 let gram_for = if self.method == PruneMethod::Sparsegpt {
                     layers
                         .iter()
-                        .flat_map(|p| targets(model, *p))
+                        .flat_map(|p| targets(*p))
                         .filter_map(|n| n.strip_suffix(".weight").map(str::to_string))
                         .collect()
                 } else {
@@ -221,7 +245,7 @@ impl Pass for Prune {
                     edgec_calibration::CallbackError,
                 > {
                     let mut out = Replacements::new();
-                    let names = targets(model, part);
+                    let names = targets(part);
                     if names.is_empty() {
                         return Ok(out);
                     }
