@@ -370,3 +370,81 @@ fn ignored_weights_stay_dense() {
         assert!(!bad.exists());
     }
 }
+
+#[test]
+fn global_magnitude_drops_the_smallest_over_all_weights() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out");
+    ok(&[
+        "prune",
+        s(&fixture("tiny-llama")),
+        s(&out),
+        "--method",
+        "magnitude",
+        "--sparsity",
+        "0.5",
+        "--global",
+    ]);
+    let input = hf::read(&fixture("tiny-llama")).unwrap();
+    let m = hf::read(&out).unwrap();
+    let (mut dropped_max, mut kept_min, mut zeros_all, mut total) = (0f32, f32::INFINITY, 0, 0);
+    let mut fractions = vec![];
+    for t in input
+        .tensors
+        .iter()
+        .filter(|t| is_block_linear(&input, &t.name))
+    {
+        let before = t.to_f32().unwrap();
+        let after = m.tensor(&t.name).unwrap().to_f32().unwrap();
+        for (b, a) in before.iter().zip(&after) {
+            if *a == 0.0 {
+                dropped_max = dropped_max.max(b.abs());
+            } else {
+                assert_eq!(a, b);
+                kept_min = kept_min.min(b.abs());
+            }
+        }
+        zeros_all += zeros(&after);
+        total += after.len();
+        fractions.push(zeros(&after) as f64 / after.len() as f64);
+    }
+    assert!(
+        dropped_max <= kept_min,
+        "{dropped_max} dropped, {kept_min} kept"
+    );
+    assert_eq!(zeros_all, (total as f64 * 0.5).round() as usize);
+    assert!(
+        fractions.iter().any(|f| (f - 0.5).abs() > 0.01),
+        "one threshold, so weights differ: {fractions:?}"
+    );
+    for (args, says) in [
+        (
+            vec![
+                "--method",
+                "wanda",
+                "--calib",
+                TEXT,
+                "--sparsity",
+                "0.5",
+                "--global",
+            ],
+            "magnitude",
+        ),
+        (
+            vec!["--method", "magnitude", "--pattern", "2:4", "--global"],
+            "give a sparsity",
+        ),
+    ] {
+        let bad = d.path().join("bad.gguf");
+        let tiny = fixture("tiny-llama");
+        let mut all = vec!["prune", s(&tiny), s(&bad)];
+        all.extend(args.iter());
+        let r = run(&all);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(says) && err.contains("scope"),
+            "{args:?}: {err}"
+        );
+    }
+}

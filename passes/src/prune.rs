@@ -108,6 +108,72 @@ pub fn mask_per_tensor(scores: &[f32], cols: usize, s: Sparsity) -> Vec<bool> {
     }
 }
 
+/// The threshold that drops the `k` smallest |w| over several weights at
+/// once (global magnitude pruning), without holding them together: |w|'s
+/// f32 bits order like its values, so two passes of a 65536-bin histogram
+/// (high half of the bits, then the low half within the chosen bin) find
+/// the k-th smallest exactly. `for_each` calls back with every weight's
+/// values, in the same order on both passes. Returns the threshold value
+/// and how many weights equal to it are dropped (the first ones met, in
+/// that order); weights below it are all dropped.
+pub fn global_threshold(
+    k: usize,
+    mut for_each: impl FnMut(&mut dyn FnMut(&[f32])),
+) -> (f32, usize) {
+    let key = |v: f32| v.abs().to_bits();
+    let mut high = vec![0usize; 1 << 16];
+    for_each(&mut |w| {
+        for &v in w {
+            high[(key(v) >> 16) as usize] += 1;
+        }
+    });
+    // the bin holding the k-th smallest (0-based k; k = total drops nothing)
+    let (mut below, mut bin) = (0usize, None);
+    for (b, &n) in high.iter().enumerate() {
+        if below + n > k {
+            bin = Some(b as u32);
+            break;
+        }
+        below += n;
+    }
+    let Some(bin) = bin else {
+        return (f32::INFINITY, 0);
+    };
+    let mut low = vec![0usize; 1 << 16];
+    for_each(&mut |w| {
+        for &v in w {
+            if key(v) >> 16 == bin {
+                low[(key(v) & 0xffff) as usize] += 1;
+            }
+        }
+    });
+    for (l, &n) in low.iter().enumerate() {
+        if below + n > k {
+            return (f32::from_bits((bin << 16) | l as u32), k - below);
+        }
+        below += n;
+    }
+    unreachable!("the bin holds the k-th value")
+}
+
+/// The mask of one weight under a global threshold; `ties` counts the
+/// weights equal to the threshold still to drop, across calls.
+pub fn mask_below(w: &[f32], threshold: f32, ties: &mut usize) -> Vec<bool> {
+    w.iter()
+        .map(|v| {
+            let a = v.abs();
+            if a < threshold {
+                true
+            } else if a == threshold && *ties > 0 {
+                *ties -= 1;
+                true
+            } else {
+                false
+            }
+        })
+        .collect()
+}
+
 /// |w| (magnitude pruning's score).
 pub fn magnitude_scores(w: &[f32]) -> Vec<f32> {
     w.iter().map(|v| v.abs()).collect()
@@ -257,6 +323,41 @@ mod tests {
         // per row: the two smallest of each row of 4
         let mask = mask_per_row(&magnitude_scores(&w), 4, Sparsity::Fraction(0.5));
         assert_eq!(mask, [false, true, true, false, true, true, false, false]);
+    }
+
+    #[test]
+    fn the_global_threshold_drops_exactly_k_smallest() {
+        let mut s = 11;
+        let mut ws: Vec<Vec<f32>> = (0..3)
+            .map(|i| (0..100 + 37 * i).map(|_| lcg(&mut s)).collect())
+            .collect();
+        // ties across tensors
+        ws[0][5] = 0.25;
+        ws[1][7] = -0.25;
+        ws[2][9] = 0.25;
+        let mut all: Vec<(f32, usize, usize)> = ws
+            .iter()
+            .enumerate()
+            .flat_map(|(t, w)| w.iter().enumerate().map(move |(i, v)| (v.abs(), t, i)))
+            .collect();
+        all.sort_by(|a, b| a.0.total_cmp(&b.0).then((a.1, a.2).cmp(&(b.1, b.2))));
+        for k in [0, 1, 50, 150, all.len() - 1, all.len()] {
+            let (th, mut ties) = global_threshold(k, |f| ws.iter().for_each(|w| f(w)));
+            let masks: Vec<Vec<bool>> = ws.iter().map(|w| mask_below(w, th, &mut ties)).collect();
+            let dropped: std::collections::HashSet<(usize, usize)> = masks
+                .iter()
+                .enumerate()
+                .flat_map(|(t, m)| {
+                    m.iter()
+                        .enumerate()
+                        .filter(|x| *x.1)
+                        .map(move |(i, _)| (t, i))
+                })
+                .collect();
+            let want: std::collections::HashSet<(usize, usize)> =
+                all[..k].iter().map(|&(_, t, i)| (t, i)).collect();
+            assert_eq!(dropped, want, "k = {k}");
+        }
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub struct Args {
     /// Tokens per calibration sequence.
     #[arg(long, default_value_t = 512, value_name = "L")]
     pub calib_len: usize,
+    /// Magnitude: one threshold over all the weights instead of one per weight.
+    #[arg(long)]
+    pub global: bool,
     /// Leave weights dense whose names (as in the HF model) match this
     /// regular expression, e.g. `--ignore '.*down_proj.*'` (repeatable).
     #[arg(long, value_name = "REGEX")]
@@ -74,6 +77,7 @@ pub fn recipe(args: &Args) -> Recipe {
             "sparsity": args.sparsity,
             "pattern": args.pattern,
             "data": args.calib.as_ref().map(|_| "calib"),
+            "scope": args.global.then_some("global"),
             "ignore": if args.ignore.is_empty() { None } else { Some(&args.ignore) },
         }),
     )];

@@ -31,6 +31,20 @@ pub enum PruneMethod {
     Sparsegpt,
 }
 
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    #[default]
+    Layer,
+    Global,
+}
+
+impl Scope {
+    fn is_layer(&self) -> bool {
+        *self == Scope::Layer
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct Prune {
@@ -44,6 +58,10 @@ pub struct Prune {
     /// Calibration text (Wanda, SparseGPT).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<String>,
+    /// Magnitude: one threshold per weight (`layer`) or over all of them
+    /// (`global`).
+    #[serde(default, skip_serializing_if = "Scope::is_layer")]
+    pub scope: Scope,
     /// Weights left dense: regular expressions matched against whole
     /// tensor names (e.g. `.*down_proj.*`, `model\.layers\.0\..*`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -138,8 +156,18 @@ impl Pass for Prune {
     }
 
     fn check(&self, view: &mut ModelView, ctx: &CheckContext) -> Result<()> {
-        self.sparsity()?;
+        let sparsity = self.sparsity()?;
         self.ignored()?;
+        if self.scope == Scope::Global {
+            if self.method != PruneMethod::Magnitude {
+                return Err(usage("scope = \"global\" is for method = \"magnitude\""));
+            }
+            if !matches!(sparsity, Sparsity::Fraction(_)) {
+                return Err(usage(
+                    "scope = \"global\": a pattern is per group of inputs; give a sparsity",
+                ));
+            }
+        }
         if view.family.is_none() {
             return Err(usage(
                 "method: pruning works on llama-family and bert models (read from a Hugging Face folder or GGUF)",
@@ -194,15 +222,43 @@ impl Pass for Prune {
         let mut seconds_sweep = None;
         match self.method {
             PruneMethod::Magnitude => {
-                let bar = ctx.progress.bar(layers.len() as u64, "prune", Unit::Items);
-                for part in &layers {
-                    for name in targets(*part) {
-                        let (mut w, cols) = weight(model, &name)?;
-                        let mask =
-                            prune::mask_per_tensor(&prune::magnitude_scores(&w), cols, sparsity);
-                        prune::apply_mask(&mut w, &mask);
-                        pruned.insert(name, w);
+                let names: Vec<String> = layers.iter().flat_map(|p| targets(*p)).collect();
+                // global: one threshold over every target weight
+                let mut global = match (self.scope, sparsity) {
+                    (Scope::Global, Sparsity::Fraction(f)) => {
+                        let total: usize = names
+                            .iter()
+                            .filter_map(|n| model.tensor(n))
+                            .map(|t| t.numel())
+                            .sum();
+                        let k = (f * total as f64).round() as usize;
+                        let mut failed = None;
+                        let found = prune::global_threshold(k, |visit| {
+                            for n in &names {
+                                match weight(model, n) {
+                                    Ok((w, _)) => visit(&w),
+                                    Err(e) => failed = Some(e),
+                                }
+                            }
+                        });
+                        if let Some(e) = failed {
+                            return Err(e);
+                        }
+                        Some(found)
                     }
+                    _ => None,
+                };
+                let bar = ctx.progress.bar(names.len() as u64, "prune", Unit::Items);
+                for name in names {
+                    let (mut w, cols) = weight(model, &name)?;
+                    let mask = match &mut global {
+                        Some((threshold, ties)) => prune::mask_below(&w, *threshold, ties),
+                        None => {
+                            prune::mask_per_tensor(&prune::magnitude_scores(&w), cols, sparsity)
+                        }
+                    };
+                    prune::apply_mask(&mut w, &mask);
+                    pruned.insert(name, w);
                     bar.inc(1);
                 }
                 bar.finish();
