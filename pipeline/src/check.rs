@@ -146,6 +146,8 @@ fn estimate(name: &str, pass: &dyn Pass, view: &ModelView, input_bytes: u64) -> 
             f32_model * 2 + view.gram_bytes as u64 + input_bytes
         }
         "quantize.gguf" | "cast" => one_tensor,
+        // the pruned weights in f32, plus a layer's work (a Hessian's factors)
+        "prune" => f32_model + one_tensor * 4,
         "quantize.onnx" | "quantize.tflite" => f32_model * 2 + input_bytes,
         // the streaming GGUF writer holds a few rows per thread; graph
         // writers serialize the whole model

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Result;
+use edgec_pipeline::graph_data::ImageSpec;
 use edgec_pipeline::passes::prune::PruneMethod;
 use edgec_pipeline::passes::FloatType;
 use edgec_pipeline::recipe::{absolute, DataSpec, Input, Recipe};
@@ -66,7 +67,7 @@ pub fn recipe(args: &Args) -> Recipe {
                 path: absolute(c),
                 samples: Some(args.calib_samples),
                 len: Some(args.calib_len),
-                image: Default::default(),
+                image: ImageSpec::new(),
             },
         );
     }
