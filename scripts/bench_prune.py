@@ -128,6 +128,8 @@ def try_measure(cmd):
 def judge(row, gguf, base, threads, keep):
     """PPL, KLD and sparsity of one output GGUF into `row`; the GGUF is deleted unless kept."""
     row.update(kld(gguf, base, threads), sparsity=sparsity(gguf))
+    log(f"{row['setting']} {row['tool']} {row['method']}: PPL {row['ppl']:.3f}, KLD {row['kld']:.5f}, "
+        f"{row['s']:.1f} s, {row['rss']:.0f} MiB, {100 * row['sparsity']:.2f}% zeros")
     if not keep:
         gguf.unlink()
 

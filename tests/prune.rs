@@ -448,3 +448,48 @@ fn global_magnitude_drops_the_smallest_over_all_weights() {
         );
     }
 }
+
+#[test]
+fn bert_blocks_are_pruned_too() {
+    let d = tempfile::tempdir().unwrap();
+    let tiny = fixture("tiny-bert");
+    let input = hf::read(&tiny).unwrap();
+    for method in ["magnitude", "wanda", "sparsegpt"] {
+        let out = d.path().join(method);
+        let mut args = vec![
+            "prune",
+            s(&tiny),
+            s(&out),
+            "--method",
+            method,
+            "--pattern",
+            "2:4",
+        ];
+        if method != "magnitude" {
+            args.extend(["--calib", TEXT, "--calib-samples", "8", "--calib-len", "64"]);
+        }
+        ok(&args);
+        let m = hf::read(&out).unwrap();
+        let mut linears = 0;
+        for t in &input.tensors {
+            let after = m.tensor(&t.name).unwrap().to_f32().unwrap();
+            if t.name.starts_with("encoder.layer.")
+                && t.name.ends_with(".weight")
+                && t.shape.len() == 2
+            {
+                linears += 1;
+                for group in after.chunks(4) {
+                    assert_eq!(zeros(group), 2, "{method}: {}", t.name);
+                }
+            } else {
+                assert_eq!(
+                    after,
+                    t.to_f32().unwrap(),
+                    "{method}: {} must be unchanged",
+                    t.name
+                );
+            }
+        }
+        assert_eq!(linears, 12, "2 layers x 6 linear weights");
+    }
+}
