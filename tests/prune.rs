@@ -493,3 +493,98 @@ fn bert_blocks_are_pruned_too() {
         assert_eq!(linears, 12, "2 layers x 6 linear weights");
     }
 }
+
+#[test]
+fn removing_ffn_neurons_that_contribute_nothing_changes_no_logit() {
+    use edgec_core::runtime::{Runtime, RuntimeOptions};
+    let d = tempfile::tempdir().unwrap();
+    // tiny-llama with 40 of each layer's 160 FFN neurons silenced (their
+    // down_proj columns zeroed): the weight-norm ranking removes 32 of them
+    let mut m = hf::read(&fixture("tiny-llama")).unwrap();
+    for t in &mut m.tensors {
+        if t.name.ends_with("mlp.down_proj.weight") {
+            let cols = t.shape[1];
+            let mut w = t.to_f32().unwrap();
+            for (i, v) in w.iter_mut().enumerate() {
+                if (i % cols) % 4 == 1 {
+                    *v = 0.0;
+                }
+            }
+            *t = edgec_core::Tensor::from_f32(t.name.clone(), t.shape.clone(), w).unwrap();
+        }
+    }
+    let silenced = d.path().join("silenced");
+    std::fs::create_dir_all(&silenced).unwrap();
+    hf::write(&m, &silenced, edgec_core::DType::F32).unwrap();
+    for out in [d.path().join("pruned.gguf"), d.path().join("pruned")] {
+        let r = ok(&["prune", s(&silenced), s(&out), "--ffn", "0.25"]);
+        assert!(String::from_utf8_lossy(&r.stdout).contains("160 -> 128"));
+        let p = if out.extension().is_some() {
+            gguf::read_model(&out).unwrap()
+        } else {
+            hf::read(&out).unwrap()
+        };
+        assert_eq!(
+            p.tensor("model.layers.0.mlp.up_proj.weight").unwrap().shape,
+            vec![128, 64]
+        );
+        assert_eq!(
+            p.tensor("model.layers.1.mlp.down_proj.weight")
+                .unwrap()
+                .shape,
+            vec![64, 128]
+        );
+        let tokens: Vec<u32> = (1..40).collect();
+        let want = Runtime::new(&m, &RuntimeOptions::default())
+            .unwrap()
+            .logits(&tokens)
+            .unwrap();
+        let got = Runtime::new(&p, &RuntimeOptions::default())
+            .unwrap()
+            .logits(&tokens)
+            .unwrap();
+        let worst = want
+            .iter()
+            .zip(&got)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-4, "{}: logits moved by {worst}", out.display());
+    }
+    // and a live neuron's removal does change them (the check can fail)
+    let live = d.path().join("live");
+    ok(&[
+        "prune",
+        s(&fixture("tiny-llama")),
+        s(&live),
+        "--ffn",
+        "0.25",
+    ]);
+    let p = hf::read(&live).unwrap();
+    let orig = hf::read(&fixture("tiny-llama")).unwrap();
+    let tokens: Vec<u32> = (1..40).collect();
+    let a = Runtime::new(&orig, &RuntimeOptions::default())
+        .unwrap()
+        .logits(&tokens)
+        .unwrap();
+    let b = Runtime::new(&p, &RuntimeOptions::default())
+        .unwrap()
+        .logits(&tokens)
+        .unwrap();
+    assert!(a.iter().zip(&b).any(|(x, y)| (x - y).abs() > 1e-3));
+    // bad widths are usage errors
+    for f in ["0", "1", "0.01"] {
+        let r = run(&[
+            "prune",
+            s(&fixture("tiny-llama")),
+            s(&d.path().join("bad.gguf")),
+            "--ffn",
+            f,
+        ]);
+        assert_eq!(
+            r.status.code(),
+            Some(2),
+            "--ffn {f}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+    }
+}

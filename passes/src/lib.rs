@@ -11,3 +11,4 @@ pub mod mixed;
 pub mod presets;
 pub mod prune;
 pub mod qdq;
+pub mod structured;

@@ -89,6 +89,12 @@ pub const PASSES: &[PassInfo] = &[
         build: build::<passes::prune::Prune>,
     },
     PassInfo {
+        name: "prune.structured",
+        summary: "fewer FFN neurons in every block (uniform), ranked by activation on data or by weight norms",
+        path_keys: &[],
+        build: build::<passes::prune_structured::PruneStructured>,
+    },
+    PassInfo {
         name: "quantize.gguf",
         summary: "llama.cpp block types and k-quants under a preset, optionally calibrated (AWQ, importance, GPTQ); mixed precision under a size budget",
         path_keys: &["imatrix"],

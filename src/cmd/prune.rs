@@ -21,16 +21,20 @@ pub struct Args {
     /// Output: a .gguf file or a folder for a Hugging Face model (weights stay dense).
     pub output: PathBuf,
     /// magnitude (no data), wanda or sparsegpt (both need --calib).
-    #[arg(long, value_parser = named::<PruneMethod>)]
-    pub method: PruneMethod,
+    #[arg(long, value_parser = named::<PruneMethod>, required_unless_present = "ffn", conflicts_with = "ffn")]
+    pub method: Option<PruneMethod>,
     /// Fraction of each linear weight to drop, between 0 and 1.
     #[arg(
         long,
         value_name = "F",
         conflicts_with = "pattern",
-        required_unless_present = "pattern"
+        required_unless_present_any = ["pattern", "ffn"]
     )]
     pub sparsity: Option<f64>,
+    /// Structured: remove this fraction of every block's FFN neurons (the
+    /// model shrinks; ranked by activation with --calib, else by weight norms).
+    #[arg(long, value_name = "F", conflicts_with_all = ["sparsity", "pattern", "global", "ignore"])]
+    pub ffn: Option<f64>,
     /// N of every M consecutive inputs dropped (2:4, 4:8).
     #[arg(long, value_name = "N:M")]
     pub pattern: Option<String>,
@@ -71,17 +75,24 @@ pub fn recipe(args: &Args) -> Recipe {
             },
         );
     }
-    let mut steps = vec![step(
-        "prune",
-        serde_json::json!({
-            "method": args.method,
-            "sparsity": args.sparsity,
-            "pattern": args.pattern,
-            "data": args.calib.as_ref().map(|_| "calib"),
-            "scope": args.global.then_some("global"),
-            "ignore": if args.ignore.is_empty() { None } else { Some(&args.ignore) },
-        }),
-    )];
+    let data_name = args.calib.as_ref().map(|_| "calib");
+    let mut steps = vec![match args.ffn {
+        Some(ffn) => step(
+            "prune.structured",
+            serde_json::json!({ "ffn": ffn, "data": data_name }),
+        ),
+        None => step(
+            "prune",
+            serde_json::json!({
+                "method": args.method,
+                "sparsity": args.sparsity,
+                "pattern": args.pattern,
+                "data": data_name,
+                "scope": args.global.then_some("global"),
+                "ignore": if args.ignore.is_empty() { None } else { Some(&args.ignore) },
+            }),
+        ),
+    }];
     if args.dtype != FloatType::F32 {
         steps.push(step("cast", serde_json::json!({ "dtype": args.dtype })));
     }
@@ -100,12 +111,14 @@ pub fn recipe(args: &Args) -> Recipe {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if args.calib.is_none() && args.method != PruneMethod::Magnitude {
-        return Err(super::UsageError(format!(
-            "--method {} scores weights by their inputs: give --calib TEXT (or use --method magnitude)",
-            edgec_pipeline::names::name_of(&args.method)
-        ))
-        .into());
+    if let Some(method) = args.method.filter(|m| *m != PruneMethod::Magnitude) {
+        if args.calib.is_none() {
+            return Err(super::UsageError(format!(
+                "--method {} scores weights by their inputs: give --calib TEXT (or use --method magnitude)",
+                edgec_pipeline::names::name_of(&method)
+            ))
+            .into());
+        }
     }
     super::run_recipe(&recipe(&args), &args.recipe, "edgec prune", false)?;
     Ok(())
