@@ -16,7 +16,7 @@ pub fn keep_most_important(importance: &[f32], keep: usize) -> Vec<usize> {
 /// nothing to the output). `gate`, `up`: `[inter, hidden]`; `down`:
 /// `[hidden, inter]`.
 pub fn ffn_magnitude_importance(gate: &[f32], up: &[f32], down: &[f32], inter: usize) -> Vec<f32> {
-    let hidden = if inter == 0 { 0 } else { gate.len() / inter };
+    let hidden = gate.len().checked_div(inter).unwrap_or(0);
     let norm =
         |v: &mut dyn Iterator<Item = f32>| v.map(|x| (x as f64) * (x as f64)).sum::<f64>().sqrt();
     (0..inter)
