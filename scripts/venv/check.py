@@ -24,9 +24,10 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 # What `python -m venv` itself puts in every venv (ensurepip), not ours to pin.
 VENV_SEED = {"pip", "setuptools"}
-# Imports marked with this comment run in the TensorFlow peer's own venv
-# (scripts/setup-tf-peer.sh) and are checked against its pins instead.
-TF_VENV_MARK = "import-check: tf-venv"
+# Imports marked `# import-check: NAME` run in a peer's own venv and are
+# checked against the pins of the script that builds it instead.
+PEER_VENVS = {"tf-venv": "setup-tf-peer.sh", "prune-peer-venv": "setup-prune-peer.sh"}
+PEER_MARK = re.compile(r"import-check: ([\w-]+)")
 
 
 def norm(name):
@@ -80,8 +81,8 @@ def check_venv():
     return not problems
 
 
-def tf_venv_pins():
-    text = (REPO / "scripts" / "setup-tf-peer.sh").read_text()
+def peer_venv_pins(script):
+    text = (REPO / "scripts" / script).read_text()
     return {norm(m.group(1)) for m in re.finditer(r"^\s+([A-Za-z0-9_.-]+)==\S+\s*$", text, re.M)}
 
 
@@ -108,7 +109,7 @@ def imported_modules(path):
 def check_imports():
     lock = set(read_pins(HERE / "requirements.lock"))
     module_dists = md.packages_distributions()
-    tf_pins = tf_venv_pins()
+    peer_pins = {name: peer_venv_pins(script) for name, script in PEER_VENVS.items()}
     problems = []
     for path in python_files():
         local = {p.stem for p in path.parent.glob("*.py")}
@@ -116,10 +117,14 @@ def check_imports():
             if module in sys.stdlib_module_names or module in local:
                 continue
             where = f"{path.relative_to(REPO)}:{lineno}"
-            if TF_VENV_MARK in text:
-                if norm(module) not in tf_pins:
-                    problems.append(f"{where}: '{module}' is marked as the tf-venv's but "
-                                    "scripts/setup-tf-peer.sh does not pin it")
+            mark = PEER_MARK.search(text)
+            if mark:
+                venv = mark.group(1)
+                if venv not in PEER_VENVS:
+                    problems.append(f"{where}: unknown venv '{venv}' (known: {', '.join(PEER_VENVS)})")
+                elif norm(module) not in peer_pins[venv]:
+                    problems.append(f"{where}: '{module}' is marked as the {venv}'s but "
+                                    f"scripts/{PEER_VENVS[venv]} does not pin it")
                 continue
             dists = {norm(d) for d in module_dists.get(module, [])}
             if not dists:
