@@ -341,6 +341,37 @@ pub(crate) fn hessian_inputs(
     by_input
 }
 
+/// `names` grouped by the input whose Gram matrix they read (one Hessian
+/// per group, built and freed in turn), then the others one by one.
+pub(crate) fn by_gram_input(
+    model: &Model,
+    stats: &BTreeMap<String, ChannelStats>,
+    names: &[String],
+) -> Vec<(Option<String>, Vec<String>)> {
+    let wanted: std::collections::HashSet<&String> = names.iter().collect();
+    let mut groups: Vec<(Option<String>, Vec<String>)> = hessian_inputs(model, stats)
+        .into_iter()
+        .map(|(input, ws)| {
+            (
+                Some(input),
+                ws.into_iter().filter(|w| wanted.contains(w)).collect(),
+            )
+        })
+        .filter(|(_, ws): &(_, Vec<String>)| !ws.is_empty())
+        .collect();
+    let grouped: std::collections::HashSet<String> = groups
+        .iter()
+        .flat_map(|(_, ws)| ws.iter().cloned())
+        .collect();
+    groups.extend(
+        names
+            .iter()
+            .filter(|n| !grouped.contains(*n))
+            .map(|n| (None, vec![n.clone()])),
+    );
+    groups
+}
+
 /// GPTQ's Hessian of `input` (Gram matrix from `stats`, divided by the AWQ
 /// input scales of the first weight reading it, where there are some).
 pub(crate) fn hessian_of(
@@ -627,24 +658,12 @@ pub fn calibrate_sequential(
         // input are encoded: a layer's Hessians built together were most of
         // the sweep's peak.
         let mut stats = stats;
-        let mut groups: Vec<(Option<String>, Vec<String>)> = if method.gptq() {
-            hessian_inputs(model, &stats)
-                .into_iter()
-                .map(|(input, weights)| (Some(input), weights))
-                .collect()
+        let names = part.tensors(&family);
+        let groups = if method.gptq() {
+            by_gram_input(model, &stats, &names)
         } else {
-            vec![]
+            names.into_iter().map(|n| (None, vec![n])).collect()
         };
-        let grouped: std::collections::HashSet<String> = groups
-            .iter()
-            .flat_map(|(_, ws)| ws.iter().cloned())
-            .collect();
-        groups.extend(
-            part.tensors(&family)
-                .into_iter()
-                .filter(|n| !grouped.contains(n))
-                .map(|n| (None, vec![n])),
-        );
         let mut replacements = Replacements::new();
         for (input, weights) in groups {
             let t = std::time::Instant::now();

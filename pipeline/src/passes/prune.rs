@@ -272,7 +272,6 @@ impl Pass for Prune {
                     spec.samples.unwrap_or(128),
                     spec.len.unwrap_or(512),
                 )?;
-                let total: usize = seqs.iter().map(Vec::len).sum();
                 let gram_for = if self.method == PruneMethod::Sparsegpt {
                     layers
                         .iter()
@@ -305,50 +304,46 @@ impl Pass for Prune {
                     if names.is_empty() {
                         return Ok(out);
                     }
-                    let hessians: HashMap<String, std::sync::Arc<edgec_passes::gptq::Hessian>> =
-                        if method == PruneMethod::Sparsegpt {
-                            let mut hs = HashMap::new();
-                            for (input, weights) in calib::hessian_inputs(model, &stats) {
-                                let h = std::sync::Arc::new(calib::hessian_of(
-                                    &stats,
-                                    &input,
-                                    &weights,
-                                    &HashMap::new(),
-                                )?);
-                                for w in weights {
-                                    hs.insert(w, h.clone());
+                    let groups = if method == PruneMethod::Sparsegpt {
+                        calib::by_gram_input(model, &stats, &names)
+                    } else {
+                        names.into_iter().map(|n| (None, vec![n])).collect()
+                    };
+                    for (input, weights) in groups {
+                        // SparseGPT: one input's Hessian at a time
+                        let hessian = match &input {
+                            Some(i) => {
+                                Some(calib::hessian_of(&stats, i, &weights, &HashMap::new())?)
+                            }
+                            None => None,
+                        };
+                        for name in weights {
+                            let (mut w, cols) = weight(model, &name)?;
+                            match &hessian {
+                                Some(h) => {
+                                    prune::sparsegpt(&mut w, h, sparsity, 128);
+                                }
+                                None if method == PruneMethod::Sparsegpt => {
+                                    return Err(format!("{name}: no input Gram matrix").into());
+                                }
+                                None => {
+                                    let module = name.trim_end_matches(".weight");
+                                    let s = stats.get(module).with_context(|| {
+                                        format!("{module}: no input statistics")
+                                    })?;
+                                    let norms: Vec<f32> =
+                                        s.sum_sq.iter().map(|v| v.sqrt() as f32).collect();
+                                    let mask = prune::mask_per_row(
+                                        &prune::wanda_scores(&w, &norms),
+                                        cols,
+                                        sparsity,
+                                    );
+                                    prune::apply_mask(&mut w, &mask);
                                 }
                             }
-                            hs
-                        } else {
-                            HashMap::new()
-                        };
-                    for name in names {
-                        let (mut w, cols) = weight(model, &name)?;
-                        let module = name.trim_end_matches(".weight");
-                        match method {
-                            PruneMethod::Wanda => {
-                                let s = stats
-                                    .get(module)
-                                    .with_context(|| format!("{module}: no input statistics"))?;
-                                let norms: Vec<f32> =
-                                    s.sum_sq.iter().map(|v| v.sqrt() as f32).collect();
-                                let mask = prune::mask_per_row(
-                                    &prune::wanda_scores(&w, &norms),
-                                    cols,
-                                    sparsity,
-                                );
-                                prune::apply_mask(&mut w, &mask);
-                            }
-                            _ => {
-                                let h = hessians
-                                    .get(&name)
-                                    .with_context(|| format!("{name}: no Hessian"))?;
-                                prune::sparsegpt(&mut w, h, sparsity, 128);
-                            }
+                            out.insert(name.clone(), w.clone());
+                            pruned.insert(name, w);
                         }
-                        out.insert(name.clone(), w.clone());
-                        pruned.insert(name, w);
                     }
                     Ok(out)
                 };
@@ -357,7 +352,7 @@ impl Pass for Prune {
                 })
                 .map_err(|e| anyhow::anyhow!("{}: pruning: {e}", ctx.input.display()))?;
                 bar.finish();
-                seconds_sweep = Some((start.elapsed().as_secs_f64(), report.tokens, total));
+                seconds_sweep = Some((start.elapsed().as_secs_f64(), report.tokens));
             }
         }
         // what the weights are now, before the model takes them
@@ -387,7 +382,7 @@ impl Pass for Prune {
             crate::names::name_of(&self.method),
             100.0 * zeros as f64 / count.max(1) as f64
         );
-        if let Some((s, tokens, _)) = seconds_sweep {
+        if let Some((s, tokens)) = seconds_sweep {
             line.push_str(&format!("; calibrated on {tokens} tokens in {s:.2}s"));
         }
         Ok(Outcome {

@@ -113,34 +113,39 @@ impl Pass for PruneStructured {
         };
         let (inter, layers) = (p.intermediate_size, p.num_layers);
         let width = self.new_width(inter)?;
-        let importance: Vec<Vec<f32>> = match &self.data {
-            Some(d) => activation_importance(model, ctx, d)?,
-            None => (0..layers)
-                .map(|i| {
-                    let [g, u, d] = ffn_names(i).map(|n| f32_of(model, &n));
-                    Ok(structured::ffn_magnitude_importance(&g?, &u?, &d?, inter))
-                })
-                .collect::<Result<_>>()?,
+        let measured = match &self.data {
+            Some(d) => Some(activation_importance(model, ctx, d)?),
+            None => None,
         };
+        let hidden = p.hidden_size;
         let mut replaced: BTreeMap<String, Tensor> = BTreeMap::new();
-        for (i, imp) in importance.iter().enumerate() {
-            let keep = structured::keep_most_important(imp, width);
-            let [g, u, d] = ffn_names(i);
-            let hidden = p.hidden_size;
-            for (name, rows) in [(&g, true), (&u, true), (&d, false)] {
-                let w = f32_of(model, name)?;
-                let (values, shape) = if rows {
-                    (
-                        structured::select_rows(&w, hidden, &keep),
-                        vec![width, hidden],
-                    )
-                } else {
-                    (
-                        structured::select_cols(&w, inter, &keep),
-                        vec![hidden, width],
-                    )
-                };
-                replaced.insert(name.clone(), Tensor::from_f32(name.clone(), shape, values)?);
+        for i in 0..layers {
+            let names = ffn_names(i);
+            let [g, u, d] = [0, 1, 2].map(|k| f32_of(model, &names[k]));
+            let (g, u, d) = (g?, u?, d?);
+            let keep = match &measured {
+                Some(m) => structured::keep_most_important(&m[i], width),
+                None => structured::keep_most_important(
+                    &structured::ffn_magnitude_importance(&g, &u, &d, inter),
+                    width,
+                ),
+            };
+            let cut = [
+                (
+                    structured::select_rows(&g, hidden, &keep),
+                    vec![width, hidden],
+                ),
+                (
+                    structured::select_rows(&u, hidden, &keep),
+                    vec![width, hidden],
+                ),
+                (
+                    structured::select_cols(&d, inter, &keep),
+                    vec![hidden, width],
+                ),
+            ];
+            for (name, (values, shape)) in names.into_iter().zip(cut) {
+                replaced.insert(name.clone(), Tensor::from_f32(name, shape, values)?);
             }
         }
         let before = model.total_params();

@@ -395,6 +395,7 @@ impl QuantizeGguf {
                 "batches": r.sweep.batches,
                 "peak_cache_bytes": r.sweep.peak_cache_bytes,
                 "peak_spilled_bytes": r.sweep.peak_spilled_bytes,
+                "encoded_bytes": r.encoded.bytes(),
             },
         });
         state.gguf = Some(GgufQuant {
