@@ -75,7 +75,7 @@ impl SweepOptions {
 }
 
 /// What a sweep did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct SweepReport {
     /// Tokens in the calibration sequences.
     pub tokens: u64,
@@ -92,6 +92,13 @@ pub struct SweepReport {
     /// nothing spilled). While a layer runs, the files of its inputs and of
     /// its outputs both exist.
     pub peak_spilled_bytes: u64,
+    /// Per layer, the mean over tokens of the cosine between the residual
+    /// stream entering and leaving it (ShortGPT's block influence is one
+    /// minus it): a layer near 1 barely changes its input.
+    pub block_cosine: Vec<f64>,
+    /// Per layer, the mean root-mean-square of the residual stream entering
+    /// it (the scale a layer's contributions are measured against).
+    pub block_input_rms: Vec<f64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -189,6 +196,7 @@ pub fn sweep_linear_inputs(
         // it they are computed once the callback has answered.
         let keep = !opts.propagate && !head;
         let mut next = Cache::new(opts.spill_dir.clone());
+        let mut cosine = MeanCosine::default();
         for (i, batch) in batches.iter().enumerate() {
             if observe {
                 let x = if keep { cache.take(i)? } else { cache.read(i)? };
@@ -202,7 +210,9 @@ pub fn sweep_linear_inputs(
                 } else {
                     let y = stage.forward(&x)?;
                     if keep {
-                        next.push(values(&y)?, cache.mem, &mut budget)?;
+                        let y = values(&y)?;
+                        cosine.add(&values(&x)?, &y, hidden(family));
+                        next.push(y, cache.mem, &mut budget)?;
                     }
                 }
             }
@@ -227,15 +237,58 @@ pub fn sweep_linear_inputs(
             let stage = Stage::with_replaced(model, part, &opts.runtime, &replaced)?;
             for (i, batch) in batches.iter().enumerate() {
                 let x = cache.take(i)?;
-                let x = Tensor::from_vec(x, (batch.len(), len, hidden(family)), &Device::Cpu)?;
-                let y = stage.forward(&x)?;
-                next.push(values(&y)?, cache.mem, &mut budget)?;
+                let t =
+                    Tensor::from_vec(x.clone(), (batch.len(), len, hidden(family)), &Device::Cpu)?;
+                let y = values(&stage.forward(&t)?)?;
+                cosine.add(&x, &y, hidden(family));
+                next.push(y, cache.mem, &mut budget)?;
             }
         }
+        budget.report.block_cosine.push(cosine.mean());
+        budget.report.block_input_rms.push(cosine.mean_rms());
         cache = next;
         budget.report.layers += 1;
     }
     Ok(report)
+}
+
+/// The running mean of the cosine between rows of two `[tokens, hidden]`
+/// matrices.
+#[derive(Default)]
+struct MeanCosine {
+    sum: f64,
+    sum_rms: f64,
+    rows: u64,
+}
+
+impl MeanCosine {
+    fn add(&mut self, x: &[f32], y: &[f32], hidden: usize) {
+        for (a, b) in x.chunks(hidden).zip(y.chunks(hidden)) {
+            let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
+            for (&u, &v) in a.iter().zip(b) {
+                let (u, v) = (u as f64, v as f64);
+                ab += u * v;
+                aa += u * u;
+                bb += v * v;
+            }
+            let denom = (aa * bb).sqrt();
+            self.sum += if denom > 0.0 { ab / denom } else { 1.0 };
+            self.sum_rms += (aa / hidden as f64).sqrt();
+            self.rows += 1;
+        }
+    }
+
+    fn mean(&self) -> f64 {
+        if self.rows == 0 {
+            1.0
+        } else {
+            self.sum / self.rows as f64
+        }
+    }
+
+    fn mean_rms(&self) -> f64 {
+        self.sum_rms / self.rows.max(1) as f64
+    }
 }
 
 fn hidden(family: &Family) -> usize {

@@ -37,6 +37,7 @@ fn family(layers: usize) -> Family {
         rms_norm_eps: 1e-5,
         rope_theta: 10000.0,
         tie_word_embeddings: false,
+        blocks: None,
     })
 }
 
@@ -46,7 +47,7 @@ fn family(layers: usize) -> Family {
 fn write_model(dir: &Path, layers: usize) -> u64 {
     std::fs::create_dir_all(dir).unwrap();
     let f = family(layers);
-    let config = edgec_formats::hf::config_json(&f, DType::F32);
+    let config = edgec_formats::hf::config_json(&f, DType::F32).unwrap();
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     let lazy: Vec<LazyTensor> = f
         .expected_tensors()

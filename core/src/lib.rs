@@ -16,6 +16,6 @@ pub mod vocab;
 pub use error::{Error, Result};
 pub use ggml::GgmlType;
 pub use graph::{Dim, Graph, Node, Op, PadMode, ValueInfo, Window};
-pub use model::{BertParams, Family, LlamaParams, LlamaVariant, Model, ModelMeta};
+pub use model::{BertParams, BlockShape, Family, LlamaParams, LlamaVariant, Model, ModelMeta};
 pub use tensor::{DType, Tensor, TensorData};
 pub use vocab::{TokenType, TokenizerKind, Vocab};

@@ -9,6 +9,7 @@
 //! linear layer is a Gemm with `transB` on the weight as stored (`[out,
 //! in]`): no weight is copied or transposed.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::graph::{Dim, Graph, Node, Op, ValueInfo};
@@ -43,6 +44,14 @@ pub fn to_graph(model: &Model) -> Result<Model> {
             nodes: b.nodes,
         }),
     })
+}
+
+/// The shape constants of one (query heads, kv heads) pair.
+struct HeadShapes {
+    q: String,
+    kv: String,
+    expand: String,
+    merged: String,
 }
 
 struct Builder<'a> {
@@ -369,10 +378,10 @@ impl Builder<'_> {
     }
 
     fn llama(&mut self, p: &LlamaParams) -> Result<(Vec<ValueInfo>, Vec<ValueInfo>)> {
-        let (d, nh, nkv, hd) = (p.hidden_size, p.num_heads, p.num_kv_heads, p.head_dim);
-        if nkv == 0 || !nh.is_multiple_of(nkv) || hd == 0 || !hd.is_multiple_of(2) {
+        let (d, hd) = (p.hidden_size, p.head_dim);
+        if hd == 0 || !hd.is_multiple_of(2) {
             return Err(Error::Shape(format!(
-                "{nh} query heads, {nkv} kv heads and head size {hd} do not fit together"
+                "head size {hd} must be even and non-zero"
             )));
         }
         let bias = matches!(p.variant, crate::LlamaVariant::Qwen2);
@@ -423,14 +432,31 @@ impl Builder<'_> {
         let pad = self.padding_mask(mask)?;
         let mask = self.op("mask", Op::Add, &[&pad, &causal]);
 
-        let q_shape = self.heads_shape(ids, nh, hd)?;
-        let kv_shape = self.heads_shape(ids, nkv, hd)?;
         let scale = self.f32s("scale", vec![], &[1.0 / (hd as f32).sqrt()])?;
-        let rep = nh / nkv;
-        let expand = self.i64s("repeat", &[1, 1, rep as i64, 1, 1])?;
-        let merged = self.i64s("heads_shape", &[0, nh as i64, -1, hd as i64])?;
+        // The shapes for each pair of head counts a block has (blocks of a
+        // structurally pruned model may differ).
+        let mut head_shapes: BTreeMap<(usize, usize), HeadShapes> = BTreeMap::new();
         for i in 0..p.num_layers {
             let l = format!("model.layers.{i}");
+            let b = p.block(i);
+            let (nh, nkv) = (b.num_heads, b.num_kv_heads);
+            if nkv == 0 || !nh.is_multiple_of(nkv) {
+                return Err(Error::Shape(format!(
+                    "layer {i}: {nh} query heads cannot share {nkv} kv heads"
+                )));
+            }
+            let rep = nh / nkv;
+            if let std::collections::btree_map::Entry::Vacant(e) = head_shapes.entry((nh, nkv)) {
+                e.insert(HeadShapes {
+                    q: self.heads_shape(ids, nh, hd)?,
+                    kv: self.heads_shape(ids, nkv, hd)?,
+                    expand: self.i64s("repeat", &[1, 1, rep as i64, 1, 1])?,
+                    merged: self.i64s("heads_shape", &[0, nh as i64, -1, hd as i64])?,
+                });
+            }
+            let shapes = &head_shapes[&(nh, nkv)];
+            let (q_shape, kv_shape) = (shapes.q.clone(), shapes.kv.clone());
+            let (expand, merged) = (shapes.expand.clone(), shapes.merged.clone());
             let h = self.rms_norm(&x, &format!("{l}.input_layernorm.weight"), p.rms_norm_eps)?;
             let q = self.linear(&h, &format!("{l}.self_attn.q_proj"), bias)?;
             let k = self.linear(&h, &format!("{l}.self_attn.k_proj"), bias)?;

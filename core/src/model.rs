@@ -54,6 +54,64 @@ pub struct LlamaParams {
     pub rms_norm_eps: f32,
     pub rope_theta: f32,
     pub tie_word_embeddings: bool,
+    /// Each block's widths where they differ between blocks (after
+    /// non-uniform structured pruning); `None`: every block has the widths
+    /// above. When set, the widths above are the largest of any block.
+    pub blocks: Option<Vec<BlockShape>>,
+}
+
+/// One decoder block's widths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockShape {
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub intermediate_size: usize,
+}
+
+impl LlamaParams {
+    /// Block `i`'s widths.
+    pub fn block(&self, i: usize) -> BlockShape {
+        match &self.blocks {
+            Some(b) => b[i],
+            None => BlockShape {
+                num_heads: self.num_heads,
+                num_kv_heads: self.num_kv_heads,
+                intermediate_size: self.intermediate_size,
+            },
+        }
+    }
+
+    /// Every block's widths, in order.
+    pub fn block_shapes(&self) -> Vec<BlockShape> {
+        (0..self.num_layers).map(|i| self.block(i)).collect()
+    }
+
+    /// Sets every block's widths (one per layer): the model stays uniform
+    /// when they are all equal, and the global widths become the largest.
+    pub fn set_block_shapes(&mut self, shapes: Vec<BlockShape>) {
+        self.num_layers = shapes.len();
+        let max = |f: fn(&BlockShape) -> usize| shapes.iter().map(f).max().unwrap_or(0);
+        self.num_heads = max(|b| b.num_heads);
+        self.num_kv_heads = max(|b| b.num_kv_heads);
+        self.intermediate_size = max(|b| b.intermediate_size);
+        let uniform = shapes.windows(2).all(|w| w[0] == w[1]);
+        self.blocks = (!uniform).then_some(shapes);
+    }
+
+    /// Whether every block has the same widths.
+    pub fn is_uniform(&self) -> bool {
+        self.blocks.is_none()
+    }
+
+    /// llama.cpp's architecture for these parameters: blocks of different
+    /// widths need `deci`, which reads each block's head counts and FFN width.
+    pub fn gguf_arch(&self) -> &'static str {
+        if self.is_uniform() {
+            self.variant.gguf_arch()
+        } else {
+            "deci"
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -130,12 +188,13 @@ impl Family {
         let mut v = Vec::new();
         match self {
             Family::Llama(p) => {
-                let (h, kv) = (p.num_heads * p.head_dim, p.num_kv_heads * p.head_dim);
                 v.push((
                     "model.embed_tokens.weight".into(),
                     vec![p.vocab_size, p.hidden_size],
                 ));
                 for i in 0..p.num_layers {
+                    let b = p.block(i);
+                    let (h, kv) = (b.num_heads * p.head_dim, b.num_kv_heads * p.head_dim);
                     let l = format!("model.layers.{i}");
                     v.push((format!("{l}.input_layernorm.weight"), vec![p.hidden_size]));
                     v.push((
@@ -165,15 +224,15 @@ impl Family {
                     ));
                     v.push((
                         format!("{l}.mlp.gate_proj.weight"),
-                        vec![p.intermediate_size, p.hidden_size],
+                        vec![b.intermediate_size, p.hidden_size],
                     ));
                     v.push((
                         format!("{l}.mlp.up_proj.weight"),
-                        vec![p.intermediate_size, p.hidden_size],
+                        vec![b.intermediate_size, p.hidden_size],
                     ));
                     v.push((
                         format!("{l}.mlp.down_proj.weight"),
-                        vec![p.hidden_size, p.intermediate_size],
+                        vec![p.hidden_size, b.intermediate_size],
                     ));
                 }
                 v.push(("model.norm.weight".into(), vec![p.hidden_size]));

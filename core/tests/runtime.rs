@@ -650,6 +650,7 @@ fn synthetic_llama(quant: Option<GgmlDType>) -> Model {
         rms_norm_eps: 1e-5,
         rope_theta: 10000.0,
         tie_word_embeddings: false,
+        blocks: None,
     };
     let family = Family::Llama(p);
     let mut seed = 42u64;

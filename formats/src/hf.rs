@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use edgec_core::{BertParams, DType, Family, LlamaParams, LlamaVariant, Model, ModelMeta, Tensor};
+use edgec_core::{
+    BertParams, BlockShape, DType, Family, LlamaParams, LlamaVariant, Model, ModelMeta, Tensor,
+};
 use serde_json::{json, Value};
 
 use crate::error::{FormatError, Result};
@@ -15,6 +17,7 @@ pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
     "LlamaForCausalLM",
     "MistralForCausalLM",
     "Qwen2ForCausalLM",
+    "DeciLMForCausalLM",
     "BertModel",
 ];
 
@@ -205,7 +208,7 @@ pub fn parse_config(path: &Path) -> Result<Family> {
         })
         .ok_or_else(|| FormatError::invalid(path, "no \"architectures\" entry"))?;
     let variant = match arch {
-        "LlamaForCausalLM" => LlamaVariant::Llama,
+        "LlamaForCausalLM" | "DeciLMForCausalLM" => LlamaVariant::Llama,
         "MistralForCausalLM" => LlamaVariant::Mistral,
         "Qwen2ForCausalLM" => LlamaVariant::Qwen2,
         "BertModel" | "BertForMaskedLM" | "BertForSequenceClassification" => {
@@ -252,12 +255,17 @@ pub fn parse_config(path: &Path) -> Result<Family> {
         ));
     }
     let tie_default = variant == LlamaVariant::Qwen2;
-    Ok(Family::Llama(LlamaParams {
+    let num_layers = req_usize(path, &cfg, "num_hidden_layers")?;
+    let blocks = match arch {
+        "DeciLMForCausalLM" => Some(deci_blocks(path, &cfg, num_layers, num_heads, hidden_size)?),
+        _ => None,
+    };
+    let mut p = LlamaParams {
         variant,
         vocab_size: req_usize(path, &cfg, "vocab_size")?,
         hidden_size,
         intermediate_size: req_usize(path, &cfg, "intermediate_size")?,
-        num_layers: req_usize(path, &cfg, "num_hidden_layers")?,
+        num_layers,
         num_heads,
         num_kv_heads,
         head_dim,
@@ -267,7 +275,110 @@ pub fn parse_config(path: &Path) -> Result<Family> {
         tie_word_embeddings: get(&cfg, "tie_word_embeddings")
             .and_then(Value::as_bool)
             .unwrap_or(tie_default),
-    }))
+        blocks: None,
+    };
+    if let Some(blocks) = blocks {
+        p.set_block_shapes(blocks);
+    }
+    Ok(Family::Llama(p))
+}
+
+/// DeciLM's (Nemotron-NAS) FFN width for a multiplier, as its modeling code
+/// and llama.cpp's converter compute it: ⌊2·mult·hidden/3⌋ rounded up to a
+/// multiple of 256.
+fn deci_ffn_width(ffn_mult: f64, hidden: usize) -> usize {
+    let width = (2.0 * ffn_mult * hidden as f64 / 3.0) as usize;
+    width.div_ceil(256) * 256
+}
+
+/// The blocks of a DeciLM config's `block_configs` (query heads
+/// `num_attention_heads` in every block, key/value heads
+/// `num_attention_heads / n_heads_in_group`, FFN width from `ffn_mult`).
+fn deci_blocks(
+    path: &Path,
+    cfg: &Value,
+    layers: usize,
+    heads: usize,
+    hidden: usize,
+) -> Result<Vec<BlockShape>> {
+    let configs = get(cfg, "block_configs")
+        .and_then(Value::as_array)
+        .filter(|c| c.len() == layers)
+        .ok_or_else(|| {
+            FormatError::invalid(
+                path,
+                format!("DeciLM's \"block_configs\" must list one block for each of the {layers} layers"),
+            )
+        })?;
+    configs
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let bad = |what: &str| {
+                FormatError::invalid(path, format!("block_configs[{i}]: {what}"))
+            };
+            for part in ["attention", "ffn"] {
+                for flag in ["no_op", "replace_with_linear"] {
+                    if b.pointer(&format!("/{part}/{flag}")).and_then(Value::as_bool) == Some(true) {
+                        return Err(bad(&format!("{part}.{flag} blocks are not supported (edgec runs blocks with both attention and a feed-forward network)")));
+                    }
+                }
+            }
+            let group = b
+                .pointer("/attention/n_heads_in_group")
+                .and_then(Value::as_u64)
+                .map(|g| g as usize)
+                .filter(|&g| g > 0 && heads.is_multiple_of(g))
+                .ok_or_else(|| bad(&format!("attention.n_heads_in_group must divide num_attention_heads {heads}")))?;
+            let mult = b
+                .pointer("/ffn/ffn_mult")
+                .and_then(Value::as_f64)
+                .filter(|m| m.is_finite() && *m > 0.0 && *m < 1e6)
+                .ok_or_else(|| bad("ffn.ffn_mult must be a positive number"))?;
+            Ok(BlockShape {
+                num_heads: heads,
+                num_kv_heads: heads / group,
+                intermediate_size: deci_ffn_width(mult, hidden),
+            })
+        })
+        .collect()
+}
+
+/// DeciLM `block_configs` for blocks of different widths. DeciLM keeps
+/// every block's query heads and derives widths from multipliers, so only
+/// FFN widths that are multiples of 256 and key/value head counts can vary.
+fn deci_block_configs(
+    p: &LlamaParams,
+    blocks: &[BlockShape],
+) -> std::result::Result<Value, String> {
+    let configs = blocks
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if b.num_heads != p.num_heads {
+                return Err(format!(
+                    "layer {i} has {} query heads and others {}: DeciLM configs keep every block's query heads (GGUF, as llama.cpp's deci, holds this model)",
+                    b.num_heads, p.num_heads
+                ));
+            }
+            let mult = 1.5 * b.intermediate_size as f64 / p.hidden_size as f64;
+            if deci_ffn_width(mult, p.hidden_size) != b.intermediate_size {
+                return Err(format!(
+                    "layer {i}'s FFN width {} cannot be a DeciLM ffn_mult (DeciLM rounds widths up to multiples of 256): prune to multiples of 256, or write GGUF (llama.cpp's deci holds any width)",
+                    b.intermediate_size
+                ));
+            }
+            Ok(json!({
+                "attention": {
+                    "n_heads_in_group": b.num_heads / b.num_kv_heads,
+                    "no_op": false,
+                    "replace_with_linear": false,
+                },
+                "ffn": { "ffn_mult": mult, "no_op": false, "replace_with_linear": false },
+            }))
+        })
+        .collect::<std::result::Result<Vec<_>, String>>()?;
+    Ok(Value::Array(configs))
 }
 
 fn parse_bert(path: &Path, cfg: &Value) -> Result<Family> {
@@ -301,14 +412,44 @@ fn parse_bert(path: &Path, cfg: &Value) -> Result<Family> {
     }))
 }
 
-/// `config.json` for a family, as transformers writes it.
-pub fn config_json(family: &Family, dtype: DType) -> Value {
+/// `config.json` for a family, as transformers writes it; blocks of
+/// different widths as DeciLM (Nemotron-NAS) `block_configs`, which
+/// llama.cpp's converter and DeciLM's modeling code read. An error says why a
+/// model's widths cannot be written so.
+pub fn config_json(family: &Family, dtype: DType) -> std::result::Result<Value, String> {
     let torch_dtype = match dtype {
         DType::F16 => "float16",
         DType::Bf16 => "bfloat16",
         _ => "float32",
     };
-    match family {
+    Ok(match family {
+        Family::Llama(p) if !p.is_uniform() => {
+            if p.variant == LlamaVariant::Qwen2 {
+                return Err(
+                    "qwen2 blocks of different widths have no HF config (DeciLM is llama-only)"
+                        .into(),
+                );
+            }
+            let blocks = p.blocks.as_deref().unwrap_or_default();
+            json!({
+                "architectures": ["DeciLMForCausalLM"],
+                "model_type": "nemotron-nas",
+                "vocab_size": p.vocab_size,
+                "hidden_size": p.hidden_size,
+                "num_hidden_layers": p.num_layers,
+                "num_attention_heads": p.num_heads,
+                "head_dim": p.head_dim,
+                "block_configs": deci_block_configs(p, blocks)?,
+                "hidden_act": "silu",
+                "max_position_embeddings": p.max_position_embeddings,
+                "rms_norm_eps": p.rms_norm_eps,
+                "rope_theta": p.rope_theta,
+                "tie_word_embeddings": p.tie_word_embeddings,
+                "attention_bias": false,
+                "mlp_bias": false,
+                "torch_dtype": torch_dtype,
+            })
+        }
         Family::Llama(p) => json!({
             "architectures": [p.variant.hf_architecture()],
             "model_type": p.variant.hf_model_type(),
@@ -341,7 +482,7 @@ pub fn config_json(family: &Family, dtype: DType) -> Value {
             "hidden_act": "gelu",
             "torch_dtype": torch_dtype,
         }),
-    }
+    })
 }
 
 /// Writes `model` as an HF folder into `dir` (which must exist and be
@@ -360,8 +501,8 @@ pub fn write(model: &Model, dir: &Path, dtype: DType) -> Result<()> {
             "the model has no architecture to write a config.json for",
         )
     })?;
-    let config =
-        serde_json::to_string_pretty(&config_json(family, dtype)).expect("JSON value serialises");
+    let config = config_json(family, dtype).map_err(|e| FormatError::invalid(dir, e))?;
+    let config = serde_json::to_string_pretty(&config).expect("JSON value serialises");
     let config_path = dir.join("config.json");
     std::fs::write(&config_path, config + "\n").map_err(|e| FormatError::io(&config_path, e))?;
     let weights_path = dir.join("model.safetensors");

@@ -161,7 +161,8 @@ fn layer_groups(p: &LlamaParams, model: &Model, i: usize) -> Vec<Group> {
     let l = format!("model.layers.{i}");
     let w = |n: &str| format!("{l}.{n}.weight");
     let v_bias = format!("{l}.self_attn.v_proj.bias");
-    let rep = p.num_heads / p.num_kv_heads.max(1);
+    let b = p.block(i);
+    let rep = b.num_heads / b.num_kv_heads.max(1);
     vec![
         Group {
             input: format!("{l}.self_attn.q_proj"),

@@ -21,20 +21,38 @@ pub struct Args {
     /// Output: a .gguf file or a folder for a Hugging Face model (weights stay dense).
     pub output: PathBuf,
     /// magnitude (no data), wanda or sparsegpt (both need --calib).
-    #[arg(long, value_parser = named::<PruneMethod>, required_unless_present = "ffn", conflicts_with = "ffn")]
+    #[arg(
+        long,
+        value_parser = named::<PruneMethod>,
+        required_unless_present_any = ["ffn", "heads", "layers"],
+        conflicts_with_all = ["ffn", "heads", "layers"]
+    )]
     pub method: Option<PruneMethod>,
     /// Fraction of each linear weight to drop, between 0 and 1.
     #[arg(
         long,
         value_name = "F",
         conflicts_with = "pattern",
-        required_unless_present_any = ["pattern", "ffn"]
+        required_unless_present_any = ["pattern", "ffn", "heads", "layers"]
     )]
     pub sparsity: Option<f64>,
-    /// Structured: remove this fraction of every block's FFN neurons (the
-    /// model shrinks; ranked by activation with --calib, else by weight norms).
+    /// Structured: remove this fraction of the FFN neurons (the model
+    /// shrinks; ranked by activation with --calib, else by weight norms).
     #[arg(long, value_name = "F", conflicts_with_all = ["sparsity", "pattern", "global", "ignore"])]
     pub ffn: Option<f64>,
+    /// Structured: remove this fraction of the attention heads (whole GQA
+    /// groups, or the same number from each group).
+    #[arg(long, value_name = "F", conflicts_with_all = ["sparsity", "pattern", "global", "ignore"])]
+    pub heads: Option<f64>,
+    /// Structured: remove this many whole layers, those that change their
+    /// input least on the --calib text.
+    #[arg(long, value_name = "N", conflicts_with_all = ["sparsity", "pattern", "global", "ignore"])]
+    pub layers: Option<usize>,
+    /// Structured: the same widths in every layer (llama.cpp's `llama`,
+    /// standard HF configs) instead of per-layer widths from a global
+    /// ranking (llama.cpp's `deci`, DeciLM configs).
+    #[arg(long)]
+    pub uniform: bool,
     /// N of every M consecutive inputs dropped (2:4, 4:8).
     #[arg(long, value_name = "N:M")]
     pub pattern: Option<String>,
@@ -76,12 +94,19 @@ pub fn recipe(args: &Args) -> Recipe {
         );
     }
     let data_name = args.calib.as_ref().map(|_| "calib");
-    let mut steps = vec![match args.ffn {
-        Some(ffn) => step(
+    let structured = args.ffn.is_some() || args.heads.is_some() || args.layers.is_some();
+    let mut steps = vec![match structured {
+        true => step(
             "prune.structured",
-            serde_json::json!({ "ffn": ffn, "data": data_name }),
+            serde_json::json!({
+                "ffn": args.ffn,
+                "heads": args.heads,
+                "layers": args.layers,
+                "uniform": args.uniform,
+                "data": data_name,
+            }),
         ),
-        None => step(
+        false => step(
             "prune",
             serde_json::json!({
                 "method": args.method,

@@ -5,6 +5,8 @@
 //! [`super::stage`]): the token embeddings, the decoder layers, and the head
 //! (final norm and LM head). The whole forward pass chains the same parts.
 
+use std::collections::BTreeMap;
+
 use candle_core::{Device, Result, Tensor};
 use rayon::prelude::*;
 
@@ -14,9 +16,11 @@ use super::hook::Tap;
 use super::ops::rope_tables;
 use super::weights::{parts, Embedding, Group, Linear, Loader};
 use super::RuntimeError;
-use crate::{LlamaParams, LlamaVariant};
+use crate::{BlockShape, LlamaParams, LlamaVariant};
 
 pub(crate) struct Layer {
+    /// This block's head counts and FFN width.
+    shape: BlockShape,
     input_norm: Tensor,
     post_norm: Tensor,
     /// q, k, v
@@ -56,11 +60,18 @@ pub(crate) fn check_params(p: &LlamaParams) -> std::result::Result<(), RuntimeEr
             p.head_dim
         )));
     }
-    if p.num_kv_heads == 0 || !p.num_heads.is_multiple_of(p.num_kv_heads) {
-        return Err(RuntimeError::Model(format!(
-            "{} attention heads cannot share {} key/value heads",
-            p.num_heads, p.num_kv_heads
-        )));
+    for (i, b) in p.block_shapes().iter().enumerate() {
+        if b.num_heads == 0 || b.num_kv_heads == 0 || !b.num_heads.is_multiple_of(b.num_kv_heads) {
+            return Err(RuntimeError::Model(format!(
+                "layer {i}: {} attention heads cannot share {} key/value heads",
+                b.num_heads, b.num_kv_heads
+            )));
+        }
+        if b.intermediate_size == 0 {
+            return Err(RuntimeError::Model(format!(
+                "layer {i}: a feed-forward width of 0"
+            )));
+        }
     }
     Ok(())
 }
@@ -187,8 +198,9 @@ impl Head {
 pub(crate) struct Ctx {
     b: usize,
     s: usize,
-    rope_q: (Tensor, Tensor),
-    rope_k: (Tensor, Tensor),
+    /// The rotary tables of q (carrying the softmax scale 1/√hd) and of k,
+    /// for each head count a block has: `(heads, scaled) → (cos, sin)`.
+    rope: BTreeMap<(usize, bool), (Tensor, Tensor)>,
     eps: f64,
 }
 
@@ -198,16 +210,31 @@ impl Ctx {
     pub(crate) fn new(p: &LlamaParams, b: usize, s: usize, dev: &Device) -> Result<Ctx> {
         let hd = p.head_dim;
         let theta = p.rope_theta as f64;
-        // q's tables carry the softmax scale 1/√hd.
-        let rope_q = rope_tables(s, hd, p.num_heads, theta, 1.0 / (hd as f64).sqrt(), dev)?;
-        let rope_k = rope_tables(s, hd, p.num_kv_heads, theta, 1.0, dev)?;
+        let mut rope = BTreeMap::new();
+        for shape in p.block_shapes() {
+            for (heads, scaled) in [(shape.num_heads, true), (shape.num_kv_heads, false)] {
+                if let std::collections::btree_map::Entry::Vacant(e) = rope.entry((heads, scaled)) {
+                    let scale = if scaled {
+                        1.0 / (hd as f64).sqrt()
+                    } else {
+                        1.0
+                    };
+                    e.insert(rope_tables(s, hd, heads, theta, scale, dev)?);
+                }
+            }
+        }
         Ok(Ctx {
             b,
             s,
-            rope_q,
-            rope_k,
+            rope,
             eps: p.rms_norm_eps as f64,
         })
+    }
+
+    fn rope_for(&self, heads: usize, scaled: bool) -> Result<&(Tensor, Tensor)> {
+        self.rope
+            .get(&(heads, scaled))
+            .ok_or_else(|| candle_core::Error::Msg(format!("no rotary tables for {heads} heads")))
     }
 }
 
@@ -221,6 +248,7 @@ impl Layer {
         let bias = p.variant == LlamaVariant::Qwen2;
         let l = format!("model.layers.{i}");
         Ok(Layer {
+            shape: p.block(i),
             input_norm: w.dense(&format!("{l}.input_layernorm.weight"))?,
             post_norm: w.dense(&format!("{l}.post_attention_layernorm.weight"))?,
             qkv: w.group(
@@ -253,10 +281,16 @@ impl Layer {
         let [q, k, v]: [Tensor; 3] = parts(self.qkv.forward(&h, tap)?)?;
         // Everything stays in the token-major [b·s, heads·hd] layout of the
         // projections: no transposes.
-        let q = rope(&q, c.s, p.num_heads, &c.rope_q)?;
-        let k = rope(&k, c.s, p.num_kv_heads, &c.rope_k)?;
+        let sh = self.shape;
+        let q = rope(&q, c.s, sh.num_heads, c.rope_for(sh.num_heads, true)?)?;
+        let k = rope(
+            &k,
+            c.s,
+            sh.num_kv_heads,
+            c.rope_for(sh.num_kv_heads, false)?,
+        )?;
         let ctx = if q.track_op() || k.track_op() || v.track_op() {
-            causal_attention(&q, &k, &v, p, c)?
+            causal_attention(&q, &k, &v, sh, p.head_dim, c)?
         } else {
             attention::causal_attention(
                 &q,
@@ -265,8 +299,8 @@ impl Layer {
                 &attention::Dims {
                     batch: c.b,
                     seq: c.s,
-                    heads: p.num_heads,
-                    kv_heads: p.num_kv_heads,
+                    heads: sh.num_heads,
+                    kv_heads: sh.num_kv_heads,
                     head_dim: p.head_dim,
                 },
             )?
@@ -301,10 +335,11 @@ fn causal_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    p: &LlamaParams,
+    shape: BlockShape,
+    hd: usize,
     c: &Ctx,
 ) -> Result<Tensor> {
-    let (nh, nkv, hd) = (p.num_heads, p.num_kv_heads, p.head_dim);
+    let (nh, nkv) = (shape.num_heads, shape.num_kv_heads);
     let rep = nh / nkv;
     let (b, s) = (c.b, c.s);
     let tiles: Vec<(usize, usize, usize)> = (0..b)

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use edgec_core::{
-    BertParams, Family, LlamaParams, LlamaVariant, Model, ModelMeta, Tensor, TensorData,
+    BertParams, BlockShape, Family, LlamaParams, LlamaVariant, Model, ModelMeta, Tensor, TensorData,
 };
 
 use crate::error::{FormatError, Result};
@@ -134,10 +134,17 @@ pub fn rotary_permute_heads(family: &Family, hf: &str) -> Option<usize> {
     if p.variant == LlamaVariant::Qwen2 {
         return None; // llama.cpp runs qwen2 with NeoX rotary: no reorder.
     }
+    let block = || {
+        hf.strip_prefix("model.layers.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|i| i.parse::<usize>().ok())
+            .filter(|&i| i < p.num_layers)
+            .map(|i| p.block(i))
+    };
     if hf.ends_with("self_attn.q_proj.weight") || hf.ends_with("self_attn.q_proj.bias") {
-        Some(p.num_heads)
+        block().map(|b| b.num_heads)
     } else if hf.ends_with("self_attn.k_proj.weight") || hf.ends_with("self_attn.k_proj.bias") {
-        Some(p.num_kv_heads)
+        block().map(|b| b.num_kv_heads)
     } else {
         None
     }
@@ -177,7 +184,7 @@ pub fn permute_rows<T: Copy>(data: &[T], row_len: usize, n_head: usize, inverse:
 pub fn model_metadata(model: &Model, file_type: u32) -> Metadata {
     let mut m = Metadata::default();
     let arch = match &model.meta.family {
-        Some(Family::Llama(p)) => p.variant.gguf_arch(),
+        Some(Family::Llama(p)) => p.gguf_arch(),
         Some(Family::Bert(_)) => "bert",
         None => "generic",
     };
@@ -193,14 +200,24 @@ pub fn model_metadata(model: &Model, file_type: u32) -> Metadata {
                 u32v(p.max_position_embeddings),
             );
             m.set(format!("{arch}.embedding_length"), u32v(p.hidden_size));
+            // deci reads one value per block; the others one for all.
+            let widths = |f: fn(&BlockShape) -> usize, global: usize| match &p.blocks {
+                Some(b) => {
+                    GgufValue::Array(value::type_id::U32, b.iter().map(|b| u32v(f(b))).collect())
+                }
+                None => u32v(global),
+            };
             m.set(
                 format!("{arch}.feed_forward_length"),
-                u32v(p.intermediate_size),
+                widths(|b| b.intermediate_size, p.intermediate_size),
             );
-            m.set(format!("{arch}.attention.head_count"), u32v(p.num_heads));
+            m.set(
+                format!("{arch}.attention.head_count"),
+                widths(|b| b.num_heads, p.num_heads),
+            );
             m.set(
                 format!("{arch}.attention.head_count_kv"),
-                u32v(p.num_kv_heads),
+                widths(|b| b.num_kv_heads, p.num_kv_heads),
             );
             m.set(
                 format!("{arch}.rope.freq_base"),
@@ -210,7 +227,7 @@ pub fn model_metadata(model: &Model, file_type: u32) -> Metadata {
                 format!("{arch}.attention.layer_norm_rms_epsilon"),
                 GgufValue::F32(p.rms_norm_eps),
             );
-            if p.head_dim * p.num_heads != p.hidden_size {
+            if p.head_dim * p.num_heads != p.hidden_size || !p.is_uniform() {
                 m.set(format!("{arch}.attention.key_length"), u32v(p.head_dim));
                 m.set(format!("{arch}.attention.value_length"), u32v(p.head_dim));
             }
@@ -266,34 +283,89 @@ fn need_f(path: &Path, m: &Metadata, key: &str, default: Option<f32>) -> Result<
         })
 }
 
+/// A per-block hyper-parameter: one value for all `layers` blocks, or an
+/// array of one per block (`deci`).
+fn per_block(path: &Path, m: &Metadata, key: &str, layers: usize) -> Result<Vec<usize>> {
+    let bad = || {
+        FormatError::invalid(
+            path,
+            format!(
+                "metadata key {key} is missing, or not an integer or an array of {layers} integers"
+            ),
+        )
+    };
+    let value = m.get(key).ok_or_else(bad)?;
+    let values: Vec<u64> = match value.as_array() {
+        Some(items) if items.len() == layers => items
+            .iter()
+            .map(|v| v.as_u64())
+            .collect::<Option<_>>()
+            .ok_or_else(bad)?,
+        Some(_) => return Err(bad()),
+        None => vec![value.as_u64().ok_or_else(bad)?; layers],
+    };
+    values
+        .into_iter()
+        .map(|v| usize::try_from(v).ok().filter(|&v| v < 1 << 32))
+        .collect::<Option<_>>()
+        .ok_or_else(bad)
+}
+
 /// Reads the family and hyper-parameters llama.cpp's keys describe.
 pub fn family_from_metadata(path: &Path, m: &Metadata, tensors: &[Tensor]) -> Result<Family> {
     let arch = m
         .get_str("general.architecture")
         .ok_or_else(|| FormatError::invalid(path, "no general.architecture"))?;
     match arch {
-        "llama" | "qwen2" => {
+        "llama" | "qwen2" | "deci" => {
             let variant = if arch == "qwen2" {
                 LlamaVariant::Qwen2
             } else {
                 LlamaVariant::Llama
             };
             let hidden = need_u(path, m, &format!("{arch}.embedding_length"))?;
-            let heads = need_u(path, m, &format!("{arch}.attention.head_count"))?;
-            let kv = m
-                .get_u64(&format!("{arch}.attention.head_count_kv"))
-                .map(|v| v as usize)
-                .unwrap_or(heads);
-            if kv == 0 || heads % kv != 0 {
+            let layers = need_u(path, m, &format!("{arch}.block_count"))?;
+            // Every block has tensors: a count past theirs is a lie, not a size to allocate.
+            if layers > tensors.len() {
                 return Err(FormatError::invalid(
                     path,
-                    format!("head_count {heads} is not a multiple of head_count_kv {kv}"),
+                    format!(
+                        "block_count {layers} is more than the file's {} tensors",
+                        tensors.len()
+                    ),
                 ));
+            }
+            let heads = per_block(path, m, &format!("{arch}.attention.head_count"), layers)?;
+            let kv = match m.get(&format!("{arch}.attention.head_count_kv")) {
+                Some(_) => per_block(path, m, &format!("{arch}.attention.head_count_kv"), layers)?,
+                None => heads.clone(),
+            };
+            let ffn = per_block(path, m, &format!("{arch}.feed_forward_length"), layers)?;
+            let mut shapes = Vec::with_capacity(layers);
+            for i in 0..layers {
+                let (h, k, f) = (heads[i], kv[i], ffn[i]);
+                if h == 0 || k == 0 || f == 0 {
+                    return Err(FormatError::invalid(
+                        path,
+                        format!("block {i} has no attention or no feed-forward network (head_count {h}, head_count_kv {k}, feed_forward_length {f}): edgec runs blocks that have both"),
+                    ));
+                }
+                if h % k != 0 {
+                    return Err(FormatError::invalid(
+                        path,
+                        format!("block {i}: head_count {h} is not a multiple of head_count_kv {k}"),
+                    ));
+                }
+                shapes.push(BlockShape {
+                    num_heads: h,
+                    num_kv_heads: k,
+                    intermediate_size: f,
+                });
             }
             let head_dim = m
                 .get_u64(&format!("{arch}.attention.key_length"))
                 .map(|v| v as usize)
-                .unwrap_or(hidden / heads);
+                .unwrap_or(hidden / shapes[0].num_heads);
             let embd = tensors.iter().find(|t| t.name == "token_embd.weight");
             let vocab_size = match m.get_u64(&format!("{arch}.vocab_size")) {
                 Some(v) => v as usize,
@@ -301,14 +373,14 @@ pub fn family_from_metadata(path: &Path, m: &Metadata, tensors: &[Tensor]) -> Re
                     .map(|t| t.shape[0])
                     .ok_or_else(|| FormatError::invalid(path, "no token_embd.weight tensor"))?,
             };
-            Ok(Family::Llama(LlamaParams {
+            let mut p = LlamaParams {
                 variant,
                 vocab_size,
                 hidden_size: hidden,
-                intermediate_size: need_u(path, m, &format!("{arch}.feed_forward_length"))?,
-                num_layers: need_u(path, m, &format!("{arch}.block_count"))?,
-                num_heads: heads,
-                num_kv_heads: kv,
+                intermediate_size: 0,
+                num_layers: layers,
+                num_heads: 0,
+                num_kv_heads: 0,
                 head_dim,
                 max_position_embeddings: need_u(path, m, &format!("{arch}.context_length"))?,
                 rms_norm_eps: need_f(
@@ -319,7 +391,10 @@ pub fn family_from_metadata(path: &Path, m: &Metadata, tensors: &[Tensor]) -> Re
                 )?,
                 rope_theta: need_f(path, m, &format!("{arch}.rope.freq_base"), Some(10000.0))?,
                 tie_word_embeddings: !tensors.iter().any(|t| t.name == "output.weight"),
-            }))
+                blocks: None,
+            };
+            p.set_block_shapes(shapes);
+            Ok(Family::Llama(p))
         }
         "bert" => {
             let embd = tensors
@@ -340,7 +415,9 @@ pub fn family_from_metadata(path: &Path, m: &Metadata, tensors: &[Tensor]) -> Re
         }
         other => Err(FormatError::invalid(
             path,
-            format!("GGUF architecture {other} is not supported; supported: llama, qwen2, bert"),
+            format!(
+                "GGUF architecture {other} is not supported; supported: llama, qwen2, deci, bert"
+            ),
         )),
     }
 }

@@ -66,7 +66,8 @@ fn model_shape(family: &Family, model: &Model, importance: bool) -> ModelShape {
     match family {
         Family::Llama(p) => ModelShape {
             n_layers: p.num_layers,
-            n_gqa: p.num_heads / p.num_kv_heads.max(1),
+            // llama.cpp's quantizer looks at the first block's ratio.
+            n_gqa: p.block(0).num_heads / p.block(0).num_kv_heads.max(1),
             tied_embeddings: model.tensor("lm_head.weight").is_none(),
             importance,
         },
