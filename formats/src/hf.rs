@@ -264,7 +264,11 @@ pub fn parse_config(path: &Path) -> Result<Family> {
         variant,
         vocab_size: req_usize(path, &cfg, "vocab_size")?,
         hidden_size,
-        intermediate_size: req_usize(path, &cfg, "intermediate_size")?,
+        // DeciLM gives each block's width in block_configs instead.
+        intermediate_size: match &blocks {
+            Some(_) => 0,
+            None => req_usize(path, &cfg, "intermediate_size")?,
+        },
         num_layers,
         num_heads,
         num_kv_heads,

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use edgec_core::Tensor;
+use edgec_core::{BlockShape, Family, Tensor};
 use edgec_formats::gguf::{self, value::GgufValue};
 use edgec_formats::Format;
 use serde_json::{json, Value};
@@ -46,14 +46,15 @@ fn value_text(v: &GgufValue) -> String {
 
 pub fn run(args: Args) -> Result<()> {
     // GGUF is shown as stored (llama.cpp names, all metadata); other formats as read into the IR.
-    let (arch, metadata, tensors) = if Format::of(&args.path) == Some(Format::Gguf) {
+    let (arch, metadata, tensors, family) = if Format::of(&args.path) == Some(Format::Gguf) {
         let file = gguf::reader::read(&args.path)?;
         let arch = file
             .metadata
             .get_str("general.architecture")
             .unwrap_or("unknown")
             .to_string();
-        (arch, file.metadata.entries, file.tensors)
+        let family = gguf::family_from_metadata(&args.path, &file.metadata, &file.tensors).ok();
+        (arch, file.metadata.entries, file.tensors, family)
     } else {
         let model = edgec_formats::read_model(&args.path)?;
         let arch = model
@@ -62,7 +63,12 @@ pub fn run(args: Args) -> Result<()> {
             .as_ref()
             .map(|f| f.name().to_string())
             .unwrap_or_else(|| "unknown".into());
-        (arch, vec![], model.tensors)
+        (arch, vec![], model.tensors, model.meta.family)
+    };
+    // Each block's widths: structured pruning may leave them different.
+    let blocks: Vec<BlockShape> = match &family {
+        Some(Family::Llama(p)) => p.block_shapes(),
+        _ => vec![],
     };
     // Exact zeros as the tensor decodes (a pruned model's sparsity, and what
     // of it survived quantization); one tensor at a time, pages released.
@@ -92,6 +98,9 @@ pub fn run(args: Args) -> Result<()> {
                 "bits_per_weight": t.bytes().len() as f64 * 8.0 / t.shape.iter().product::<usize>().max(1) as f64,
                 "zero_fraction": zeros,
             })).collect::<Vec<_>>(),
+            "layers": blocks.iter().map(|b| json!({
+                "heads": b.num_heads, "kv_heads": b.num_kv_heads, "ffn": b.intermediate_size,
+            })).collect::<Vec<_>>(),
             "total_params": params,
             "total_bytes": bytes,
             "bits_per_weight": bpw,
@@ -105,6 +114,25 @@ pub fn run(args: Args) -> Result<()> {
         println!("metadata ({} keys):", metadata.len());
         for (k, v) in &metadata {
             println!("  {k} = {}", value_text(v));
+        }
+    }
+    if let Some(first) = blocks.first() {
+        if blocks.iter().all(|b| b == first) {
+            println!(
+                "layers ({}): {} heads, {} key/value heads, FFN {} in every layer",
+                blocks.len(),
+                first.num_heads,
+                first.num_kv_heads,
+                first.intermediate_size
+            );
+        } else {
+            println!("layers ({}, widths differ):", blocks.len());
+            for (i, b) in blocks.iter().enumerate() {
+                println!(
+                    "  {i:>3}: {} heads, {} key/value heads, FFN {}",
+                    b.num_heads, b.num_kv_heads, b.intermediate_size
+                );
+            }
         }
     }
     println!("tensors ({}):", tensors.len());

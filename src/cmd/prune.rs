@@ -145,6 +145,12 @@ pub fn run(args: Args) -> Result<()> {
             .into());
         }
     }
+    if args.layers.is_some() && args.calib.is_none() {
+        return Err(super::UsageError(
+            "--layers ranks layers by what they do to text: give --calib TEXT".into(),
+        )
+        .into());
+    }
     super::run_recipe(&recipe(&args), &args.recipe, "edgec prune", false)?;
     Ok(())
 }

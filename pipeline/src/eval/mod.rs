@@ -937,7 +937,7 @@ fn eval_classifier(
 /// encoder graph (inputs `input_ids`, `attention_mask`, optionally
 /// `token_type_ids`; its first output the last hidden state).
 enum Embedder {
-    Family(Runtime),
+    Family(Box<Runtime>),
     Graph(edgec_core::runtime::graph::GraphRuntime),
 }
 
@@ -950,7 +950,7 @@ impl Embedder {
                 }
                 Embedder::Graph(edgec_core::runtime::graph::GraphRuntime::new(model)?)
             }
-            None => Embedder::Family(Runtime::new(model, opts)?),
+            None => Embedder::Family(Box::new(Runtime::new(model, opts)?)),
         })
     }
 

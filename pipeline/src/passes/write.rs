@@ -233,6 +233,11 @@ impl Write {
             FloatType::F16 => DType::F16,
             FloatType::Bf16 => DType::Bf16,
         };
+        // A model no config can describe is refused before anything is written.
+        if let Some(family) = &state.model.meta.family {
+            hf::config_json(family, dtype)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", self.path.display()))?;
+        }
         write_dir_atomically(&self.path, |dir| hf::write(&state.model, dir, dtype))?;
         Ok(Outcome {
             lines: vec![format!(
