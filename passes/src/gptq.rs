@@ -204,6 +204,12 @@ impl Hessian {
             .enumerate()
             .map(|(i, &v)| if self.dead[i % cols] { 0.0 } else { v })
             .collect();
+        // Weights that are exactly zero (a pruning mask) stay zero: the
+        // errors pushed onto them are dropped, as SparseGPT drops them, so
+        // types with a zero level write them as exact zeros.
+        let mask: Option<Vec<bool>> = w
+            .contains(&0.0)
+            .then(|| w.iter().map(|&v| v == 0.0).collect());
         let mut encoded: Vec<Vec<u8>> = vec![Vec::new(); n];
         // this block's errors, [n, block], already divided by U's diagonal
         let mut err = vec![0f32; n * block];
@@ -214,6 +220,13 @@ impl Hessian {
             let width = c1 - c0;
             // rows whose block has a grid: (row, grid, where its bytes start)
             let mut on_grid: Vec<(usize, Grid, usize)> = Vec::new();
+            if let Some(mask) = &mask {
+                for (v, &m) in w.iter_mut().zip(mask) {
+                    if m {
+                        *v = 0.0;
+                    }
+                }
+            }
             for (r, wr) in w.chunks_exact_mut(cols).enumerate() {
                 bytes.clear();
                 quantize_row(ty, &wr[c0..c1], importance.map(|i| &i[c0..c1]), &mut bytes)?;
@@ -243,7 +256,14 @@ impl Hessian {
                     .copied()
                     .collect();
                 let grids: Vec<Grid> = on_grid.iter().map(|&(_, g, _)| g).collect();
-                let rounded = self.round_on_grids(ty, c0, &start, &grids);
+                let start_mask: Option<Vec<bool>> = mask.as_ref().map(|m| {
+                    on_grid
+                        .iter()
+                        .flat_map(|&(r, ..)| &m[r * cols + c0..r * cols + c1])
+                        .copied()
+                        .collect()
+                });
+                let rounded = self.round_on_grids(ty, c0, &start, start_mask.as_deref(), &grids);
                 for (i, &(r, grid, at)) in on_grid.iter().enumerate() {
                     let b = &mut encoded[r][at..];
                     for (k, &code) in rounded.codes[i * width..(i + 1) * width].iter().enumerate() {
@@ -297,7 +317,14 @@ impl Hessian {
     /// interleaving them keeps the core busy, and the error push onto the
     /// later columns becomes one vector operation across lanes. Each lane
     /// sees the same operations in the same order as when run alone.
-    fn round_on_grids(&self, ty: GgmlType, c0: usize, start: &[f32], grids: &[Grid]) -> Rounded {
+    fn round_on_grids(
+        &self,
+        ty: GgmlType,
+        c0: usize,
+        start: &[f32],
+        mask: Option<&[bool]>,
+        grids: &[Grid],
+    ) -> Rounded {
         let cols = self.cols;
         let rows = grids.len();
         let width = start.len() / rows;
@@ -341,6 +368,13 @@ impl Hessian {
         for k in 0..width {
             let j = c0 + k;
             let (now, later) = wt[k * nl..].split_at_mut(nl);
+            if let Some(mask) = mask {
+                for (v, &(r, _)) in now.iter_mut().zip(&lanes) {
+                    if mask[r * width + k] {
+                        *v = 0.0;
+                    }
+                }
+            }
             nearest_lanes(levels, now, &ld, &lm, &mut code, &mut qv);
             for (l, &c) in code.iter().enumerate() {
                 codes[l * width + k] = c;

@@ -90,7 +90,7 @@ pub const PASSES: &[PassInfo] = &[
     },
     PassInfo {
         name: "prune.structured",
-        summary: "fewer FFN neurons in every block (uniform), ranked by activation on data or by weight norms",
+        summary: "fewer FFN neurons, attention heads (whole GQA groups) or layers; uniform or per-layer widths from a global ranking (written as llama.cpp's deci, DeciLM configs)",
         path_keys: &[],
         build: build::<passes::prune_structured::PruneStructured>,
     },

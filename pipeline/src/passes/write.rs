@@ -164,8 +164,25 @@ impl Write {
             report.bytes as f64 / (1 << 20) as f64,
             report.seconds
         );
+        let mut lines = vec![line];
+        if let Some((before, after, values, lost)) = writers::gguf_sparsity(&report) {
+            let pct = |n: u64| 100.0 * n as f64 / values.max(1) as f64;
+            lines.push(format!(
+                "sparsity of the pruned tensors: {:.2}% zero before encoding, {:.2}% after{}",
+                pct(before),
+                pct(after),
+                if lost.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " ({} cannot hold every zero: types with a minimum or without a zero level)",
+                        lost.join(", ")
+                    )
+                }
+            ));
+        }
         Ok(Outcome {
-            lines: vec![line],
+            lines,
             tensors: writers::gguf_tensor_records(&report),
             summary: serde_json::to_value(&report)?,
             ..Default::default()

@@ -531,7 +531,11 @@ fn tensors_section(h: &mut String, tensors: &[TensorRecord]) {
             },
             fmt_bytes(t.bytes_before),
             fmt_bytes(t.bytes_after),
-            fmt_percent(t.sparsity),
+            if t.sparsity_before > 0.0 && t.sparsity_before != t.sparsity {
+                format!("{} → {}", fmt_percent(t.sparsity_before), fmt_percent(t.sparsity))
+            } else {
+                fmt_percent(t.sparsity)
+            },
             fmt_sig(t.error, 3, false)
         );
     }
@@ -1235,6 +1239,7 @@ mod tests {
                 64 * 64 * 9 / 16
             },
             sparsity: 0.01,
+            sparsity_before: 0.0,
             error,
         }
     }

@@ -66,6 +66,9 @@ pub struct TensorRecord {
     pub bytes_after: u64,
     /// Fraction of exact zeros among the written weights.
     pub sparsity: f64,
+    /// Fraction of exact zeros before encoding (what pruning left).
+    #[serde(default)]
+    pub sparsity_before: f64,
     /// Relative RMS error of the written weights against the float ones,
     /// ‖W − Q(W)‖ / ‖W‖ (0 for tensors stored exactly).
     pub error: f64,

@@ -215,6 +215,8 @@ pub struct ErrorStats {
     /// Written values that are exactly zero, and all values.
     pub zeros: u64,
     pub count: u64,
+    /// Values that were exactly zero before encoding (a pruned model's mask).
+    pub zeros_before: u64,
 }
 
 impl ErrorStats {
@@ -225,6 +227,7 @@ impl ErrorStats {
             s.sq_error += d * d;
             s.sq_norm += (w as f64) * (w as f64);
             s.zeros += u64::from(q == 0.0);
+            s.zeros_before += u64::from(w == 0.0);
         }
         s.count = orig.len() as u64;
         s
@@ -235,6 +238,7 @@ impl ErrorStats {
         self.sq_norm += o.sq_norm;
         self.zeros += o.zeros;
         self.count += o.count;
+        self.zeros_before += o.zeros_before;
     }
 
     /// ‖W − Q(W)‖ / ‖W‖ (0 for an all-zero tensor).
@@ -248,6 +252,10 @@ impl ErrorStats {
 
     pub fn sparsity(&self) -> f64 {
         self.zeros as f64 / self.count.max(1) as f64
+    }
+
+    pub fn sparsity_before(&self) -> f64 {
+        self.zeros_before as f64 / self.count.max(1) as f64
     }
 }
 

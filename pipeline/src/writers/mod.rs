@@ -23,10 +23,40 @@ pub fn gguf_tensor_records(report: &gguf::GgufReport) -> Vec<TensorRecord> {
                 bytes_before: t.bytes_before as u64,
                 bytes_after: t.bytes as u64,
                 sparsity: t.errors.sparsity(),
+                sparsity_before: t.errors.sparsity_before(),
                 error: t.errors.relative_rms(),
             }
         })
         .collect()
+}
+
+/// How much of a pruned model's sparsity the encoding kept, over the
+/// tensors that had zeros: `(zeros before, zeros after, values, types that
+/// lost some)`, or None for a dense model.
+pub fn gguf_sparsity(report: &gguf::GgufReport) -> Option<(u64, u64, u64, Vec<String>)> {
+    let sparse: Vec<&gguf::TensorReport> = report
+        .tensors
+        .iter()
+        .filter(|t| t.errors.zeros_before > 0)
+        .collect();
+    let before: u64 = sparse.iter().map(|t| t.errors.zeros_before).sum();
+    let values: u64 = sparse.iter().map(|t| t.errors.count).sum();
+    // a few zeros in a dense model are chance, not a mask
+    if before * 100 < values {
+        return None;
+    }
+    let after: u64 = sparse
+        .iter()
+        .map(|t| t.errors.zeros.min(t.errors.zeros_before))
+        .sum();
+    let mut lost: Vec<String> = sparse
+        .iter()
+        .filter(|t| t.errors.zeros < t.errors.zeros_before)
+        .map(|t| t.ty.clone())
+        .collect();
+    lost.sort();
+    lost.dedup();
+    Some((before, after, values, lost))
 }
 
 /// A GGUF tensor name's layer and kind: `blk.3.attn_q.weight` → (3, attn_q),
