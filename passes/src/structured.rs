@@ -4,10 +4,16 @@
 /// The indices of the `keep` most important units, in their original
 /// order; ties keep the lower index.
 pub fn keep_most_important(importance: &[f32], keep: usize) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..importance.len()).collect();
-    idx.sort_by(|&a, &b| importance[b].total_cmp(&importance[a]).then(a.cmp(&b)));
+    let mut idx = order_by_importance(importance);
     idx.truncate(keep);
     idx.sort_unstable();
+    idx
+}
+
+/// Every index, most important first; ties keep the lower index first.
+pub fn order_by_importance(importance: &[f32]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..importance.len()).collect();
+    idx.sort_by(|&a, &b| importance[b].total_cmp(&importance[a]).then(a.cmp(&b)));
     idx
 }
 
@@ -45,6 +51,18 @@ pub fn allocate(scores: &[Vec<f32>], step: usize, floor: usize, total: usize) ->
             s
         })
         .collect();
+    allocate_in_order(&sorted, step, floor, total)
+}
+
+/// [`allocate`] for units already in the order each layer keeps them
+/// (`values[l][k]`: what layer l's k-th unit is worth), e.g. ranked by one
+/// measure and valued by another.
+pub fn allocate_in_order(
+    sorted: &[Vec<f32>],
+    step: usize,
+    floor: usize,
+    total: usize,
+) -> Vec<usize> {
     let mut kept: Vec<usize> = sorted.iter().map(|s| floor.min(s.len())).collect();
     let mut left = total.saturating_sub(kept.iter().sum());
     while left >= step {

@@ -2,18 +2,23 @@
 //! a llama-family model, so the files shrink and run faster in every
 //! runtime.
 //!
-//! Everything is ranked on the dense model first. With calibration text a
-//! unit's importance is its expected contribution to the residual stream
-//! (Minitron's activation measure times the norm of the weights it writes
-//! through: mean |activation| · ‖output column‖), and a layer's is how much
-//! it changes its input (ShortGPT's block influence, one minus the cosine
-//! between the stream entering and leaving it). Without data, units are
-//! ranked by their weights' norms; layers need data.
+//! Everything is ranked on the dense model first, one layer at a time on
+//! calibration text: an FFN neuron by its mean |activation| (the input of
+//! `down_proj`, Minitron's measure), a head by its expected contribution to
+//! the residual stream (mean |attention output| times the norm of the
+//! `o_proj` columns it writes through), a layer by its block influence (one
+//! minus the cosine between the stream entering and leaving it, ShortGPT's
+//! measure). Without data, units are ranked by their weights' norms; layers
+//! need data.
 //!
 //! Uniform mode gives every layer the same widths (llama.cpp's `llama`
-//! holds them); non-uniform mode ranks units across layers, each scaled by
-//! the residual stream it adds to, and writes per-layer widths (llama.cpp's
-//! `deci`, DeciLM's `block_configs`).
+//! holds them). Non-uniform mode lets layers compete for one budget: FFN
+//! neurons, taken in each layer's activation order, are valued by the
+//! Fisher estimate of what removing them costs the next-token loss (one
+//! backward pass per sequence: the loss units are the same in every layer,
+//! which activations are not); heads by their contribution scaled by the
+//! residual stream they add to. Per-layer widths are written as llama.cpp's
+//! `deci` and DeciLM's `block_configs`.
 
 use std::collections::BTreeMap;
 
@@ -28,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{CheckContext, Context, FamilyKind, ModelView, Outcome, Pass, QuantKind, State};
 use crate::error::usage;
+use crate::mixed::FISHER_SEQS;
 use crate::progress::Unit;
 use crate::registry::{Changes, DataNeed, ModelNeed, Needs};
 
@@ -64,6 +70,9 @@ pub struct PruneStructured {
 struct Measured {
     /// Per layer, mean |input| of `down_proj` (one per FFN neuron).
     ffn: Vec<Vec<f32>>,
+    /// Per layer and FFN neuron, the Fisher estimate of the loss its removal
+    /// costs (non-uniform FFN pruning only).
+    ffn_fisher: Option<Vec<Vec<f32>>>,
     /// Per layer, mean |input| of `o_proj` (one per attention channel).
     attn: Vec<Vec<f32>>,
     /// Per layer, the cosine between its input and output streams.
@@ -222,7 +231,7 @@ impl Pass for PruneStructured {
             ));
         }
         let measured = match &self.data {
-            Some(d) => Some(measure(model, ctx, d)?),
+            Some(d) => Some(measure(model, ctx, d, !self.uniform && self.ffn.is_some())?),
             None => None,
         };
 
@@ -255,12 +264,24 @@ impl Pass for PruneStructured {
                     1
                 };
                 let total = width * kept_layers.len() / step * step;
-                let scaled: Vec<Vec<f32>> = scores
-                    .iter()
-                    .zip(&kept_layers)
-                    .map(|(s, &i)| s.iter().map(|v| v / scale(i)).collect())
-                    .collect();
-                structured::allocate(&scaled, step, step, total)
+                match measured.as_ref().and_then(|m| m.ffn_fisher.as_ref()) {
+                    // each layer's neurons in activation order, valued by
+                    // the Fisher estimate of what removing them costs
+                    Some(fisher) => {
+                        let ordered: Vec<Vec<f32>> = scores
+                            .iter()
+                            .zip(&kept_layers)
+                            .map(|(s, &i)| {
+                                structured::order_by_importance(s)
+                                    .into_iter()
+                                    .map(|j| fisher[i][j])
+                                    .collect()
+                            })
+                            .collect();
+                        structured::allocate_in_order(&ordered, step, step, total)
+                    }
+                    None => structured::allocate(&scores, step, step, total),
+                }
             };
             for ((s, &i), w) in scores.iter().zip(&kept_layers).zip(widths) {
                 ffn_keep[i] = Some(structured::keep_most_important(s, w));
@@ -434,10 +455,7 @@ fn ffn_scores(model: &Model, p: &LlamaParams, i: usize, m: Option<&Measured>) ->
     let [g, u, d] = ffn_names(i);
     let down = f32_of(model, &d)?;
     Ok(match m {
-        Some(m) => {
-            let norms = structured::column_norms(&down, inter);
-            m.ffn[i].iter().zip(norms).map(|(a, n)| a * n).collect()
-        }
+        Some(m) => m.ffn[i].clone(),
         None => structured::ffn_magnitude_importance(
             &f32_of(model, &g)?,
             &f32_of(model, &u)?,
@@ -552,7 +570,7 @@ fn cut_heads(
 }
 
 /// The dense model's activations, one layer at a time (no propagation).
-fn measure(model: &Model, ctx: &Context, data: &str) -> Result<Measured> {
+fn measure(model: &Model, ctx: &Context, data: &str, fisher: bool) -> Result<Measured> {
     let spec = ctx.data_set(data)?;
     let seqs = crate::calib::sequences(
         model,
@@ -595,10 +613,91 @@ fn measure(model: &Model, ctx: &Context, data: &str) -> Result<Measured> {
     })
     .map_err(|e| anyhow::anyhow!("{}: structured importance: {e}", ctx.input.display()))?;
     bar.finish();
+    // Layers are compared by what removing their neurons costs the loss.
+    let ffn_fisher = if fisher {
+        Some(neuron_fisher(
+            model,
+            &seqs[..seqs.len().min(FISHER_SEQS)],
+            ctx,
+        )?)
+    } else {
+        None
+    };
     Ok(Measured {
         ffn,
+        ffn_fisher,
         attn,
         cosine: report.block_cosine,
         rms: report.block_input_rms,
     })
+}
+
+/// Per layer and FFN neuron: ½ E over sequences of (Σ g·w over the neuron's
+/// gate row, up row and down column)², the second-order (Fisher) estimate
+/// of the next-token loss its removal costs, in the same units for every
+/// layer.
+fn neuron_fisher(model: &Model, seqs: &[Vec<u32>], ctx: &Context) -> Result<Vec<Vec<f32>>> {
+    use candle_core::{Device, Tensor as T, D};
+    let Some(Family::Llama(p)) = &model.meta.family else {
+        anyhow::bail!("not a llama model");
+    };
+    let (inter, hidden) = (p.intermediate_size, p.hidden_size);
+    let (rt, vars) = edgec_core::runtime::Runtime::trainable(model)?;
+    let weights: Vec<[Vec<f32>; 3]> = (0..p.num_layers)
+        .map(|i| {
+            let [g, u, d] = ffn_names(i);
+            Ok([f32_of(model, &g)?, f32_of(model, &u)?, f32_of(model, &d)?])
+        })
+        .collect::<Result<_>>()?;
+    let mut acc = vec![vec![0f64; inter]; p.num_layers];
+    let bar = ctx.progress.bar(seqs.len() as u64, "fisher", Unit::Items);
+    for s in seqs.iter().filter(|s| s.len() >= 2) {
+        let n = s.len();
+        let ids = T::from_vec(s.clone(), (1, n), &Device::Cpu)?;
+        let logits = rt.forward(&ids)?.squeeze(0)?.narrow(0, 0, n - 1)?;
+        let max = logits.max_keepdim(D::Minus1)?;
+        let shifted = logits.broadcast_sub(&max)?;
+        let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+        let logp = shifted.broadcast_sub(&lse)?;
+        let tgt = T::from_vec(s[1..].to_vec(), (n - 1, 1), &Device::Cpu)?;
+        let loss = logp.gather(&tgt, 1)?.mean_all()?.neg()?;
+        let grads = loss.backward()?;
+        for (i, w) in weights.iter().enumerate() {
+            let names = ffn_names(i);
+            let mut g3: Vec<Vec<f32>> = Vec::with_capacity(3);
+            for name in &names {
+                let var = vars
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v)
+                    .with_context(|| format!("{name}: not trainable"))?;
+                let g = grads
+                    .get(var.as_tensor())
+                    .with_context(|| format!("{name}: no gradient"))?;
+                g3.push(g.flatten_all()?.to_vec1()?);
+            }
+            for j in 0..inter {
+                let rows = j * hidden..(j + 1) * hidden;
+                let mut sum = 0f64;
+                for k in 0..2 {
+                    sum += g3[k][rows.clone()]
+                        .iter()
+                        .zip(&w[k][rows.clone()])
+                        .map(|(g, w)| (*g as f64) * (*w as f64))
+                        .sum::<f64>();
+                }
+                sum += (0..hidden)
+                    .map(|r| (g3[2][r * inter + j] as f64) * (w[2][r * inter + j] as f64))
+                    .sum::<f64>();
+                acc[i][j] += sum * sum;
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish();
+    let k = 0.5 / seqs.len().max(1) as f64;
+    Ok(acc
+        .into_iter()
+        .map(|v| v.into_iter().map(|x| (x * k) as f32).collect())
+        .collect())
 }
