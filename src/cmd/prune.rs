@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use edgec_pipeline::graph_data::ImageSpec;
 use edgec_pipeline::passes::prune::PruneMethod;
+use edgec_pipeline::passes::prune_graph::GraphOp;
+use edgec_pipeline::passes::write::TfliteSparse;
 use edgec_pipeline::passes::FloatType;
 use edgec_pipeline::recipe::{absolute, DataSpec, Input, Recipe};
 
@@ -16,9 +18,10 @@ use super::{named, RecipeFlags};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Input model: a Hugging Face folder, a .safetensors or .gguf file (llama family or BERT).
+    /// Input model: a Hugging Face folder, a .safetensors or .gguf file (llama family or BERT),
+    /// or a graph model (.onnx, .tflite: magnitude only).
     pub input: PathBuf,
-    /// Output: a .gguf file or a folder for a Hugging Face model (weights stay dense).
+    /// Output: a .gguf file or a folder for a Hugging Face model; .onnx or .tflite for graphs.
     pub output: PathBuf,
     /// magnitude (no data), wanda or sparsegpt (both need --calib).
     #[arg(long, value_parser = named::<PruneMethod>, required_unless_present = "ffn", conflicts_with = "ffn")]
@@ -33,7 +36,7 @@ pub struct Args {
     pub sparsity: Option<f64>,
     /// Structured: remove this fraction of every block's FFN neurons (the
     /// model shrinks; ranked by activation with --calib, else by weight norms).
-    #[arg(long, value_name = "F", conflicts_with_all = ["sparsity", "pattern", "global", "ignore"])]
+    #[arg(long, value_name = "F", conflicts_with_all = ["sparsity", "pattern", "global", "ignore", "ops"])]
     pub ffn: Option<f64>,
     /// N of every M consecutive inputs dropped (2:4, 4:8).
     #[arg(long, value_name = "N:M")]
@@ -54,6 +57,14 @@ pub struct Args {
     /// regular expression, e.g. `--ignore '.*down_proj.*'` (repeatable).
     #[arg(long, value_name = "REGEX")]
     pub ignore: Vec<String>,
+    /// Graph models: the weights pruned, comma-separated: conv (every non-depthwise
+    /// Conv), pointwise (1x1 Convs only), depthwise, gemm, matmul [default: conv,gemm,matmul].
+    #[arg(long, value_name = "OPS", value_delimiter = ',', value_parser = named::<GraphOp>)]
+    pub ops: Vec<GraphOp>,
+    /// TFLite output: store float conv weights that are at least 2/3 zeros sparse,
+    /// read through DENSIFY (XNNPACK's sparse path), or keep them dense (off).
+    #[arg(long, value_name = "MODE", value_parser = named::<TfliteSparse>)]
+    pub tflite_sparse: Option<TfliteSparse>,
     /// Float type of the weights written: f32, f16, bf16.
     #[arg(long, default_value = "f32", value_parser = named::<FloatType>)]
     pub dtype: FloatType,
@@ -90,6 +101,7 @@ pub fn recipe(args: &Args) -> Recipe {
                 "data": data_name,
                 "scope": args.global.then_some("global"),
                 "ignore": if args.ignore.is_empty() { None } else { Some(&args.ignore) },
+                "ops": if args.ops.is_empty() { None } else { Some(&args.ops) },
             }),
         ),
     }];
@@ -98,7 +110,10 @@ pub fn recipe(args: &Args) -> Recipe {
     }
     steps.push(step(
         "write",
-        serde_json::json!({ "path": absolute(&args.output) }),
+        serde_json::json!({
+            "path": absolute(&args.output),
+            "tflite_sparse": args.tflite_sparse,
+        }),
     ));
     Recipe {
         input: Input {
