@@ -84,7 +84,7 @@ pub const PASSES: &[PassInfo] = &[
     },
     PassInfo {
         name: "prune",
-        summary: "unstructured or N:M sparsity in the blocks' linear layers: magnitude, Wanda or SparseGPT",
+        summary: "unstructured or N:M sparsity in the blocks' linear layers: magnitude, Wanda or SparseGPT; in graphs' Conv/Gemm/MatMul weights: magnitude",
         path_keys: &[],
         build: build::<passes::prune::Prune>,
     },
