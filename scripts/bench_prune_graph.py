@@ -6,8 +6,9 @@ inference wants them.
 Measured in LiteRT (ai-edge-litert's Interpreter, default op resolver = XNNPACK delegate,
 --threads, default 2):
   - latency per image on one photo: R rounds (--rounds) of N interleaved runs (--runs) of the
-    dense and the DENSIFY file (and the unpruned model, for scale) after warm-up; each round's
-    medians and their ratio, then the median over the rounds;
+    dense and the DENSIFY file (and the unpruned model, for scale) after warm-up, each round
+    starting with another of the three; each round's medians and their ratio, then the median
+    over the rounds;
   - load time (Interpreter + allocate_tensors, the DENSIFY ops run there), median of 5;
   - file sizes;
   - top-1 agreement of the pruned model (DENSIFY file) with the unpruned one (edgec convert, f32)
@@ -124,7 +125,7 @@ def main():
     ap.add_argument("--global", dest="global_", action="store_true", help="one threshold over all 1x1 weights")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=100, help="interleaved runs per round (default 100)")
-    ap.add_argument("--rounds", type=int, default=5, help="rounds of interleaved runs (default 5)")
+    ap.add_argument("--rounds", type=int, default=6, help="rounds of interleaved runs (default 6)")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--crops", type=int, default=4, help="crops per photo for top-1 agreement (default 4)")
     ap.add_argument("--keep", type=Path, help="keep the files here")
@@ -182,8 +183,11 @@ def main():
     # latency: rounds of interleaved runs on one photo
     one = xs[0]
     rounds = []
+    names = list(its)
     for r in range(args.rounds):
-        lat = bo.interleaved_latency({k: runner(it, one) for k, it in its.items()}, args.runs,
+        # each round starts with another file, so no file always runs after the same one
+        order = names[r % len(names):] + names[:r % len(names)]
+        lat = bo.interleaved_latency({k: runner(its[k], one) for k in order}, args.runs,
                                      warmup=args.warmup if r == 0 else 2)
         lat["ratio"] = lat["dense"] / lat["densify"]
         rounds.append(lat)
