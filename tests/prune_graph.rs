@@ -1,13 +1,18 @@
 //! `edgec prune` on graph models: exact fractions and N:M counts along each
 //! output channel's input channels in the Conv, Gemm and MatMul weights of a
 //! tiny CNN written as ONNX; one threshold with `--global`; `--ops` and
-//! `--ignore` choose the weights; TFLite output stores the pruned 1×1 conv
-//! weights sparse behind DENSIFY, reads back to the same outputs as the
-//! dense file, and bad requests are usage errors.
+//! `--ignore` choose the weights; Wanda's masks follow |w|·‖x‖ with ‖x‖ of
+//! the weight's input on the calibration samples, SparseGPT keeps the
+//! calibration outputs closer to the dense model's than magnitude does;
+//! TFLite output stores the pruned 1×1 conv weights sparse behind DENSIFY,
+//! reads back to the same outputs as the dense file, and bad requests are
+//! usage errors.
 
 mod common;
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{Device, Tensor as CTensor};
 use common::*;
@@ -148,11 +153,15 @@ fn zeros(v: &[f32]) -> usize {
     v.iter().filter(|x| **x == 0.0).count()
 }
 
-/// Prunes the tiny CNN to `out_name` with `args`; returns (input, output).
+/// Prunes the tiny CNN to `out_name` with `args` (`--method magnitude`
+/// unless they give one); returns (input, output).
 fn prune(dir: &Path, out_name: &str, args: &[&str]) -> (Model, std::path::PathBuf) {
     let input = write_cnn(dir);
     let out = dir.join(out_name);
-    let mut all = vec!["prune", s(&input), s(&out), "--method", "magnitude"];
+    let mut all = vec!["prune", s(&input), s(&out)];
+    if !args.contains(&"--method") {
+        all.extend(["--method", "magnitude"]);
+    }
     all.extend(args);
     ok(&all);
     (weights(&input), out)
@@ -411,7 +420,35 @@ fn bad_graph_requests_are_usage_errors() {
             "--calib",
             s(&calib),
         ],
-        &["magnitude only"],
+        &["not text"],
+    );
+    let x = calib_file(d.path(), 2);
+    refused(
+        None,
+        &[
+            "--method",
+            "sparsegpt",
+            "--sparsity",
+            "0.5",
+            "--calib",
+            s(&x),
+            "--ops",
+            "conv",
+        ],
+        &["conv3_w", "1x1 convs, gemm and matmul"],
+    );
+    refused(
+        None,
+        &[
+            "--method",
+            "wanda",
+            "--sparsity",
+            "0.5",
+            "--calib",
+            s(&x),
+            "--global",
+        ],
+        &["global"],
     );
     refused(
         None,
@@ -467,5 +504,172 @@ fn bad_graph_requests_are_usage_errors() {
             "conv",
         ],
         &["ops:", "graph models"],
+    );
+}
+
+/// `n` calibration samples of the tiny CNN's input in a .safetensors file
+/// (`x`, `[n, 8, 6, 6]`).
+fn calib_file(dir: &Path, n: usize) -> std::path::PathBuf {
+    let mut rng = Rng(23);
+    let v: Vec<f32> = (0..n * 288).map(|_| rng.next()).collect();
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![n, 8, 6, 6], &bytes)
+            .unwrap();
+    let path = dir.join("calib.safetensors");
+    std::fs::write(
+        &path,
+        safetensors::serialize(vec![("x", view)], None).unwrap(),
+    )
+    .unwrap();
+    path
+}
+
+/// The samples of `calib_file` one at a time, `[1, 8, 6, 6]` each.
+fn calib_samples(n: usize) -> Vec<CTensor> {
+    let mut rng = Rng(23);
+    let v: Vec<f32> = (0..n * 288).map(|_| rng.next()).collect();
+    v.chunks(288)
+        .map(|c| CTensor::from_vec(c.to_vec(), &[1, 8, 6, 6], &Device::Cpu).unwrap())
+        .collect()
+}
+
+/// Σx² per channel (axis 1) of the values `names` over the samples, on `model`.
+fn channel_sum_sq(model: &Model, names: &[&str], xs: &[CTensor]) -> HashMap<String, Vec<f64>> {
+    let acc: Arc<Mutex<HashMap<String, Vec<f64>>>> = Arc::default();
+    let a = Arc::clone(&acc);
+    let wanted: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    let mut rt = GraphRuntime::new(model).unwrap();
+    rt.set_hook(Some(Arc::new(move |name: &str, t: &CTensor| {
+        if !wanted.iter().any(|w| w == name) {
+            return;
+        }
+        let dims = t.dims().to_vec();
+        let (c, inner) = (dims[1], dims[2..].iter().product::<usize>());
+        let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mut a = a.lock().unwrap();
+        let s = a.entry(name.to_string()).or_insert_with(|| vec![0.0; c]);
+        for (i, x) in v.iter().enumerate() {
+            s[(i / inner) % c] += (*x as f64) * (*x as f64);
+        }
+    })));
+    for x in xs {
+        rt.run(&[("x", x.clone())]).unwrap();
+    }
+    rt.set_hook(None);
+    let out = acc.lock().unwrap().clone();
+    out
+}
+
+fn outputs(model: &Model, xs: &[CTensor]) -> Vec<f32> {
+    let rt = GraphRuntime::new(model).unwrap();
+    xs.iter()
+        .flat_map(|x| {
+            let out = rt.run(&[("x", x.clone())]).unwrap();
+            out[0].1.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        })
+        .collect()
+}
+
+/// Checks Wanda's mask of one weight: in every row of its `[rows, cols]`
+/// view (`at` gives the weight index of row r, input j), the half with the
+/// lowest |w|·‖x_j‖ is dropped and the rest kept as it was.
+fn check_wanda(
+    name: &str,
+    before: &[f32],
+    after: &[f32],
+    (rows, cols): (usize, usize),
+    sum_sq: &[f64],
+    at: &dyn Fn(usize, usize) -> usize,
+) {
+    for r in 0..rows {
+        let score = |j: usize| before[at(r, j)].abs() as f64 * sum_sq[j].sqrt();
+        let mut order: Vec<usize> = (0..cols).collect();
+        order.sort_by(|&i, &j| score(i).total_cmp(&score(j)));
+        for (rank, &j) in order.iter().enumerate() {
+            let v = after[at(r, j)];
+            if rank < cols / 2 {
+                assert_eq!(
+                    v, 0.0,
+                    "{name} row {r}: input {j} ranks {rank}, must be dropped"
+                );
+            } else {
+                assert_eq!(
+                    v,
+                    before[at(r, j)],
+                    "{name} row {r}: input {j} is kept as it was"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn wanda_masks_follow_the_input_norms() {
+    let d = tempfile::tempdir().unwrap();
+    let calib = calib_file(d.path(), 6);
+    let (input, out) = prune(
+        d.path(),
+        "wanda.onnx",
+        &[
+            "--method",
+            "wanda",
+            "--sparsity",
+            "0.5",
+            "--calib",
+            s(&calib),
+        ],
+    );
+    let out = weights(&out);
+    let norms = channel_sum_sq(&input, &["r1", "flat"], &calib_samples(6));
+    // pw1 [16, 8, 1, 1] reads r1; the MatMul [8 (k), 8 (n)] reads flat
+    let (b, a) = (values(&input, PW1), values(&out, PW1));
+    check_wanda(PW1, &b, &a, (16, 8), &norms["r1"], &|r, j| r * 8 + j);
+    let (b, a) = (values(&input, MATMUL), values(&out, MATMUL));
+    check_wanda(MATMUL, &b, &a, (8, 8), &norms["flat"], &|r, j| j * 8 + r);
+    // by default the data methods take 1×1 convs, gemm and matmul
+    for name in [PW2, GEMM] {
+        let v = values(&out, name);
+        assert_eq!(zeros(&v), v.len() / 2, "{name}");
+    }
+    for name in [CONV3, DW] {
+        assert_eq!(values(&input, name), values(&out, name), "{name} untouched");
+    }
+}
+
+#[test]
+fn sparsegpt_keeps_the_outputs_closer_than_magnitude() {
+    let d = tempfile::tempdir().unwrap();
+    let calib = calib_file(d.path(), 8);
+    let args = ["--sparsity", "0.5", "--ops", "pointwise,matmul,gemm"];
+    let mut gpt = args.to_vec();
+    gpt.extend(["--method", "sparsegpt", "--calib", s(&calib)]);
+    let (_, sgpt) = prune(d.path(), "sparsegpt.onnx", &gpt);
+    let (input, mag) = prune(d.path(), "magnitude.onnx", &args);
+    let (sgpt, mag) = (weights(&sgpt), weights(&mag));
+    let mut updated = 0;
+    for name in [PW1, PW2, MATMUL, GEMM] {
+        let (b, a) = (values(&input, name), values(&sgpt, name));
+        assert_eq!(zeros(&a), b.len() / 2, "{name}: exactly half");
+        updated += a
+            .iter()
+            .zip(&b)
+            .filter(|(x, y)| **x != 0.0 && x != y)
+            .count();
+    }
+    assert!(updated > 0, "SparseGPT updates the weights it keeps");
+    let xs = calib_samples(8);
+    let dense = outputs(&input, &xs);
+    let err = |m: &Model| -> f64 {
+        outputs(m, &xs)
+            .iter()
+            .zip(&dense)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum()
+    };
+    let (e_gpt, e_mag) = (err(&sgpt), err(&mag));
+    assert!(
+        e_gpt < e_mag,
+        "squared output error: sparsegpt {e_gpt}, magnitude {e_mag}"
     );
 }

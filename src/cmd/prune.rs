@@ -15,6 +15,7 @@ use edgec_pipeline::recipe::{absolute, DataSpec, Input, Recipe};
 
 use super::quantize::step;
 use super::{named, RecipeFlags};
+use crate::image_args::ImageArgs;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -41,7 +42,8 @@ pub struct Args {
     /// N of every M consecutive inputs dropped (2:4, 4:8).
     #[arg(long, value_name = "N:M")]
     pub pattern: Option<String>,
-    /// Calibration text for wanda and sparsegpt.
+    /// Calibration data for wanda and sparsegpt: text, or for graph models
+    /// photos (a folder), IDX or .safetensors of the graph's inputs.
     #[arg(long, value_name = "FILE")]
     pub calib: Option<PathBuf>,
     /// Calibration sequences spread evenly over the text.
@@ -68,6 +70,9 @@ pub struct Args {
     /// Float type of the weights written: f32, f16, bf16.
     #[arg(long, default_value = "f32", value_parser = named::<FloatType>)]
     pub dtype: FloatType,
+    /// Graph models calibrated on photos: how photos become the input.
+    #[command(flatten)]
+    pub image: ImageArgs,
     #[command(flatten)]
     pub recipe: RecipeFlags,
 }
@@ -82,7 +87,11 @@ pub fn recipe(args: &Args) -> Recipe {
                 path: absolute(c),
                 samples: Some(args.calib_samples),
                 len: Some(args.calib_len),
-                image: ImageSpec::new(),
+                image: if edgec_pipeline::passes::is_text(c) {
+                    ImageSpec::new()
+                } else {
+                    args.image.spec()
+                },
             },
         );
     }

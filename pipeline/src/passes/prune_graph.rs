@@ -1,16 +1,18 @@
 //! `prune` on graph models (imported ONNX or TFLite files): unstructured or
-//! N:M magnitude sparsity in the constant weights of Conv, Gemm and MatMul
-//! nodes. The weights stay dense (zeros stored as values); the TFLite
+//! N:M sparsity in the constant weights of Conv, Gemm and MatMul nodes, by
+//! magnitude, or by Wanda or SparseGPT from the statistics of each weight's
+//! input on calibration samples (photos, IDX or .safetensors of the graph's
+//! inputs). The weights stay dense (zeros stored as values); the TFLite
 //! writer can store sparse conv weights through DENSIFY (`tflite_sparse`).
 //!
 //! Every weight is seen as `[outputs, inputs]` rows, one row per output
 //! channel and kernel position: a Conv weight `[M, C/g, kH, kW]` as
 //! `[M·kH·kW, C/g]` (the input channels of one output channel at one kernel
 //! tap, TFLite's OHWI order), a Gemm/MatMul weight as `[N, K]` (transposed
-//! when stored `[K, N]`). A fraction is taken over the whole weight (or over
-//! all of them with `scope = "global"`); an N:M pattern drops N of every M
-//! consecutive input channels of a row, so N:M groups run along the input
-//! channels of each output channel.
+//! when stored `[K, N]`). A magnitude fraction is taken over the whole
+//! weight (or over all of them with `scope = "global"`), Wanda's within each
+//! row; an N:M pattern drops N of every M consecutive input channels of a
+//! row, so N:M groups run along the input channels of each output channel.
 //!
 //! Which weights (`ops`): `conv` (every non-depthwise Conv, 1×1 included),
 //! `pointwise` (1×1 Convs only), `depthwise`, `gemm`, `matmul` (a constant
@@ -18,18 +20,30 @@
 //! filters are left dense, since they hold few weights, every one of them
 //! matters for its channel, and XNNPACK's sparse path only computes 1×1
 //! convolutions sparse. `ops = ["pointwise"]` is what that path uses.
+//!
+//! Wanda and SparseGPT take 1×1 convs, Gemm and MatMul (their default
+//! `ops`), whose inputs are plain feature vectors (a conv's pixels, a
+//! Gemm's rows): Σx² per input for Wanda, Σx·xᵀ for SparseGPT (damped by 1 %
+//! of its mean diagonal). The statistics come from one pass of the dense
+//! model over the samples (one-shot, not layer by layer as for llama
+//! models: later weights see the dense model's activations).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, Result};
+use candle_core::Tensor as CTensor;
 use edgec_core::graph::Op;
+use edgec_core::runtime::graph::GraphRuntime;
 use edgec_core::{DType, Model, Tensor, TensorData};
+use edgec_passes::gptq::Hessian;
 use edgec_passes::prune::{self, Sparsity};
 use serde::{Deserialize, Serialize};
 
 use super::prune::{Prune, PruneMethod, Scope};
 use super::{CheckContext, Context, ModelView, Outcome, QuantKind, State};
 use crate::error::usage;
+use crate::graph_data::{self, Sample};
 use crate::progress::Unit;
 
 /// The kinds of graph weights `prune` can take.
@@ -49,6 +63,9 @@ pub enum GraphOp {
 }
 
 const DEFAULT_OPS: [GraphOp; 3] = [GraphOp::Conv, GraphOp::Gemm, GraphOp::Matmul];
+/// Wanda and SparseGPT score a weight by its inputs' statistics, which
+/// edgec gathers for 1×1 convs, Gemm and MatMul.
+const DEFAULT_DATA_OPS: [GraphOp; 3] = [GraphOp::Pointwise, GraphOp::Gemm, GraphOp::Matmul];
 
 /// How a weight's values map onto `[rows, cols]` (outputs × inputs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +78,17 @@ enum Layout {
     Transposed,
 }
 
+/// How a weight's input value holds its `cols` features.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Features {
+    /// Axis 1 of `[N, C, …]` (a 1×1 Conv's input): every pixel is a sample.
+    Channels,
+    /// The last axis (Gemm's A, MatMul's left operand): every row a sample.
+    Last,
+    /// The first axis of a 2-D `[K, N]` (Gemm with trans_a).
+    First,
+}
+
 /// A weight to prune.
 #[derive(Clone, Debug)]
 struct Target {
@@ -69,6 +97,10 @@ struct Target {
     layout: Layout,
     rows: usize,
     cols: usize,
+    /// The node's data input, and how its features lie (None for a kernel
+    /// larger than 1×1 or a grouped conv: no per-input statistics).
+    input: String,
+    features: Option<Features>,
 }
 
 impl Target {
@@ -98,15 +130,16 @@ impl Target {
         out
     }
 
-    /// A mask in the `[rows, cols]` view back in the weight's own order.
-    fn mask_from_rows(&self, mask: &[bool]) -> Vec<bool> {
-        let mut out = vec![false; mask.len()];
+    /// Values (or a mask) in the `[rows, cols]` view back in the weight's
+    /// own order.
+    fn from_rows<T: Copy + Default>(&self, rows: &[T]) -> Vec<T> {
+        let mut out = vec![T::default(); rows.len()];
         match self.layout {
-            Layout::Rows => out.copy_from_slice(mask),
+            Layout::Rows => out.copy_from_slice(rows),
             Layout::Transposed => {
                 for k in 0..self.cols {
                     for n in 0..self.rows {
-                        out[k * self.rows + n] = mask[n * self.cols + k];
+                        out[k * self.rows + n] = rows[n * self.cols + k];
                     }
                 }
             }
@@ -114,7 +147,7 @@ impl Target {
                 for o in 0..m {
                     for ci in 0..c {
                         for t in 0..taps {
-                            out[(o * c + ci) * taps + t] = mask[(o * taps + t) * c + ci];
+                            out[(o * c + ci) * taps + t] = rows[(o * taps + t) * c + ci];
                         }
                     }
                 }
@@ -168,22 +201,34 @@ fn targets(model: &Model, ops: &[GraphOp], ignore: &[regex::Regex]) -> Vec<Targe
                 let kind = conv_kind(w, *group);
                 let (m, c) = (w.shape[0], w.shape[1]);
                 let taps: usize = w.shape[2..].iter().product();
-                Some((kind, Layout::Conv { m, c, taps }, m * taps, c))
+                let features = (kind == GraphOp::Pointwise).then_some(Features::Channels);
+                Some((kind, Layout::Conv { m, c, taps }, m * taps, c, features))
             }
-            Op::Gemm { trans_b, .. } if w.shape.len() == 2 => {
+            Op::Gemm {
+                trans_a, trans_b, ..
+            } if w.shape.len() == 2 => {
                 let (r, c) = (w.shape[0], w.shape[1]);
-                Some(if *trans_b {
-                    (GraphOp::Gemm, Layout::Rows, r, c)
+                let f = Some(if *trans_a {
+                    Features::First
                 } else {
-                    (GraphOp::Gemm, Layout::Transposed, c, r)
+                    Features::Last
+                });
+                Some(if *trans_b {
+                    (GraphOp::Gemm, Layout::Rows, r, c, f)
+                } else {
+                    (GraphOp::Gemm, Layout::Transposed, c, r, f)
                 })
             }
-            Op::MatMul if w.shape.len() == 2 => {
-                Some((GraphOp::Matmul, Layout::Transposed, w.shape[1], w.shape[0]))
-            }
+            Op::MatMul if w.shape.len() == 2 => Some((
+                GraphOp::Matmul,
+                Layout::Transposed,
+                w.shape[1],
+                w.shape[0],
+                Some(Features::Last),
+            )),
             _ => None,
         };
-        let Some((kind, layout, rows, cols)) = found else {
+        let Some((kind, layout, rows, cols, features)) = found else {
             continue;
         };
         if !selected(ops, kind)
@@ -198,6 +243,8 @@ fn targets(model: &Model, ops: &[GraphOp], ignore: &[regex::Regex]) -> Vec<Targe
             layout,
             rows,
             cols,
+            input: node.inputs[0].clone(),
+            features,
         });
     }
     out
@@ -205,7 +252,9 @@ fn targets(model: &Model, ops: &[GraphOp], ignore: &[regex::Regex]) -> Vec<Targe
 
 /// The `ops` of a step, with the default filled in.
 fn ops_of(p: &Prune) -> Vec<GraphOp> {
-    if p.ops.is_empty() {
+    if p.ops.is_empty() && p.method != PruneMethod::Magnitude {
+        DEFAULT_DATA_OPS.to_vec()
+    } else if p.ops.is_empty() {
         DEFAULT_OPS.to_vec()
     } else {
         p.ops.clone()
@@ -227,17 +276,30 @@ pub fn check(p: &Prune, view: &ModelView, ctx: &CheckContext) -> Option<Result<(
 }
 
 fn check_graph(p: &Prune, view: &ModelView, ctx: &CheckContext) -> Result<()> {
-    if p.method != PruneMethod::Magnitude {
-        return Err(usage(format!(
-            "method = \"{}\": graph models (ONNX, TFLite) are pruned by magnitude only; Wanda and SparseGPT need the layer-by-layer sweep of llama and bert models",
-            crate::names::name_of(&p.method)
-        )));
-    }
     let sparsity = sparsity_of(p)?;
-    if p.scope == Scope::Global && !matches!(sparsity, Sparsity::Fraction(_)) {
-        return Err(usage(
-            "scope = \"global\": a pattern is per group of inputs; give a sparsity",
-        ));
+    if p.scope == Scope::Global {
+        if p.method != PruneMethod::Magnitude {
+            return Err(usage("scope = \"global\" is for method = \"magnitude\""));
+        }
+        if !matches!(sparsity, Sparsity::Fraction(_)) {
+            return Err(usage(
+                "scope = \"global\": a pattern is per group of inputs; give a sparsity",
+            ));
+        }
+    }
+    if p.method != PruneMethod::Magnitude {
+        let Some(d) = &p.data else {
+            return Err(usage(format!(
+                "data: method = \"{}\" scores weights by their inputs: give calibration data (photos, IDX or .safetensors of the graph's inputs)",
+                crate::names::name_of(&p.method)
+            )));
+        };
+        let spec = ctx.data_set(d)?;
+        if super::is_text(&spec.path) {
+            return Err(usage(format!(
+                "data = \"{d}\": a graph model calibrates on its inputs (photos, IDX or .safetensors), not text"
+            )));
+        }
     }
     ignored(p)?;
     if view.quant != QuantKind::None {
@@ -291,6 +353,154 @@ fn encode(t: &Tensor, values: &[f32]) -> Result<Tensor> {
     )?)
 }
 
+/// Sums over the calibration data of one weight input's features: Σx² per
+/// feature (Wanda's ‖x‖²) and, for SparseGPT, Σx·xᵀ; `count` samples
+/// (pixels of a conv input, rows of a Gemm/MatMul input).
+#[derive(Default)]
+struct Acc {
+    count: u64,
+    sum_sq: Vec<f64>,
+    gram: Vec<f64>,
+}
+
+/// A value as `[samples, k]` f32 rows of its features.
+fn feature_rows(t: &CTensor, f: Features, k: usize) -> candle_core::Result<CTensor> {
+    let t = t.to_dtype(candle_core::DType::F32)?;
+    match f {
+        Features::Channels => {
+            let dims = t.dims().to_vec();
+            let (n, c) = (dims[0], dims[1]);
+            let p: usize = dims[2..].iter().product();
+            t.reshape((n, c, p))?
+                .transpose(1, 2)?
+                .contiguous()?
+                .reshape((n * p, c))
+        }
+        Features::Last => t.reshape(((), k)),
+        Features::First => t.t()?.contiguous(),
+    }
+}
+
+impl Acc {
+    fn add(&mut self, t: &CTensor, f: Features, k: usize, gram: bool) -> candle_core::Result<()> {
+        let x = feature_rows(t, f, k)?;
+        let (n, kk) = x.dims2()?;
+        if kk != k {
+            return Err(candle_core::Error::Msg(format!(
+                "{kk} features where the weight has {k} inputs"
+            )));
+        }
+        if self.sum_sq.is_empty() {
+            self.sum_sq = vec![0.0; k];
+            if gram {
+                self.gram = vec![0.0; k * k];
+            }
+        }
+        let sq = x.sqr()?.sum(0)?.to_vec1::<f32>()?;
+        for (a, v) in self.sum_sq.iter_mut().zip(sq) {
+            *a += v as f64;
+        }
+        if gram {
+            let g = x.t()?.matmul(&x)?.flatten_all()?.to_vec1::<f32>()?;
+            for (a, v) in self.gram.iter_mut().zip(g) {
+                *a += v as f64;
+            }
+        }
+        self.count += n as u64;
+        Ok(())
+    }
+}
+
+/// The input statistics of every target on the calibration samples, from
+/// the dense model (one pass; the pruned weights do not feed the later
+/// statistics), by input value name.
+fn input_stats(
+    model: &Model,
+    targets: &[Target],
+    samples: &[Sample],
+    gram: bool,
+    ctx: &Context,
+) -> Result<HashMap<String, Acc>> {
+    let wanted: HashMap<String, (Features, usize)> = targets
+        .iter()
+        .filter_map(|t| t.features.map(|f| (t.input.clone(), (f, t.cols))))
+        .collect();
+    let accs: Arc<Mutex<HashMap<String, Acc>>> = Arc::default();
+    let failed: Arc<Mutex<Option<String>>> = Arc::default();
+    let (a, e, w) = (Arc::clone(&accs), Arc::clone(&failed), wanted.clone());
+    let observe = Arc::new(move |name: &str, t: &CTensor| {
+        let Some(&(f, k)) = w.get(name) else { return };
+        let mut accs = a.lock().expect("stats lock");
+        if let Err(err) = accs.entry(name.to_string()).or_default().add(t, f, k, gram) {
+            e.lock()
+                .expect("error lock")
+                .get_or_insert_with(|| format!("{name}: {err}"));
+        }
+    });
+    let mut rt = GraphRuntime::new(model)?;
+    let hook = Arc::clone(&observe);
+    rt.set_hook(Some(Arc::new(move |name: &str, t: &CTensor| hook(name, t))));
+    let bar = ctx
+        .progress
+        .bar(samples.len() as u64, "prune: statistics", Unit::Items);
+    for sample in samples {
+        // graph inputs are not node outputs: the hook does not see them
+        for (name, t) in sample {
+            observe(name, t);
+        }
+        let refs: Vec<(&str, CTensor)> = sample
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.clone()))
+            .collect();
+        rt.run(&refs)?;
+        bar.inc(1);
+    }
+    bar.finish();
+    rt.set_hook(None);
+    if let Some(e) = failed.lock().expect("error lock").take() {
+        anyhow::bail!("calibration statistics: {e}");
+    }
+    let accs = std::mem::take(&mut *accs.lock().expect("stats lock"));
+    for t in targets {
+        if !accs.get(&t.input).is_some_and(|a| a.count > 0) {
+            anyhow::bail!(
+                "{}: its input {} was not seen on the calibration data",
+                t.name,
+                t.input
+            );
+        }
+    }
+    Ok(accs)
+}
+
+/// Wanda or SparseGPT on one weight, in its `[rows, cols]` view, from its
+/// input's statistics; returns the new values in the weight's own order.
+fn prune_by_data(
+    t: &Target,
+    w: &[f32],
+    acc: &Acc,
+    method: PruneMethod,
+    sparsity: Sparsity,
+) -> Result<Vec<f32>> {
+    let mut rows = t.to_rows(w);
+    match method {
+        PruneMethod::Wanda => {
+            let norms: Vec<f32> = acc.sum_sq.iter().map(|v| v.sqrt() as f32).collect();
+            let mask = prune::mask_per_row(&prune::wanda_scores(&rows, &norms), t.cols, sparsity);
+            prune::apply_mask(&mut rows, &mask);
+        }
+        PruneMethod::Sparsegpt => {
+            let n = acc.count.max(1) as f64;
+            let gram: Vec<f32> = acc.gram.iter().map(|v| (v / n) as f32).collect();
+            let h =
+                Hessian::new(gram, t.cols, 0.01).map_err(|e| anyhow::anyhow!("{}: {e}", t.name))?;
+            prune::sparsegpt(&mut rows, &h, sparsity, 128);
+        }
+        PruneMethod::Magnitude => unreachable!("no data for magnitude"),
+    }
+    Ok(t.from_rows(&rows))
+}
+
 /// `prune` on a graph model (magnitude, per weight or global).
 pub fn run(p: &Prune, state: &mut State, ctx: &Context) -> Result<Outcome> {
     let sparsity = sparsity_of(p)?;
@@ -319,6 +529,30 @@ pub fn run(p: &Prune, state: &mut State, ctx: &Context) -> Result<Outcome> {
             ))
         })?;
     }
+    let data_stats = if p.method == PruneMethod::Magnitude {
+        None
+    } else {
+        if let Some(t) = targets.iter().find(|t| t.features.is_none()) {
+            return Err(usage(format!(
+                "ops: method = \"{}\" takes 1x1 convs, gemm and matmul (their inputs' statistics); {} is a {} weight {:?} (choose --ops pointwise,gemm,matmul, or --ignore it)",
+                crate::names::name_of(&p.method),
+                t.name,
+                name_of(t.kind),
+                model.tensor(&t.name).map(|w| w.shape.clone()).unwrap_or_default()
+            )));
+        }
+        let spec = ctx.data_set(p.data.as_deref().context("checked: data")?)?;
+        let samples = graph_data::samples(model, &spec.path, &spec.image, spec.samples)?;
+        let start = std::time::Instant::now();
+        let stats = input_stats(
+            model,
+            &targets,
+            &samples,
+            p.method == PruneMethod::Sparsegpt,
+            ctx,
+        )?;
+        Some((stats, samples.len(), start.elapsed().as_secs_f64()))
+    };
     let values = |t: &Target| -> Result<Vec<f32>> {
         model
             .tensor(&t.name)
@@ -354,15 +588,20 @@ pub fn run(p: &Prune, state: &mut State, ctx: &Context) -> Result<Outcome> {
     let mut by_kind: BTreeMap<GraphOp, (usize, usize, usize)> = BTreeMap::new();
     for t in &targets {
         let mut w = values(t)?;
-        let mask = match &mut global {
-            Some((threshold, ties)) => prune::mask_below(&w, *threshold, ties),
-            None => {
-                let rows = t.to_rows(&w);
-                let m = prune::mask_per_tensor(&prune::magnitude_scores(&rows), t.cols, sparsity);
-                t.mask_from_rows(&m)
-            }
-        };
-        prune::apply_mask(&mut w, &mask);
+        if let Some((stats, _, _)) = &data_stats {
+            w = prune_by_data(t, &w, &stats[&t.input], p.method, sparsity)?;
+        } else {
+            let mask = match &mut global {
+                Some((threshold, ties)) => prune::mask_below(&w, *threshold, ties),
+                None => {
+                    let rows = t.to_rows(&w);
+                    let m =
+                        prune::mask_per_tensor(&prune::magnitude_scores(&rows), t.cols, sparsity);
+                    t.from_rows(&m)
+                }
+            };
+            prune::apply_mask(&mut w, &mask);
+        }
         let z = w.iter().filter(|v| **v == 0.0).count();
         zeros += z;
         count += w.len();
@@ -398,8 +637,9 @@ pub fn run(p: &Prune, state: &mut State, ctx: &Context) -> Result<Outcome> {
             )
         })
         .collect();
-    let line = format!(
-        "pruned {n} graph weights (magnitude{}, {how}): {:.2}% of their values are zero ({})",
+    let mut line = format!(
+        "pruned {n} graph weights ({}{}, {how}): {:.2}% of their values are zero ({})",
+        crate::names::name_of(&p.method),
         if p.scope == Scope::Global {
             ", global"
         } else {
@@ -408,6 +648,11 @@ pub fn run(p: &Prune, state: &mut State, ctx: &Context) -> Result<Outcome> {
         100.0 * zeros as f64 / count.max(1) as f64,
         kinds.join(", ")
     );
+    if let Some((_, samples, seconds)) = &data_stats {
+        line.push_str(&format!(
+            "; input statistics of {samples} samples in {seconds:.2}s"
+        ));
+    }
     Ok(Outcome {
         lines: vec![line],
         summary: serde_json::json!({ "sparsity": sparsities }),
@@ -432,13 +677,15 @@ mod tests {
             },
             rows: 4,
             cols: 4,
+            input: "x".into(),
+            features: None,
         };
         let w: Vec<f32> = (0..16).map(|v| v as f32).collect();
         let rows = t.to_rows(&w);
         // row (m=0, tap=1) holds w[0, c, 0, 1] = c*2 + 1
         assert_eq!(&rows[4..8], &[1.0, 3.0, 5.0, 7.0]);
         let mask: Vec<bool> = rows.iter().map(|v| *v as usize % 3 == 0).collect();
-        let back = t.mask_from_rows(&mask);
+        let back = t.from_rows(&mask);
         for (i, v) in w.iter().enumerate() {
             assert_eq!(back[i], *v as usize % 3 == 0);
         }
@@ -453,12 +700,14 @@ mod tests {
             layout: Layout::Transposed,
             rows: 2,
             cols: 3,
+            input: "x".into(),
+            features: Some(Features::Last),
         };
         let w = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0];
         assert_eq!(t.to_rows(&w), vec![0.0, 2.0, 4.0, 1.0, 3.0, 5.0]);
         let m = [true, false, false, false, false, true];
         assert_eq!(
-            t.mask_from_rows(&m),
+            t.from_rows(&m),
             vec![true, false, false, false, false, true]
         );
     }
