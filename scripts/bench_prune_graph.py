@@ -1,7 +1,9 @@
-"""Sparse conv weights in TFLite: EfficientNet-Lite0 with its 1x1 convs pruned by magnitude
-(`edgec prune --ops pointwise --sparsity S`, default 0.75), written twice from the same pruned
-weights: dense (`--tflite-sparse off`) and sparse behind DENSIFY (`auto`), as XNNPACK's sparse
-inference wants them.
+"""Sparse conv weights in TFLite: EfficientNet-Lite0 with its 1x1 convs pruned
+(`edgec prune --ops pointwise --sparsity S`, default 0.75; --method magnitude, or wanda /
+sparsegpt calibrated on K crops (--calib-crops) of the photos in $EDGEC_CACHE/images/calib with
+`--image-transform efficientnet`), written twice from the same pruned weights: dense
+(`--tflite-sparse off`) and sparse behind DENSIFY (`auto`), as XNNPACK's sparse inference wants
+them.
 
 Measured in LiteRT (ai-edge-litert's Interpreter, default op resolver = XNNPACK delegate,
 --threads, default 2):
@@ -12,9 +14,9 @@ Measured in LiteRT (ai-edge-litert's Interpreter, default op resolver = XNNPACK 
   - load time (Interpreter + allocate_tensors, the DENSIFY ops run there), median of 5;
   - file sizes;
   - top-1 agreement of the pruned model (DENSIFY file) with the unpruned one (edgec convert, f32)
-    in LiteRT, on K crops (--crops) of every photo fixtures/fetch-images.sh provides (calib and
-    heldout folders; magnitude pruning reads no data, so every photo is held out), also where the
-    unpruned model's top probability is > 0.5; mean KL(p_unpruned || p_pruned);
+    in LiteRT, on K crops (--crops) of the held-out photos of fixtures/fetch-images.sh (never the
+    calibration ones), also where the unpruned model's top probability is > 0.5; mean
+    KL(p_unpruned || p_pruned);
   - that both files give the same logits (max |diff|).
 
 The script also records whether this CPU can run XNNPACK's sparse path at all: XNNPACK turns
@@ -122,6 +124,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--edgec", required=True)
     ap.add_argument("--sparsity", type=float, default=0.75, help="fraction of each 1x1 conv weight dropped")
+    ap.add_argument("--method", default="magnitude", choices=["magnitude", "wanda", "sparsegpt"])
+    ap.add_argument("--calib-crops", type=int, default=4, help="crops per calibration photo (default 4)")
     ap.add_argument("--global", dest="global_", action="store_true", help="one threshold over all 1x1 weights")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=100, help="interleaved runs per round (default 100)")
@@ -136,7 +140,10 @@ def main():
     work.mkdir(parents=True, exist_ok=True)
     src = effnet_path()
     dense, sparse, unpruned = work / "pruned.dense.tflite", work / "pruned.densify.tflite", work / "unpruned.tflite"
-    prune = ["prune", src, None, "--method", "magnitude", "--sparsity", str(args.sparsity), "--ops", "pointwise"]
+    prune = ["prune", src, None, "--method", args.method, "--sparsity", str(args.sparsity), "--ops", "pointwise"]
+    if args.method != "magnitude":
+        prune += ["--calib", CACHE / "images" / "calib", "--image-transform", "efficientnet",
+                  "--crops", str(args.calib_crops)]
     if args.global_:
         prune.append("--global")
     t_sparse, line_sparse = edgec([args.edgec, *[sparse if a is None else a for a in prune]])
@@ -154,14 +161,8 @@ def main():
     if "DENSIFY" in ops_of(its["dense"]):
         sys.exit("the dense file has DENSIFY ops")
 
-    # quality: every photo, K crops
-    xs = []
-    n_photos = 0
-    for folder in ("calib", "heldout"):
-        x, n = bo.load_crops(CACHE / "images" / folder, args.crops)
-        xs.append(x)
-        n_photos += n
-    xs = np.concatenate(xs)
+    # quality: the held-out photos, K crops
+    xs, n_photos = bo.load_crops(CACHE / "images" / "heldout", args.crops)
     log(f"{len(xs)} crops of {n_photos} photos")
     ref = logits(its["unpruned"], xs)
     got = logits(its["densify"], xs)
@@ -201,7 +202,7 @@ def main():
 
     from ai_edge_litert import __version__ as litert_version  # noqa: N811
     print(f"\n### EfficientNet-Lite0, 1x1 convs at {100 * args.sparsity:.0f}% "
-          f"(magnitude{', global' if args.global_ else ', per weight'}), LiteRT {litert_version}, "
+          f"({args.method}{', global' if args.global_ else ', per weight'}), LiteRT {litert_version}, "
           f"{args.threads} threads\n")
     print("| file | size (MiB) | load (ms) | latency (ms, median of round medians) |")
     print("| --- | ---: | ---: | ---: |")
@@ -212,7 +213,7 @@ def main():
           + ", ".join(f"{r['ratio']:.3f}" for r in rounds))
     qc = quality["top1_agreement_conf"]
     print(f"\nTop-1 agreement with the unpruned model: {quality['top1_agreement']:.1f} % of "
-          f"{quality['samples']} crops ({args.crops} per photo, {n_photos} photos); "
+          f"{quality['samples']} crops ({args.crops} per photo, {n_photos} held-out photos); "
           f"{'—' if qc is None else f'{qc:.1f}'} % of the {quality['conf_samples']} where the unpruned "
           f"model's top probability > 0.5; mean KLD {kld:.4f}. DENSIFY vs dense logits: max |diff| {same:.3g}.")
     print(f"edgec prune: {t_sparse:.2f} s (DENSIFY file), {t_dense:.2f} s (dense file).")
