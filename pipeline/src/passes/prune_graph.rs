@@ -132,7 +132,7 @@ impl Target {
 
     /// Values (or a mask) in the `[rows, cols]` view back in the weight's
     /// own order.
-    fn from_rows<T: Copy + Default>(&self, rows: &[T]) -> Vec<T> {
+    fn back_from_rows<T: Copy + Default>(&self, rows: &[T]) -> Vec<T> {
         let mut out = vec![T::default(); rows.len()];
         match self.layout {
             Layout::Rows => out.copy_from_slice(rows),
@@ -462,7 +462,7 @@ fn input_stats(
     }
     let accs = std::mem::take(&mut *accs.lock().expect("stats lock"));
     for t in targets {
-        if !accs.get(&t.input).is_some_and(|a| a.count > 0) {
+        if accs.get(&t.input).is_none_or(|a| a.count == 0) {
             anyhow::bail!(
                 "{}: its input {} was not seen on the calibration data",
                 t.name,
@@ -498,7 +498,7 @@ fn prune_by_data(
         }
         PruneMethod::Magnitude => unreachable!("no data for magnitude"),
     }
-    Ok(t.from_rows(&rows))
+    Ok(t.back_from_rows(&rows))
 }
 
 /// `prune` on a graph model (magnitude, per weight or global).
@@ -597,7 +597,7 @@ pub fn run(p: &Prune, state: &mut State, ctx: &Context) -> Result<Outcome> {
                     let rows = t.to_rows(&w);
                     let m =
                         prune::mask_per_tensor(&prune::magnitude_scores(&rows), t.cols, sparsity);
-                    t.from_rows(&m)
+                    t.back_from_rows(&m)
                 }
             };
             prune::apply_mask(&mut w, &mask);
@@ -685,7 +685,7 @@ mod tests {
         // row (m=0, tap=1) holds w[0, c, 0, 1] = c*2 + 1
         assert_eq!(&rows[4..8], &[1.0, 3.0, 5.0, 7.0]);
         let mask: Vec<bool> = rows.iter().map(|v| *v as usize % 3 == 0).collect();
-        let back = t.from_rows(&mask);
+        let back = t.back_from_rows(&mask);
         for (i, v) in w.iter().enumerate() {
             assert_eq!(back[i], *v as usize % 3 == 0);
         }
@@ -707,7 +707,7 @@ mod tests {
         assert_eq!(t.to_rows(&w), vec![0.0, 2.0, 4.0, 1.0, 3.0, 5.0]);
         let m = [true, false, false, false, false, true];
         assert_eq!(
-            t.from_rows(&m),
+            t.back_from_rows(&m),
             vec![true, false, false, false, false, true]
         );
     }
