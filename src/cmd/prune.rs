@@ -20,7 +20,7 @@ use crate::image_args::ImageArgs;
 #[derive(clap::Args)]
 pub struct Args {
     /// Input model: a Hugging Face folder, a .safetensors or .gguf file (llama family or BERT),
-    /// or a graph model (.onnx, .tflite: magnitude only).
+    /// or a graph model (.onnx, .tflite).
     pub input: PathBuf,
     /// Output: a .gguf file or a folder for a Hugging Face model; .onnx or .tflite for graphs.
     pub output: PathBuf,
