@@ -84,7 +84,7 @@ pub const PASSES: &[PassInfo] = &[
     },
     PassInfo {
         name: "prune",
-        summary: "unstructured or N:M sparsity in the blocks' linear layers: magnitude, Wanda or SparseGPT",
+        summary: "unstructured or N:M sparsity in the blocks' linear layers: magnitude, Wanda or SparseGPT; in graphs' Conv/Gemm/MatMul weights (Wanda and SparseGPT: 1x1 convs, Gemm, MatMul)",
         path_keys: &[],
         build: build::<passes::prune::Prune>,
     },

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
+use edgec_pipeline::passes::write::TfliteSparse;
 use edgec_pipeline::passes::FloatType;
 use edgec_pipeline::recipe::{absolute, Input, Recipe};
 
@@ -32,6 +33,10 @@ pub struct Args {
     /// the flatbuffer (Buffer.offset/size) instead of inside it (for tests).
     #[arg(long, value_name = "BYTES", hide = true)]
     pub tflite_inline_limit: Option<usize>,
+    /// TFLite output: store float conv weights that are at least 2/3 zeros sparse,
+    /// read through DENSIFY (auto, the default), or keep every weight dense (off).
+    #[arg(long, value_name = "MODE", value_parser = named::<TfliteSparse>)]
+    pub tflite_sparse: Option<TfliteSparse>,
     #[command(flatten)]
     pub recipe: RecipeFlags,
 }
@@ -66,6 +71,7 @@ pub fn recipe(args: &Args) -> Recipe {
             "allow_nonfinite": args.allow_nonfinite,
             "dims": if dims.is_empty() { serde_json::Value::Null } else { dims.into() },
             "tflite_inline_limit": args.tflite_inline_limit,
+            "tflite_sparse": args.tflite_sparse,
         }),
     ));
     Recipe {

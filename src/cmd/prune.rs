@@ -8,17 +8,21 @@ use std::path::PathBuf;
 use anyhow::Result;
 use edgec_pipeline::graph_data::ImageSpec;
 use edgec_pipeline::passes::prune::PruneMethod;
+use edgec_pipeline::passes::prune_graph::GraphOp;
+use edgec_pipeline::passes::write::TfliteSparse;
 use edgec_pipeline::passes::FloatType;
 use edgec_pipeline::recipe::{absolute, DataSpec, Input, Recipe};
 
 use super::quantize::step;
 use super::{named, RecipeFlags};
+use crate::image_args::ImageArgs;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Input model: a Hugging Face folder, a .safetensors or .gguf file (llama family or BERT).
+    /// Input model: a Hugging Face folder, a .safetensors or .gguf file (llama family or BERT),
+    /// or a graph model (.onnx, .tflite).
     pub input: PathBuf,
-    /// Output: a .gguf file or a folder for a Hugging Face model (weights stay dense).
+    /// Output: a .gguf file or a folder for a Hugging Face model; .onnx or .tflite for graphs.
     pub output: PathBuf,
     /// magnitude (no data), wanda or sparsegpt (both need --calib).
     #[arg(
@@ -38,15 +42,15 @@ pub struct Args {
     pub sparsity: Option<f64>,
     /// Structured: remove this fraction of the FFN neurons (the model
     /// shrinks; ranked by activation with --calib, else by weight norms).
-    #[arg(long, value_name = "F", conflicts_with_all = ["sparsity", "pattern", "global", "ignore"])]
+    #[arg(long, value_name = "F", conflicts_with_all = ["sparsity", "pattern", "global", "ignore", "ops"])]
     pub ffn: Option<f64>,
     /// Structured: remove this fraction of the attention heads (whole GQA
     /// groups, or the same number from each group).
-    #[arg(long, value_name = "F", conflicts_with_all = ["sparsity", "pattern", "global", "ignore"])]
+    #[arg(long, value_name = "F", conflicts_with_all = ["sparsity", "pattern", "global", "ignore", "ops"])]
     pub heads: Option<f64>,
     /// Structured: remove this many whole layers, those that change their
     /// input least on the --calib text.
-    #[arg(long, value_name = "N", conflicts_with_all = ["sparsity", "pattern", "global", "ignore"])]
+    #[arg(long, value_name = "N", conflicts_with_all = ["sparsity", "pattern", "global", "ignore", "ops"])]
     pub layers: Option<usize>,
     /// Structured: the same widths in every layer (llama.cpp's `llama`,
     /// standard HF configs) instead of per-layer widths from a global
@@ -56,7 +60,8 @@ pub struct Args {
     /// N of every M consecutive inputs dropped (2:4, 4:8).
     #[arg(long, value_name = "N:M")]
     pub pattern: Option<String>,
-    /// Calibration text for wanda and sparsegpt.
+    /// Calibration data for wanda and sparsegpt: text, or for graph models
+    /// photos (a folder), IDX or .safetensors of the graph's inputs.
     #[arg(long, value_name = "FILE")]
     pub calib: Option<PathBuf>,
     /// Calibration sequences spread evenly over the text.
@@ -72,9 +77,20 @@ pub struct Args {
     /// regular expression, e.g. `--ignore '.*down_proj.*'` (repeatable).
     #[arg(long, value_name = "REGEX")]
     pub ignore: Vec<String>,
+    /// Graph models: the weights pruned, comma-separated: conv (every non-depthwise
+    /// Conv), pointwise (1x1 Convs only), depthwise, gemm, matmul [default: conv,gemm,matmul].
+    #[arg(long, value_name = "OPS", value_delimiter = ',', value_parser = named::<GraphOp>)]
+    pub ops: Vec<GraphOp>,
+    /// TFLite output: store float conv weights that are at least 2/3 zeros sparse,
+    /// read through DENSIFY (XNNPACK's sparse path), or keep them dense (off).
+    #[arg(long, value_name = "MODE", value_parser = named::<TfliteSparse>)]
+    pub tflite_sparse: Option<TfliteSparse>,
     /// Float type of the weights written: f32, f16, bf16.
     #[arg(long, default_value = "f32", value_parser = named::<FloatType>)]
     pub dtype: FloatType,
+    /// Graph models calibrated on photos: how photos become the input.
+    #[command(flatten)]
+    pub image: ImageArgs,
     #[command(flatten)]
     pub recipe: RecipeFlags,
 }
@@ -89,7 +105,11 @@ pub fn recipe(args: &Args) -> Recipe {
                 path: absolute(c),
                 samples: Some(args.calib_samples),
                 len: Some(args.calib_len),
-                image: ImageSpec::new(),
+                image: if edgec_pipeline::passes::is_text(c) {
+                    ImageSpec::new()
+                } else {
+                    args.image.spec()
+                },
             },
         );
     }
@@ -115,6 +135,7 @@ pub fn recipe(args: &Args) -> Recipe {
                 "data": data_name,
                 "scope": args.global.then_some("global"),
                 "ignore": if args.ignore.is_empty() { None } else { Some(&args.ignore) },
+                "ops": if args.ops.is_empty() { None } else { Some(&args.ops) },
             }),
         ),
     }];
@@ -123,7 +144,10 @@ pub fn recipe(args: &Args) -> Recipe {
     }
     steps.push(step(
         "write",
-        serde_json::json!({ "path": absolute(&args.output) }),
+        serde_json::json!({
+            "path": absolute(&args.output),
+            "tflite_sparse": args.tflite_sparse,
+        }),
     ));
     Recipe {
         input: Input {

@@ -17,15 +17,61 @@ pub struct Quantization {
     pub quantized_dimension: i32,
 }
 
+/// Sparse storage of a constant (TFLite's `SparsityParameters`, in the
+/// one form edgec writes): the dimensions in their own order, every one
+/// DENSE but the last, which is SPARSE_CSR. `data` then holds only the
+/// non-zero values, row after row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SparseCsr {
+    /// Row `r` (the flattened leading dimensions) holds the values
+    /// `segments[r]..segments[r + 1]`; `rows + 1` entries.
+    pub segments: Vec<u32>,
+    /// The last-dimension index of each stored value.
+    pub indices: Vec<u32>,
+}
+
+impl SparseCsr {
+    /// The CSR form of row-major `values` (`elem` bytes each) with rows of
+    /// `cols`, and the stored bytes; `is_zero` tells an element's bytes.
+    pub fn of(
+        values: &[u8],
+        cols: usize,
+        elem: usize,
+        is_zero: impl Fn(&[u8]) -> bool,
+    ) -> (SparseCsr, Vec<u8>) {
+        let mut segments = vec![0u32];
+        let mut indices = Vec::new();
+        let mut kept = Vec::new();
+        for row in values.chunks(cols.max(1) * elem) {
+            for (j, v) in row.chunks_exact(elem).enumerate() {
+                if !is_zero(v) {
+                    indices.push(j as u32);
+                    kept.extend_from_slice(v);
+                }
+            }
+            segments.push(indices.len() as u32);
+        }
+        (SparseCsr { segments, indices }, kept)
+    }
+}
+
+/// At least this fraction of a float conv weight must be zeros for the
+/// weight to be stored sparse ([`TflModel::sparse_weights`]): XNNPACK runs
+/// a model sparse when more than 2/3 of its 1×1 conv weights are zeros.
+pub const SPARSE_MIN_ZEROS: f64 = 2.0 / 3.0;
+
 /// A tensor: an activation (no data) or a constant.
 #[derive(Debug, Clone)]
 pub struct TflTensor {
     pub name: String,
     pub shape: Vec<usize>,
     pub dtype: TensorType,
-    /// Little-endian row-major bytes of a constant.
+    /// Little-endian row-major bytes of a constant (only the non-zero
+    /// values when `sparsity` is set).
     pub data: Option<TensorData>,
     pub quant: Option<Quantization>,
+    /// Sparse storage of a constant, read through a DENSIFY op.
+    pub sparsity: Option<SparseCsr>,
 }
 
 impl TflTensor {
@@ -187,6 +233,7 @@ impl TflModel {
             dtype,
             data: None,
             quant: None,
+            sparsity: None,
         });
         self.tensors.len() - 1
     }
@@ -204,6 +251,7 @@ impl TflModel {
             dtype,
             data: Some(data),
             quant: None,
+            sparsity: None,
         });
         self.tensors.len() - 1
     }
@@ -273,7 +321,10 @@ impl TflModel {
         for t in consumed {
             let tensor = &self.tensors[t];
             let Some(data) = &tensor.data else { continue };
-            if tensor.dtype != TensorType::FLOAT32 || tensor.numel() <= 1 || tensor.quant.is_some()
+            if tensor.dtype != TensorType::FLOAT32
+                || tensor.numel() <= 1
+                || tensor.quant.is_some()
+                || tensor.sparsity.is_some()
             {
                 continue;
             }
@@ -309,6 +360,113 @@ impl TflModel {
         self.ops = dequant_ops;
         n
     }
+}
+
+impl TflModel {
+    /// TensorFlow's sparse layout for float conv weights: the weight of
+    /// every CONV_2D (a float32 constant, or a float16 constant behind the
+    /// DEQUANTIZE of [`TflModel::weights_to_f16`]) with at least
+    /// `min_zeros` of its values zero is stored sparse ([`SparseCsr`] over
+    /// its input channels) and read through a DENSIFY op at the start of
+    /// the graph; the dense tensor becomes DENSIFY's output. XNNPACK
+    /// densifies such weights once at load and, where the graph allows it,
+    /// runs the model's 1×1 convolutions with sparse kernels. Returns how
+    /// many weights are stored sparse.
+    pub fn sparse_weights(&mut self, min_zeros: f64) -> usize {
+        let producer: std::collections::HashMap<usize, usize> = self
+            .ops
+            .iter()
+            .enumerate()
+            .flat_map(|(i, op)| op.outputs.iter().map(move |&t| (t, i)))
+            .collect();
+        let mut chosen: Vec<usize> = Vec::new();
+        for op in &self.ops {
+            if op.code != BuiltinOperator::CONV_2D {
+                continue;
+            }
+            let Some(Some(w)) = op.inputs.get(1) else {
+                continue;
+            };
+            // the constant itself, or the f16 constant its DEQUANTIZE reads
+            let t = match producer.get(w).map(|&i| &self.ops[i]) {
+                None => *w,
+                Some(p) if p.code == BuiltinOperator::DEQUANTIZE => match p.inputs.first() {
+                    Some(Some(s)) => *s,
+                    _ => continue,
+                },
+                Some(_) => continue,
+            };
+            let tensor = &self.tensors[t];
+            let float = match tensor.dtype {
+                TensorType::FLOAT32 => t == *w,
+                TensorType::FLOAT16 => t != *w,
+                _ => false,
+            };
+            if !float
+                || tensor.quant.is_some()
+                || tensor.sparsity.is_some()
+                || tensor.shape.len() < 2
+                || chosen.contains(&t)
+            {
+                continue;
+            }
+            let Some(data) = &tensor.data else { continue };
+            let zeros = zeros_of(data.bytes(), tensor.dtype);
+            if zeros as f64 >= min_zeros * tensor.numel() as f64 && zeros > 0 {
+                chosen.push(t);
+            }
+        }
+        let mut densify = Vec::with_capacity(chosen.len());
+        for t in chosen {
+            let tensor = &self.tensors[t];
+            let dtype = tensor.dtype;
+            let elem = elem_size(dtype).expect("a float type");
+            let cols = *tensor.shape.last().expect("rank checked");
+            let bytes = tensor.data.as_ref().expect("a constant").bytes();
+            let (csr, kept) = SparseCsr::of(bytes, cols, elem, |v| is_zero(v, dtype));
+            let name = format!("{}/sparse", tensor.name);
+            let shape = tensor.shape.clone();
+            let sparse = self.add_const(
+                name,
+                shape,
+                dtype,
+                TensorData::Owned(std::sync::Arc::new(kept)),
+            );
+            self.tensors[sparse].sparsity = Some(csr);
+            // the dense tensor becomes DENSIFY's output
+            self.tensors[t].data = None;
+            densify.push(TflOp {
+                code: BuiltinOperator::DENSIFY,
+                version: 1,
+                inputs: vec![Some(sparse)],
+                outputs: vec![t],
+                options: Options::Empty,
+            });
+        }
+        let n = densify.len();
+        densify.append(&mut self.ops);
+        self.ops = densify;
+        n
+    }
+}
+
+/// Whether one float element's bytes are ±0.
+fn is_zero(v: &[u8], dtype: TensorType) -> bool {
+    match dtype {
+        TensorType::FLOAT32 => f32::from_le_bytes([v[0], v[1], v[2], v[3]]) == 0.0,
+        TensorType::FLOAT16 => u16::from_le_bytes([v[0], v[1]]) & 0x7fff == 0,
+        _ => false,
+    }
+}
+
+/// How many elements of float `data` are ±0.
+fn zeros_of(data: &[u8], dtype: TensorType) -> usize {
+    let Some(elem) = elem_size(dtype) else {
+        return 0;
+    };
+    data.chunks_exact(elem)
+        .filter(|v| is_zero(v, dtype))
+        .count()
 }
 
 /// Bytes per element of a TFLite type (None for strings and unknown types).

@@ -105,6 +105,8 @@ fn parse(map: &Arc<Mmap>, name: String) -> Res<Model> {
 
     let mut infos = Vec::with_capacity(ftensors.len());
     let mut tnames = Vec::with_capacity(ftensors.len());
+    // (tensor, dense bytes) of sparse constants
+    let mut sparse: Vec<(usize, Vec<u8>)> = Vec::new();
     for (i, t) in ftensors.iter().enumerate() {
         let tname = t.name().unwrap_or("").to_string();
         let what = || format!("tensor {i} ({tname})");
@@ -144,7 +146,14 @@ fn parse(map: &Arc<Mmap>, name: String) -> Res<Model> {
                 }
                 _ => (0, 0),
             };
-            if len > 0 || (numel == 0 && buffer.offset() > 1) {
+            if let (Some(sp), true) = (t.sparsity(), len > 0) {
+                // sparse storage (DENSIFY's input): read dense now
+                let elem = elem_size(dtype)
+                    .ok_or_else(|| format!("{}: type {:?} is not supported", what(), dtype))?;
+                let dense = densify(&shape, sp, &buf[off..off + len], elem)
+                    .map_err(|e| format!("{}: sparse storage: {e}", what()))?;
+                sparse.push((i, dense));
+            } else if len > 0 || (numel == 0 && buffer.offset() > 1) {
                 let elem = elem_size(dtype)
                     .ok_or_else(|| format!("{}: type {:?} is not supported", what(), dtype))?;
                 if numel * elem != len {
@@ -274,6 +283,18 @@ fn parse(map: &Arc<Mmap>, name: String) -> Res<Model> {
         tensors: Vec::new(),
         nodes: Vec::new(),
     };
+    for (t, dense) in sparse {
+        let dtype = ir_type(r.infos[t].dtype).ok_or_else(|| {
+            format!(
+                "constant {}: type {:?} is not supported",
+                r.names[t], r.infos[t].dtype
+            )
+        })?;
+        let name = r.names[t].clone();
+        let shape = r.infos[t].shape.clone();
+        r.add_const(name, shape, dtype, owned(dense))?;
+        r.consts[t] = Some(r.tensors.len() - 1);
+    }
     let mut graph_inputs = Vec::new();
     for &t in &inputs {
         let info = &r.infos[t];
@@ -409,6 +430,133 @@ fn unique(used: &mut HashSet<String>, base: String) -> String {
     }
     used.insert(n.clone());
     n
+}
+
+/// The dense bytes of a sparse constant of `shape` (`elem` bytes per
+/// element): TFLite's SparsityParameters without blocks, each level of the
+/// traversal order DENSE or SPARSE_CSR, walked as TFLite's format converter
+/// walks it (a dense level's children are `parent · size + i`, a sparse
+/// level's are the positions `segments[parent]..segments[parent + 1]`).
+fn densify(
+    shape: &[usize],
+    sp: fb::SparsityParameters,
+    values: &[u8],
+    elem: usize,
+) -> Res<Vec<u8>> {
+    enum Level {
+        Dense(usize),
+        Csr(Vec<usize>, Vec<usize>),
+    }
+    // an index vector as usize, whichever of the three types it is stored in
+    macro_rules! index_vector {
+        ($d:expr, $i32:ident, $u16:ident, $u8:ident) => {
+            if let Some(v) = $d.$i32().and_then(|v| v.values()) {
+                Ok(v.iter().map(|x| x.max(0) as usize).collect::<Vec<usize>>())
+            } else if let Some(v) = $d.$u16().and_then(|v| v.values()) {
+                Ok(v.iter().map(|x| x as usize).collect())
+            } else if let Some(v) = $d.$u8().and_then(|v| v.values()) {
+                Ok(v.iter().map(|x| x as usize).collect())
+            } else {
+                Err("a sparse dimension without its index vectors".to_string())
+            }
+        };
+    }
+    let rank = shape.len();
+    let order: Vec<usize> = sp
+        .traversal_order()
+        .ok_or("no traversal order")?
+        .iter()
+        .map(|d| usize::try_from(d).map_err(|_| format!("traversal order {d}")))
+        .collect::<Res<_>>()?;
+    let mut sorted = order.clone();
+    sorted.sort_unstable();
+    if order.len() != rank || sorted != (0..rank).collect::<Vec<_>>() {
+        return Err(format!(
+            "traversal order {order:?} of a rank-{rank} tensor (block sparsity is not supported)"
+        ));
+    }
+    let dims = sp.dim_metadata().ok_or("no dimension metadata")?;
+    if dims.len() != rank {
+        return Err(format!("{} dimension metadata for rank {rank}", dims.len()));
+    }
+    let mut levels = Vec::with_capacity(rank);
+    for (k, d) in dims.iter().enumerate() {
+        levels.push(match d.format() {
+            fb::DimensionType::DENSE => {
+                if d.dense_size() as usize != shape[order[k]] {
+                    return Err(format!("dense dimension {k} of size {}", d.dense_size()));
+                }
+                Level::Dense(shape[order[k]])
+            }
+            fb::DimensionType::SPARSE_CSR => Level::Csr(
+                index_vector!(
+                    d,
+                    array_segments_as_int_32_vector,
+                    array_segments_as_uint_16_vector,
+                    array_segments_as_uint_8_vector
+                )?,
+                index_vector!(
+                    d,
+                    array_indices_as_int_32_vector,
+                    array_indices_as_uint_16_vector,
+                    array_indices_as_uint_8_vector
+                )?,
+            ),
+            f => return Err(format!("dimension type {f:?}")),
+        });
+    }
+    let numel: usize = shape.iter().product();
+    let mut strides = vec![1usize; rank];
+    for i in (0..rank.saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * shape[i + 1];
+    }
+    let mut out = vec![0u8; numel * elem];
+    // (position at this level, dense offset so far), level by level
+    let mut nodes: Vec<(usize, usize)> = vec![(0, 0)];
+    for (k, level) in levels.iter().enumerate() {
+        let stride = strides[order[k]];
+        let mut next = Vec::new();
+        for (pos, offset) in nodes {
+            match level {
+                Level::Dense(n) => {
+                    for i in 0..*n {
+                        next.push((pos * n + i, offset + i * stride));
+                    }
+                }
+                Level::Csr(segments, indices) => {
+                    let (a, b) = (segments.get(pos), segments.get(pos + 1));
+                    let (Some(&a), Some(&b)) = (a, b) else {
+                        return Err(format!("dimension {k}: segment {pos} is missing"));
+                    };
+                    if a > b || b > indices.len() {
+                        return Err(format!("dimension {k}: segment {pos} is {a}..{b}"));
+                    }
+                    for (p, &i) in indices.iter().enumerate().take(b).skip(a) {
+                        if i >= shape[order[k]] {
+                            return Err(format!("dimension {k}: index {i} of {}", shape[order[k]]));
+                        }
+                        next.push((p, offset + i * stride));
+                    }
+                }
+            }
+        }
+        nodes = next;
+    }
+    if nodes.len() * elem != values.len() {
+        return Err(format!(
+            "{} stored values, the buffer holds {} bytes",
+            nodes.len(),
+            values.len()
+        ));
+    }
+    for (pos, offset) in nodes {
+        if pos * elem + elem > values.len() {
+            return Err(format!("value {pos} is past the buffer"));
+        }
+        out[offset * elem..(offset + 1) * elem]
+            .copy_from_slice(&values[pos * elem..(pos + 1) * elem]);
+    }
+    Ok(out)
 }
 
 fn op_name(code: B) -> String {
@@ -890,6 +1038,7 @@ impl Reader {
                 unary(self, Op::Cast { to })
             }
             B::DEQUANTIZE => self.dequantize(ins, o),
+            B::DENSIFY => self.densify(ins, o),
             B::QUANTIZE => unary(self, Op::Identity),
             B::CONV_2D | B::DEPTHWISE_CONV_2D => self.conv(code, op, ins, o),
             B::AVERAGE_POOL_2D | B::MAX_POOL_2D => self.pool(code, op, ins, o),
@@ -1078,6 +1227,20 @@ impl Reader {
         }
         let name = self.names[o].clone();
         self.add_const(name, t.shape.clone(), DType::F32, owned(f32_bytes(&v)))?;
+        self.consts[o] = Some(self.tensors.len() - 1);
+        Ok(())
+    }
+
+    /// DENSIFY of a sparse constant (already dense since the read): the
+    /// same constant under the output's name.
+    fn densify(&mut self, ins: &[Option<usize>], o: usize) -> Res<()> {
+        let x = self.input(ins, 0)?;
+        if !self.is_const(x) {
+            return Err("the input is not a constant".into());
+        }
+        let t = self.const_tensor(x)?;
+        let name = self.names[o].clone();
+        self.add_const(name, t.shape.clone(), t.dtype, t.data.clone())?;
         self.consts[o] = Some(self.tensors.len() - 1);
         Ok(())
     }

@@ -13,6 +13,11 @@
 //!   every constant is appended after the flatbuffer, 16-byte aligned, and
 //!   its Buffer gives the absolute `offset` and `size` instead of `data`.
 //!
+//! - Sparse constants (DENSIFY's inputs) carry `SparsityParameters`:
+//!   traversal order 0..rank, every dimension DENSE but the last,
+//!   SPARSE_CSR, with Uint8/Uint16/Int32 index vectors (the narrowest that
+//!   fits); their buffer holds the non-zero values only.
+//!
 //! The same model gives the same bytes.
 
 use std::io::Write;
@@ -22,7 +27,7 @@ use edgec_core::Model;
 use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
 
 use super::lower::{lower, LowerOptions};
-use super::model::{BuiltinOperator, Options, TflModel};
+use super::model::{BuiltinOperator, Options, SparseCsr, TflModel};
 use super::schema as fb;
 use crate::output::write_file_atomically;
 use crate::{FormatError, Result};
@@ -41,6 +46,10 @@ pub struct WriteOptions {
     pub inline_limit: usize,
     /// Lowering options (sizes of named input dimensions).
     pub lower: LowerOptions,
+    /// Store float conv weights with at least this fraction of zeros sparse,
+    /// read through DENSIFY ([`TflModel::sparse_weights`]); `None` keeps
+    /// every weight dense.
+    pub sparse_min_zeros: Option<f64>,
 }
 
 impl Default for WriteOptions {
@@ -49,17 +58,24 @@ impl Default for WriteOptions {
             f16_weights: false,
             inline_limit: INLINE_LIMIT,
             lower: LowerOptions::default(),
+            sparse_min_zeros: Some(super::model::SPARSE_MIN_ZEROS),
         }
     }
 }
 
 /// Lowers `model`'s graph to TFLite and writes it to `path` (atomically).
-pub fn write_model(model: &Model, path: &Path, opts: &WriteOptions) -> Result<()> {
+/// Returns how many weights are stored sparse.
+pub fn write_model(model: &Model, path: &Path, opts: &WriteOptions) -> Result<usize> {
     let mut tfl = lower(model, &opts.lower).map_err(|e| FormatError::invalid(path, e))?;
     if opts.f16_weights {
         tfl.weights_to_f16();
     }
-    write_tfl(&tfl, path, opts.inline_limit)
+    let sparse = match opts.sparse_min_zeros {
+        Some(min) => tfl.sparse_weights(min),
+        None => 0,
+    };
+    write_tfl(&tfl, path, opts.inline_limit)?;
+    Ok(sparse)
 }
 
 /// Writes an already lowered model to `path` (atomically).
@@ -188,7 +204,7 @@ fn runtime_version(code: BuiltinOperator, version: i32) -> Option<(u32, u32, u32
         (B::EQUAL | B::GREATER | B::GREATER_EQUAL | B::LESS | B::LESS_EQUAL, 1) => (1, 14, 0),
         (B::SLICE, 1) => (1, 14, 0),
         (B::HARD_SWISH, 1) => (1, 15, 0),
-        (B::SELECT_V2, 1) => (2, 2, 0),
+        (B::SELECT_V2 | B::DENSIFY, 1) => (2, 2, 0),
         (B::BATCH_MATMUL, 1) => (2, 3, 0),
         (B::GELU, 1) => (2, 9, 0),
         _ => return None,
@@ -279,6 +295,7 @@ fn build(tfl: &TflModel, places: Option<&[(u64, u64)]>) -> Vec<u8> {
                 },
             )
         });
+        let sparsity = t.sparsity.as_ref().map(|s| sparsity(&mut b, &t.shape, s));
         tensors.push(fb::Tensor::create(
             &mut b,
             &fb::TensorArgs {
@@ -287,6 +304,7 @@ fn build(tfl: &TflModel, places: Option<&[(u64, u64)]>) -> Vec<u8> {
                 buffer: tensor_buffer[i],
                 name: Some(name),
                 quantization,
+                sparsity,
                 ..Default::default()
             },
         ));
@@ -389,6 +407,78 @@ fn build(tfl: &TflModel, places: Option<&[(u64, u64)]>) -> Vec<u8> {
     );
     fb::finish_model_buffer(&mut b, model);
     b.finished_data().to_vec()
+}
+
+/// The `SparsityParameters` of a [`SparseCsr`] tensor of `shape`: traversal
+/// order 0..rank, no blocks, every dimension DENSE but the last
+/// (SPARSE_CSR), index vectors in the narrowest type that holds them.
+fn sparsity<'a>(
+    b: &mut FlatBufferBuilder<'a>,
+    shape: &[usize],
+    s: &SparseCsr,
+) -> WIPOffset<fb::SparsityParameters<'a>> {
+    let rank = shape.len();
+    let order: Vec<i32> = (0..rank as i32).collect();
+    let order = b.create_vector(&order);
+    let block_map = b.create_vector::<i32>(&[]);
+    let mut dims = Vec::with_capacity(rank);
+    for &d in &shape[..rank - 1] {
+        dims.push(fb::DimensionMetadata::create(
+            b,
+            &fb::DimensionMetadataArgs {
+                format: fb::DimensionType::DENSE,
+                dense_size: d as i32,
+                ..Default::default()
+            },
+        ));
+    }
+    let (segments_type, segments) = index_vector(b, &s.segments);
+    let (indices_type, indices) = index_vector(b, &s.indices);
+    dims.push(fb::DimensionMetadata::create(
+        b,
+        &fb::DimensionMetadataArgs {
+            format: fb::DimensionType::SPARSE_CSR,
+            dense_size: 0,
+            array_segments_type: segments_type,
+            array_segments: Some(segments),
+            array_indices_type: indices_type,
+            array_indices: Some(indices),
+        },
+    ));
+    let dims = b.create_vector(&dims);
+    fb::SparsityParameters::create(
+        b,
+        &fb::SparsityParametersArgs {
+            traversal_order: Some(order),
+            block_map: Some(block_map),
+            dim_metadata: Some(dims),
+        },
+    )
+}
+
+/// A `SparseIndexVector`: Uint8Vector, Uint16Vector or Int32Vector, the
+/// narrowest that holds every value.
+fn index_vector(
+    b: &mut FlatBufferBuilder,
+    values: &[u32],
+) -> (fb::SparseIndexVector, WIPOffset<UnionWIPOffset>) {
+    let max = values.iter().copied().max().unwrap_or(0);
+    if max <= u8::MAX as u32 {
+        let v: Vec<u8> = values.iter().map(|&x| x as u8).collect();
+        let v = b.create_vector(&v);
+        let t = fb::Uint8Vector::create(b, &fb::Uint8VectorArgs { values: Some(v) });
+        (fb::SparseIndexVector::Uint8Vector, t.as_union_value())
+    } else if max <= u16::MAX as u32 {
+        let v: Vec<u16> = values.iter().map(|&x| x as u16).collect();
+        let v = b.create_vector(&v);
+        let t = fb::Uint16Vector::create(b, &fb::Uint16VectorArgs { values: Some(v) });
+        (fb::SparseIndexVector::Uint16Vector, t.as_union_value())
+    } else {
+        let v: Vec<i32> = values.iter().map(|&x| x as i32).collect();
+        let v = b.create_vector(&v);
+        let t = fb::Int32Vector::create(b, &fb::Int32VectorArgs { values: Some(v) });
+        (fb::SparseIndexVector::Int32Vector, t.as_union_value())
+    }
 }
 
 fn tensor_maps<'a>(
@@ -650,6 +740,7 @@ fn options(
                 B::LOGICAL_AND => empty!(LogicalAndOptions, LogicalAndOptionsArgs),
                 B::LOGICAL_NOT => empty!(LogicalNotOptions, LogicalNotOptionsArgs),
                 B::ABS => empty!(AbsOptions, AbsOptionsArgs),
+                B::DENSIFY => empty!(DensifyOptions, DensifyOptionsArgs),
                 _ => (T::NONE, None),
             }
         }

@@ -66,6 +66,9 @@ pub struct Prune {
     /// tensor names (e.g. `.*down_proj.*`, `model\.layers\.0\..*`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ignore: Vec<String>,
+    /// Graph models: the weights pruned (see `prune_graph`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ops: Vec<super::prune_graph::GraphOp>,
 }
 
 impl Prune {
@@ -156,6 +159,9 @@ impl Pass for Prune {
     }
 
     fn check(&self, view: &mut ModelView, ctx: &CheckContext) -> Result<()> {
+        if let Some(graph) = super::prune_graph::check(self, view, ctx) {
+            return graph;
+        }
         let sparsity = self.sparsity()?;
         self.ignored()?;
         if self.scope == Scope::Global {
@@ -192,6 +198,9 @@ impl Pass for Prune {
     }
 
     fn run(&self, state: &mut State, ctx: &Context) -> Result<Outcome> {
+        if state.model.graph.is_some() {
+            return super::prune_graph::run(self, state, ctx);
+        }
         let sparsity = self.sparsity()?;
         let model = &state.model;
         let family = model

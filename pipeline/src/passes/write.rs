@@ -30,6 +30,21 @@ pub struct Write {
     /// TFLite: constants past this many bytes in all go after the flatbuffer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tflite_inline_limit: Option<usize>,
+    /// TFLite: float conv weights at least 2/3 zeros stored sparse and read
+    /// through DENSIFY (`auto`, the default), or every weight dense (`off`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tflite_sparse: Option<TfliteSparse>,
+}
+
+/// Sparse storage of pruned float conv weights in TFLite files.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TfliteSparse {
+    /// Weights with at least 2/3 zeros go through DENSIFY (XNNPACK's sparse path).
+    #[default]
+    Auto,
+    /// Every weight dense.
+    Off,
 }
 
 /// The output kinds.
@@ -107,6 +122,11 @@ impl Pass for Write {
         }
         if !self.dims.is_empty() && kind != OutputKind::Tflite {
             return Err(usage("dims: named dimension sizes are for TFLite output"));
+        }
+        if self.tflite_sparse.is_some() && kind != OutputKind::Tflite {
+            return Err(usage(
+                "tflite_sparse: sparse weight storage is for TFLite output",
+            ));
         }
         view.written = Some(self.path.clone());
         Ok(())
@@ -236,9 +256,18 @@ impl Write {
             lower: tflite::LowerOptions {
                 dims: self.dims.clone().into_iter().collect(),
             },
+            sparse_min_zeros: match self.tflite_sparse.unwrap_or_default() {
+                TfliteSparse::Auto => Some(tflite::model::SPARSE_MIN_ZEROS),
+                TfliteSparse::Off => None,
+            },
         };
-        tflite::write_model(&state.model, &self.path, &opts)?;
-        Ok(self.written_line(what, start))
+        let sparse = tflite::write_model(&state.model, &self.path, &opts)?;
+        let what = if sparse > 0 {
+            format!("{what}, {sparse} conv weights sparse through DENSIFY")
+        } else {
+            what.to_string()
+        };
+        Ok(self.written_line(&what, start))
     }
 
     fn write_hf(&self, state: &State, ctx: &Context, dtype: FloatType) -> Result<Outcome> {
