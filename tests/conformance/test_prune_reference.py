@@ -24,7 +24,8 @@ by layer as edgec and both papers' code do: a block's linear inputs from its den
 on the previous (pruned) block's outputs, then its outputs with the pruned weights.
 
 Checks: Wanda's masks equal the reference's exactly; SparseGPT's weights are within 1e-4 of
-the reference's. The checks can fail: a reference with another damping, block size,
+the reference's; with OWL (Yin et al. 2023: each block's share of Wanda scores above M times
+the block's mean, on the dense model, sets its sparsity) Wanda's masks equal the reference's. The checks can fail: a reference with another damping, block size,
 norm or without propagation is shown to miss by more than the tolerance.
 
 Prerequisites (a missing one fails, with what to run): `edgec` built (EDGEC_BIN or
@@ -244,6 +245,27 @@ def reference(work, fn, setting, propagate=True, **kw):
     return work["model"].prune(work["tokens"], lambda W, X, _: fn(W, X, **SETTINGS[setting][1], **kw), propagate)
 
 
+def owl_sparsities(model, tokens, target, m, lam):
+    """OWL (Yin et al. 2023): on the dense model, each block's outlier ratio D_l (the share of
+    the Wanda scores of all its linears above m times their mean); sparsities linear in D_l,
+    more outliers keeping more weights, mean `target`, every one within target ± lam (the farthest
+    block on the edge)."""
+    np, _, _ = _imports()
+    ratios = []
+
+    def collect(W, X, layer):
+        collect.scores.setdefault(layer, []).append((np.abs(W) * np.linalg.norm(X, axis=0)[None, :]).ravel())
+        return W
+
+    collect.scores = {}
+    model.prune(tokens, collect, propagate=False)
+    for layer in sorted(collect.scores):
+        a = np.concatenate(collect.scores[layer])
+        ratios.append(np.mean(a > m * a.mean()))
+    d = np.array(ratios) - np.mean(ratios)
+    return target - lam * d / np.max(np.abs(d)) if np.any(d) else np.full(len(ratios), target), np.array(ratios)
+
+
 def wanda_mismatches(got, want):
     np, _, _ = _imports()
     return {name: int(np.count_nonzero((got[name] == 0) != (w == 0))) for name, w in want.items()}
@@ -303,3 +325,24 @@ def test_wrong_references_miss(edgec_bin, work, setting):
         bad = wanda_mismatches(got, reference(work, wanda, setting, propagate, **kw))
         assert any(bad.values()), f"wanda with {label} gives the same masks"
 
+
+def test_wanda_with_owl_masks_equal_the_reference(edgec_bin, work):
+    """OWL's dense pass and per-block sparsity (the paper's M = 5 and lambda = 0.08), then Wanda
+    on the sweep: the outlier ratios, block sparsities and masks equal the reference's."""
+    np, load_file, _ = _imports()
+    out, report = work["root"] / "wanda-owl", work["root"] / "wanda-owl.json"
+    run([edgec_bin, "prune", TINY, out, "--method", "wanda", "--sparsity", "0.5", "--owl",
+         "--calib", TEXT, "--calib-samples", str(SAMPLES), "--calib-len", str(LEN), "--report", report])
+    got = load_file(str(out / "model.safetensors"))
+    layers = json.loads(report.read_text())["steps"][0]["summary"]["owl"]["layers"]
+    sp, ratios = owl_sparsities(work["model"], work["tokens"], 0.5, 5.0, 0.08)
+    # (a score within float32 rounding of M x the mean could count on one side only: a ratio
+    # may move by a few weights in the block's ~40k)
+    np.testing.assert_allclose([x["outlier_ratio"] for x in layers], ratios, rtol=0, atol=1e-4)
+    np.testing.assert_allclose([x["sparsity"] for x in layers], sp, rtol=0, atol=1e-3)
+    assert abs(sp[0] - sp[1]) > 0.1, sp  # the blocks do differ
+    want = work["model"].prune(work["tokens"], lambda W, X, layer: wanda(W, X, sparsity=sp[layer]))
+    bad = wanda_mismatches(got, want)
+    assert not any(bad.values()), f"weights masked differently from the reference: {bad}"
+    # and the plain 50% masks are not these
+    assert any(wanda_mismatches(got, reference(work, wanda, "50%")).values())
