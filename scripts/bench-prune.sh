@@ -3,8 +3,9 @@
 # WandaPruningModifier and SparseGPTModifier on the CPU, on SmolLM2-135M, judged by
 # llama-perplexity (see bench_prune.py). llm-compressor runs in a venv of its own
 # (scripts/setup-prune-peer.sh: torch, transformers, llmcompressor; about 6 GB once).
-# Arguments go to bench_prune.py: --skip-peer, --samples N, --len L, --settings 50%,2:4,
-# --methods wanda,sparsegpt,magnitude, --keep DIR. The work files (GGUFs of about 540 MB,
+# Arguments go to bench_prune.py: --skip-peer (edgec alone), --samples N, --len L,
+# --settings 50%,70%,2:4, --methods wanda,sparsegpt,magnitude, --owl [--owl-m M --owl-lambda L]
+# (edgec with OWL beside plain edgec), --keep DIR. The work files (GGUFs of about 540 MB,
 # one or two at a time) go to $TMPDIR: TMPDIR=/dev/shm keeps them off a full disk.
 set -euo pipefail
 cd "$(dirname "$0")/.."

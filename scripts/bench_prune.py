@@ -1,12 +1,15 @@
 """Pruning: edgec prune vs llm-compressor (WandaPruningModifier, SparseGPTModifier) on SmolLM2-135M.
 
-For each setting (default 50% unstructured and 2:4) and method (default wanda, sparsegpt,
-magnitude), one after the other:
+For each setting (default 50% unstructured and 2:4; 70% too) and method (default wanda,
+sparsegpt, magnitude), one after the other:
   - edgec: `edgec prune MODEL out.gguf --method M (--sparsity 0.5 | --pattern 2:4)
     --calib calib.txt --calib-samples N --calib-len L` (magnitude: no calibration);
   - llm-compressor (wanda and sparsegpt only): `oneshot` with the same modifier on the CPU,
     in its own venv (scripts/setup-prune-peer.sh), run by this file with --peer-worker; it
     writes an f32 Hugging Face folder, which `edgec convert` turns into a GGUF.
+With --owl, each unstructured setting also runs edgec with OWL's per-block sparsity
+(`--owl`, M 5 and lambda 0.08 unless --owl-m/--owl-lambda say otherwise; the setting's
+sparsity is the blocks' mean), reported beside plain edgec with each block's measured zeros.
 Both tools calibrate on the same N x L tokens: the licences of /usr/share/common-licenses
 except GPL-3, tokenized with the model's tokenizer (no special tokens), N windows of L
 tokens at starts i * (total - L) // (N - 1), as edgec takes them; the worker gets the
@@ -37,7 +40,8 @@ from bench_calib import CTX, JUDGE, write_calib_text
 from bench_quantize import LLAMA_BIN, MODEL_DIR, kld, measure
 
 CACHE = Path(os.environ.get("EDGEC_CACHE", Path.home() / ".cache" / "edgec"))
-SETTINGS = {"50%": ["--sparsity", "0.5"], "2:4": ["--pattern", "2:4"]}
+SETTINGS = {"50%": ["--sparsity", "0.5"], "70%": ["--sparsity", "0.7"], "2:4": ["--pattern", "2:4"]}
+SKIPPED = "skipped (--skip-peer)"  # scripts/bench-prune.sh's --peer-error for --skip-peer: no peer rows
 PEER_METHODS = ("wanda", "sparsegpt")  # llm-compressor's one-shot pruners compared here
 # The linear weights both tools prune, by their GGUF names.
 PRUNED = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
@@ -104,17 +108,21 @@ def peer_worker(argv):
 # ---------------------------------------------------------------- benchmark (runs in the test venv)
 
 def sparsity(gguf_path):
-    """Fraction of zeros over the pruned linear weights of a GGUF (f32/f16 tensors)."""
+    """Fraction of zeros over the pruned linear weights of a GGUF (f32/f16 tensors), overall and
+    per block."""
     import numpy as np  # here, not at the top: the peer venv runs this file too and has no gguf
     from gguf import GGUFReader
 
-    zeros = total = 0
+    zeros, total = {}, {}
     for t in GGUFReader(gguf_path).tensors:
         if t.name.startswith("blk.") and t.name.split(".")[2] in PRUNED:
+            block = int(t.name.split(".")[1])
             data = np.asarray(t.data)
-            zeros += int(np.count_nonzero(data == 0))
-            total += data.size
-    return zeros / total if total else float("nan")
+            zeros[block] = zeros.get(block, 0) + int(np.count_nonzero(data == 0))
+            total[block] = total.get(block, 0) + data.size
+    if not total:
+        return float("nan"), []
+    return sum(zeros.values()) / sum(total.values()), [zeros[b] / total[b] for b in sorted(total)]
 
 
 def try_measure(cmd):
@@ -127,7 +135,8 @@ def try_measure(cmd):
 
 def judge(row, gguf, base, threads, keep):
     """PPL, KLD and sparsity of one output GGUF into `row`; the GGUF is deleted unless kept."""
-    row.update(kld(gguf, base, threads), sparsity=sparsity(gguf))
+    overall, blocks = sparsity(gguf)
+    row.update(kld(gguf, base, threads), sparsity=overall, blocks=blocks)
     log(f"{row['setting']} {row['tool']} {row['method']}: PPL {row['ppl']:.3f}, KLD {row['kld']:.5f}, "
         f"{row['s']:.1f} s, {row['rss']:.0f} MiB, {100 * row['sparsity']:.2f}% zeros")
     if not keep:
@@ -152,20 +161,25 @@ def bench(args, work):
         f32.unlink()  # the KLD base holds the dense logits; the disk is short
 
     calib_flags = ["--calib", calib, "--calib-samples", n, "--calib-len", length]
+    owl_flags = ["--owl", "--owl-m", args.owl_m, "--owl-lambda", args.owl_lambda]
     rows = []
     for setting in args.settings.split(","):
         for method in args.methods.split(","):
-            # edgec, then (right after, so both see the machine alike) llm-compressor
-            out = work / f"edgec.{method}.{setting.replace(':', 'of')}.gguf"
-            log(f"{setting} {method}: edgec")
-            row = {"setting": setting, "method": method, "tool": "edgec"}
-            rows.append(row)
-            got, row["error"] = try_measure([edgec, "--threads", t, "prune", MODEL_DIR, out, "--method", method,
-                                             *SETTINGS[setting], *(calib_flags if method != "magnitude" else [])])
-            if got:
-                row["s"], row["rss"] = got
-                judge(row, out, base, t, args.keep)
-            if method not in PEER_METHODS:
+            # edgec (and edgec with OWL), then (right after, so both see the machine alike)
+            # llm-compressor
+            for owl in (False, True) if args.owl and ":" not in setting else (False,):
+                name = f"{method}+owl" if owl else method
+                out = work / f"edgec.{name}.{setting.replace(':', 'of').replace('%', '')}.gguf"
+                log(f"{setting} {name}: edgec")
+                row = {"setting": setting, "method": name, "tool": "edgec"}
+                rows.append(row)
+                got, row["error"] = try_measure([edgec, "--threads", t, "prune", MODEL_DIR, out, "--method", method,
+                                                 *SETTINGS[setting], *(owl_flags if owl else []),
+                                                 *(calib_flags if method != "magnitude" or owl else [])])
+                if got:
+                    row["s"], row["rss"] = got
+                    judge(row, out, base, t, args.keep)
+            if method not in PEER_METHODS or args.peer_error == SKIPPED:
                 continue
             row = {"setting": setting, "method": method, "tool": "llm-compressor"}
             rows.append(row)
@@ -175,9 +189,9 @@ def bench(args, work):
             log(f"{setting} {method}: llm-compressor")
             folder = work / f"peer.{method}.{setting.replace(':', 'of')}"
             times = work / f"{folder.name}.times.json"
+            shape = SETTINGS[setting][1] if setting.endswith("%") else setting  # "0.5" or "2:4"
             got, row["error"] = try_measure([args.peer_python, Path(__file__).resolve(), "--peer-worker", MODEL_DIR,
-                                             folder, method, "0.5" if setting == "50%" else setting, windows, calib,
-                                             t, times])
+                                             folder, method, shape, windows, calib, t, times])
             if got:
                 row["s"], row["rss"] = got
                 row["phases"] = json.loads(times.read_text())
@@ -202,6 +216,20 @@ def report(args, tokens, dense, rows):
             continue
         print(f"| {r['setting']} | {r['tool']} | {r['method']} | {r['ppl']:.3f} | {r['ppl'] / dense['ppl']:.3f} "
               f"| {r['kld']:.5f} | {r['s']:.1f} | {r['rss']:.0f} | {100 * r['sparsity']:.2f} |")
+    owl = [r for r in rows if r["method"].endswith("+owl")]
+    if owl:
+        print(f"\nOWL (M {args.owl_m}, lambda {args.owl_lambda}) against plain edgec, same setting and method "
+              "(PPL/dense; the blocks' measured sparsity, first to last):\n")
+        for r in owl:
+            p = next((x for x in rows if x["tool"] == "edgec" and x["setting"] == r["setting"]
+                      and x["method"] == r["method"].removesuffix("+owl")), None)
+            if r.get("error") or p is None or p.get("error"):
+                print(f"- {r['setting']} {r['method']}: no ratio (a run failed)")
+                continue
+            blocks = " ".join(f"{100 * b:.0f}" for b in r["blocks"])
+            print(f"- {r['setting']} {r['method']}: PPL/dense {r['ppl'] / dense['ppl']:.3f} vs "
+                  f"{p['ppl'] / dense['ppl']:.3f} plain (OWL/plain {r['ppl'] / p['ppl']:.3f}), KLD {r['kld']:.4f} vs "
+                  f"{p['kld']:.4f}, {r['s']:.1f} s vs {p['s']:.1f} s; block sparsity % {blocks}")
     peer = [r for r in rows if r["tool"] == "llm-compressor" and "phases" in r]
     if peer:
         print("\nllm-compressor worker, seconds by phase (the rest of its time is the python start):\n")
@@ -215,8 +243,10 @@ def report(args, tokens, dense, rows):
     for r in rows:
         if r["tool"] != "edgec" or r["method"] not in PEER_METHODS:
             continue
-        p = next(x for x in rows if x["tool"] == "llm-compressor" and x["setting"] == r["setting"]
-                 and x["method"] == r["method"])
+        p = next((x for x in rows if x["tool"] == "llm-compressor" and x["setting"] == r["setting"]
+                  and x["method"] == r["method"]), None)
+        if p is None:
+            continue
         if r.get("error") or p.get("error"):
             print(f"- {r['setting']} {r['method']}: no ratio (a run failed)")
             continue
@@ -239,6 +269,10 @@ def main():
     ap.add_argument("--settings", default="50%,2:4", help=f"comma-separated, of {', '.join(SETTINGS)}")
     ap.add_argument("--methods", default="wanda,sparsegpt,magnitude",
                     help="comma-separated edgec methods; llm-compressor runs wanda and sparsegpt")
+    ap.add_argument("--owl", action="store_true",
+                    help="also run edgec with OWL's per-block sparsity at each unstructured setting")
+    ap.add_argument("--owl-m", default="5", help="OWL's outlier threshold M (default 5)")
+    ap.add_argument("--owl-lambda", default="0.08", help="OWL's lambda (default 0.08)")
     ap.add_argument("--keep", help="write the work files (texts, GGUFs, the peer's folders) here and keep them")
     args = ap.parse_args()
     for s in args.settings.split(","):

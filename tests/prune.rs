@@ -578,3 +578,142 @@ fn removing_ffn_neurons_that_contribute_nothing_changes_no_logit() {
         );
     }
 }
+
+#[test]
+fn owl_gives_each_block_its_own_sparsity_around_the_target() {
+    let d = tempfile::tempdir().unwrap();
+    let tiny = fixture("tiny-llama");
+    for method in ["wanda", "magnitude", "sparsegpt"] {
+        let out = d.path().join(method);
+        let report = d.path().join(format!("{method}.json"));
+        // M = 2, not the default 5: the option reaches the step
+        ok(&[
+            "prune",
+            s(&tiny),
+            s(&out),
+            "--method",
+            method,
+            "--sparsity",
+            "0.5",
+            "--owl",
+            "--owl-m",
+            "2",
+            "--calib",
+            TEXT,
+            "--calib-samples",
+            "8",
+            "--calib-len",
+            "64",
+            "--report",
+            s(&report),
+        ]);
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        let owl = &r["steps"][0]["summary"]["owl"];
+        assert_eq!(owl["m"], 2.0);
+        assert_eq!(owl["lambda"], 0.08);
+        let layers = owl["layers"].as_array().unwrap();
+        assert_eq!(layers.len(), 2, "{owl}");
+        let get = |l: usize, k: &str| layers[l][k].as_f64().unwrap();
+        // two blocks: one on each edge of the band, the one with more outliers
+        // keeping more weights
+        assert!(get(0, "outlier_ratio") != get(1, "outlier_ratio"), "{owl}");
+        let (more, fewer) = if get(0, "outlier_ratio") > get(1, "outlier_ratio") {
+            (0, 1)
+        } else {
+            (1, 0)
+        };
+        assert!((get(more, "sparsity") - 0.42).abs() < 1e-9, "{owl}");
+        assert!((get(fewer, "sparsity") - 0.58).abs() < 1e-9, "{owl}");
+        // the weights follow their block's sparsity
+        let m = hf::read(&out).unwrap();
+        let input = hf::read(&tiny).unwrap();
+        for t in input
+            .tensors
+            .iter()
+            .filter(|t| is_block_linear(&input, &t.name))
+        {
+            let layer: usize = t.name.split('.').nth(2).unwrap().parse().unwrap();
+            let want = get(layer, "sparsity");
+            let w = m.tensor(&t.name).unwrap().to_f32().unwrap();
+            let cols = *t.shape.last().unwrap();
+            if method == "magnitude" {
+                let k = (want * w.len() as f64).round() as usize;
+                assert_eq!(zeros(&w), k, "{method}: {}", t.name);
+            } else if method == "wanda" {
+                for row in w.chunks(cols) {
+                    let k = (want * cols as f64).round() as usize;
+                    assert_eq!(zeros(row), k, "{method}: {}", t.name);
+                }
+            } else {
+                let f = zeros(&w) as f64 / w.len() as f64;
+                assert!(
+                    (f - want).abs() < 0.01,
+                    "{method}: {}: {f} vs {want}",
+                    t.name
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn owl_bad_requests_are_usage_errors() {
+    let calib = ["--calib", TEXT, "--calib-samples", "8", "--calib-len", "64"];
+    let with = |args: &[&'static str]| -> Vec<&'static str> {
+        let mut v = args.to_vec();
+        v.extend(calib);
+        v
+    };
+    for (args, says) in [
+        (
+            with(&["--method", "wanda", "--pattern", "2:4", "--owl"]),
+            &["owl", "pattern"][..],
+        ),
+        (
+            vec!["--method", "magnitude", "--sparsity", "0.5", "--owl"],
+            &["--owl", "--calib"][..],
+        ),
+        (
+            with(&[
+                "--method",
+                "magnitude",
+                "--sparsity",
+                "0.5",
+                "--owl",
+                "--global",
+            ]),
+            &["owl", "global"][..],
+        ),
+        (
+            with(&[
+                "--method",
+                "wanda",
+                "--sparsity",
+                "0.5",
+                "--owl",
+                "--owl-lambda",
+                "0.5",
+            ]),
+            &["owl", "lambda", "between 0 and 1"][..],
+        ),
+        (
+            with(&[
+                "--method",
+                "wanda",
+                "--sparsity",
+                "0.5",
+                "--owl",
+                "--owl-m",
+                "0",
+            ]),
+            &["owl", "M"][..],
+        ),
+        (
+            with(&["--method", "wanda", "--sparsity", "0.5", "--owl-m", "3"]),
+            &["--owl"][..],
+        ),
+    ] {
+        refused(&args, says);
+    }
+}

@@ -189,6 +189,97 @@ pub fn wanda_scores(w: &[f32], input_norms: &[f32]) -> Vec<f32> {
         .collect()
 }
 
+/// OWL (Outlier Weighed Layerwise sparsity, Yin et al. 2023): each layer
+/// (a model block) gets its own sparsity from its share of outliers, the
+/// layers with more outliers keeping more weights.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Owl {
+    /// A score is an outlier above `m` times its layer's mean score.
+    pub m: f64,
+    /// The layers' sparsities stay within the target ± `lambda`.
+    pub lambda: f64,
+}
+
+impl Owl {
+    /// The paper's outlier threshold M.
+    pub const M: f64 = 5.0;
+    /// The paper's λ for LLaMA (0.08).
+    pub const LAMBDA: f64 = 0.08;
+
+    /// Checks the parameters against a target sparsity, in words a user can
+    /// act on.
+    pub fn check(&self, target: f64) -> Result<(), String> {
+        if !(self.m.is_finite() && self.m > 0.0) {
+            return Err(format!("M = {}: must be a positive number", self.m));
+        }
+        if !(self.lambda.is_finite() && self.lambda >= 0.0) {
+            return Err(format!(
+                "lambda = {}: must be 0 or more (e.g. 0.08)",
+                self.lambda
+            ));
+        }
+        if !(target - self.lambda > 0.0 && target + self.lambda < 1.0) {
+            return Err(format!(
+                "lambda = {}: the layers' sparsities {target} ± {} must stay between 0 and 1, both excluded",
+                self.lambda, self.lambda
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A layer's outlier ratio D (OWL's layerwise outlier distribution): the
+/// fraction of its scores (Wanda's |w|·‖x‖ over all of the layer's weights
+/// together) above `m` times their mean.
+pub fn outlier_ratio(scores: &[Vec<f32>], m: f64) -> f64 {
+    let count: usize = scores.iter().map(Vec::len).sum();
+    if count == 0 {
+        return 0.0;
+    }
+    let mean = scores
+        .iter()
+        .flat_map(|s| s.iter())
+        .map(|&v| v as f64)
+        .sum::<f64>()
+        / count as f64;
+    let above = scores
+        .iter()
+        .flat_map(|s| s.iter())
+        .filter(|&&v| v as f64 > m * mean)
+        .count();
+    above as f64 / count as f64
+}
+
+/// OWL's per-layer sparsities from the layers' outlier ratios: linear in
+/// the ratio, more outliers giving a lower sparsity, with mean `target`
+/// and every layer within `target ± lambda`:
+/// `s_l = target − lambda · (D_l − mean D) / max_k |D_k − mean D|`, so the
+/// layer farthest from the mean lands on the band's edge. (The authors'
+/// script maps the ratios min-to-max onto a span of 2λ and recentres it on
+/// the target, which leaves the band when the ratios are skewed; this keeps
+/// both of the paper's constraints.) Equal ratios give every layer the
+/// target.
+pub fn owl_sparsities(ratios: &[f64], target: f64, lambda: f64) -> Vec<f64> {
+    if ratios.is_empty() {
+        return vec![];
+    }
+    let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
+    let spread = ratios
+        .iter()
+        .map(|d| (d - mean).abs())
+        .fold(0.0f64, f64::max);
+    ratios
+        .iter()
+        .map(|d| {
+            if spread > 0.0 {
+                target - lambda * (d - mean) / spread
+            } else {
+                target
+            }
+        })
+        .collect()
+}
+
 /// Zeroes the masked weights.
 pub fn apply_mask(w: &mut [f32], mask: &[bool]) {
     for (v, &m) in w.iter_mut().zip(mask) {
@@ -370,6 +461,86 @@ mod tests {
             Sparsity::Fraction(0.25),
         );
         assert_eq!(mask, [true, false, false, false]);
+    }
+
+    #[test]
+    fn owl_keeps_the_mean_and_the_band_and_orders_by_outliers() {
+        let mut s = 5;
+        for (target, lambda) in [(0.5, 0.08), (0.7, 0.08), (0.3, 0.2)] {
+            for n in [2, 3, 7, 30] {
+                // skewed ratios: a few layers with many outliers
+                let ratios: Vec<f64> = (0..n)
+                    .map(|i| {
+                        let r = (lcg(&mut s) as f64 + 0.5) * 0.01;
+                        if i % 5 == 0 {
+                            r * 10.0
+                        } else {
+                            r
+                        }
+                    })
+                    .collect();
+                let sp = owl_sparsities(&ratios, target, lambda);
+                let mean = sp.iter().sum::<f64>() / n as f64;
+                assert!((mean - target).abs() < 1e-12, "mean {mean} vs {target}");
+                for &x in &sp {
+                    assert!(x >= target - lambda - 1e-12 && x <= target + lambda + 1e-12);
+                }
+                // the farthest layer is on the band's edge
+                let far = sp.iter().map(|x| (x - target).abs()).fold(0.0f64, f64::max);
+                assert!((far - lambda).abs() < 1e-12, "{far}");
+                // more outliers, lower sparsity
+                for i in 0..n {
+                    for j in 0..n {
+                        if ratios[i] > ratios[j] {
+                            assert!(sp[i] < sp[j], "{ratios:?} -> {sp:?}");
+                        }
+                    }
+                }
+            }
+        }
+        // equal ratios: the target everywhere
+        assert_eq!(owl_sparsities(&[0.01; 4], 0.5, 0.08), vec![0.5; 4]);
+        // symmetric ratios: the band's two edges, as the authors' min-max map
+        let sp = owl_sparsities(&[0.01, 0.02, 0.03], 0.5, 0.08);
+        for (got, want) in sp.iter().zip([0.58, 0.5, 0.42]) {
+            assert!((got - want).abs() < 1e-12, "{sp:?}");
+        }
+        assert!(Owl {
+            m: 5.0,
+            lambda: 0.08
+        }
+        .check(0.5)
+        .is_ok());
+        assert!(Owl {
+            m: 5.0,
+            lambda: 0.08
+        }
+        .check(0.95)
+        .is_err());
+        assert!(Owl {
+            m: 0.0,
+            lambda: 0.08
+        }
+        .check(0.5)
+        .is_err());
+        assert!(Owl {
+            m: 5.0,
+            lambda: -0.1
+        }
+        .check(0.5)
+        .is_err());
+    }
+
+    #[test]
+    fn outlier_ratio_counts_scores_above_m_times_the_mean() {
+        // mean of all 10 scores = (8 × 1 + 2 × 21) / 10 = 5: two above 2 × 5
+        let a = vec![1.0f32; 6];
+        let b = vec![1.0, 1.0, 21.0, 21.0];
+        assert_eq!(outlier_ratio(&[a.clone(), b.clone()], 2.0), 0.2);
+        // the mean is over the layer's weights together, not each one's
+        assert_eq!(outlier_ratio(&[a], 2.0), 0.0);
+        assert_eq!(outlier_ratio(&[b], 5.0), 0.0);
+        assert_eq!(outlier_ratio(&[], 5.0), 0.0);
     }
 
     #[test]

@@ -1,13 +1,13 @@
-//! `edgec prune IN OUT --method magnitude|wanda|sparsegpt (--sparsity F |
-//! --pattern N:M) [--calib TEXT]`: a one-step recipe, `prune` then `write`
-//! (by the output's extension, as `convert` writes).
+//! `edgec prune IN OUT --method magnitude|wanda|sparsegpt (--sparsity F
+//! [--owl] | --pattern N:M) [--calib TEXT]`: a one-step recipe, `prune` then
+//! `write` (by the output's extension, as `convert` writes).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Result;
 use edgec_pipeline::graph_data::ImageSpec;
-use edgec_pipeline::passes::prune::PruneMethod;
+use edgec_pipeline::passes::prune::{OwlParams, PruneMethod};
 use edgec_pipeline::passes::prune_graph::GraphOp;
 use edgec_pipeline::passes::write::TfliteSparse;
 use edgec_pipeline::passes::FloatType;
@@ -42,7 +42,7 @@ pub struct Args {
     pub sparsity: Option<f64>,
     /// Structured: remove this fraction of the FFN neurons (the model
     /// shrinks; ranked by activation with --calib, else by weight norms).
-    #[arg(long, value_name = "F", conflicts_with_all = ["sparsity", "pattern", "global", "ignore", "ops"])]
+    #[arg(long, value_name = "F", conflicts_with_all = ["sparsity", "pattern", "global", "ignore", "ops", "owl"])]
     pub ffn: Option<f64>,
     /// Structured: remove this fraction of the attention heads (whole GQA
     /// groups, or the same number from each group).
@@ -73,6 +73,17 @@ pub struct Args {
     /// Magnitude: one threshold over all the weights instead of one per weight.
     #[arg(long)]
     pub global: bool,
+    /// OWL: each block's sparsity from its share of outlier activations
+    /// (Wanda scores above M times the block's mean, on the dense model),
+    /// within --sparsity ± lambda and --sparsity on average; needs --calib.
+    #[arg(long)]
+    pub owl: bool,
+    /// OWL's outlier threshold M.
+    #[arg(long, value_name = "M", requires = "owl")]
+    pub owl_m: Option<f64>,
+    /// OWL's lambda: how far a block's sparsity may move from --sparsity.
+    #[arg(long, value_name = "LAMBDA", requires = "owl")]
+    pub owl_lambda: Option<f64>,
     /// Leave weights dense whose names (as in the HF model) match this
     /// regular expression, e.g. `--ignore '.*down_proj.*'` (repeatable).
     #[arg(long, value_name = "REGEX")]
@@ -114,6 +125,13 @@ pub fn recipe(args: &Args) -> Recipe {
         );
     }
     let data_name = args.calib.as_ref().map(|_| "calib");
+    let owl = args.owl.then(|| {
+        let d = OwlParams::default();
+        OwlParams {
+            m: args.owl_m.unwrap_or(d.m),
+            lambda: args.owl_lambda.unwrap_or(d.lambda),
+        }
+    });
     let structured = args.ffn.is_some() || args.heads.is_some() || args.layers.is_some();
     let mut steps = vec![match structured {
         true => step(
@@ -136,6 +154,7 @@ pub fn recipe(args: &Args) -> Recipe {
                 "scope": args.global.then_some("global"),
                 "ignore": if args.ignore.is_empty() { None } else { Some(&args.ignore) },
                 "ops": if args.ops.is_empty() { None } else { Some(&args.ops) },
+                "owl": owl,
             }),
         ),
     }];
@@ -160,6 +179,12 @@ pub fn recipe(args: &Args) -> Recipe {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if args.owl && args.calib.is_none() {
+        return Err(super::UsageError(
+            "--owl counts outlier activations: give --calib TEXT".into(),
+        )
+        .into());
+    }
     if let Some(method) = args.method.filter(|m| *m != PruneMethod::Magnitude) {
         if args.calib.is_none() {
             return Err(super::UsageError(format!(

@@ -1,7 +1,9 @@
 //! `prune`: unstructured or N:M sparsity in the linear layers of a llama or
 //! bert model's blocks — magnitude (no data), Wanda or SparseGPT (on
-//! calibration text, one layer at a time). Embeddings, the head and norms
-//! are left alone. The weights stay dense: zeros are stored as values.
+//! calibration text, one layer at a time), at one sparsity for every block
+//! or (OWL) one per block from its share of outlier activations. Embeddings,
+//! the head and norms are left alone. The weights stay dense: zeros are
+//! stored as values.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -11,7 +13,7 @@ use edgec_calibration::{
 };
 use edgec_core::runtime::Part;
 use edgec_core::Model;
-use edgec_passes::prune::{self, Sparsity};
+use edgec_passes::prune::{self, Owl, Sparsity};
 use serde::{Deserialize, Serialize};
 
 use super::{CheckContext, Context, ModelView, Outcome, Pass, QuantKind, State};
@@ -69,6 +71,39 @@ pub struct Prune {
     /// Graph models: the weights pruned (see `prune_graph`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ops: Vec<super::prune_graph::GraphOp>,
+    /// OWL: each block's sparsity from its share of outlier Wanda scores on
+    /// the dense model (calibration data, any method), `sparsity` the mean.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owl: Option<OwlParams>,
+}
+
+/// OWL's parameters (Yin et al. 2023), the paper's values by default.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OwlParams {
+    /// Outlier threshold M: scores above M times their block's mean.
+    #[serde(default = "owl_m")]
+    pub m: f64,
+    /// λ: every block's sparsity within the target ± λ.
+    #[serde(default = "owl_lambda")]
+    pub lambda: f64,
+}
+
+impl Default for OwlParams {
+    fn default() -> Self {
+        OwlParams {
+            m: Owl::M,
+            lambda: Owl::LAMBDA,
+        }
+    }
+}
+
+fn owl_m() -> f64 {
+    Owl::M
+}
+
+fn owl_lambda() -> f64 {
+    Owl::LAMBDA
 }
 
 impl Prune {
@@ -87,6 +122,34 @@ impl Prune {
         };
         s.check().map_err(|e| usage(format!("sparsity: {e}")))?;
         Ok(s)
+    }
+
+    /// OWL's parameters, checked against the request.
+    fn owl(&self, sparsity: Sparsity) -> Result<Option<Owl>> {
+        let Some(p) = self.owl else {
+            return Ok(None);
+        };
+        let Sparsity::Fraction(target) = sparsity else {
+            return Err(usage(
+                "owl: per-block sparsity is for a sparsity (e.g. 0.5); a pattern (N:M) is the same in every block",
+            ));
+        };
+        if self.scope == Scope::Global {
+            return Err(usage(
+                "owl: per-block sparsity and scope = \"global\" (one threshold over all weights) exclude each other",
+            ));
+        }
+        let owl = Owl {
+            m: p.m,
+            lambda: p.lambda,
+        };
+        owl.check(target).map_err(|e| usage(format!("owl: {e}")))?;
+        Ok(Some(owl))
+    }
+
+    /// Whether the step reads calibration data.
+    fn uses_data(&self) -> bool {
+        self.method != PruneMethod::Magnitude || self.owl.is_some()
     }
 
     fn ignored(&self) -> Result<Vec<regex::Regex>> {
@@ -119,6 +182,63 @@ fn targets(model: &Model, part: Part, ignore: &[regex::Regex]) -> Vec<String> {
     }
 }
 
+/// Wanda's ‖x‖₂ of each input of `module` over the calibration tokens.
+fn input_norms(stats: &BTreeMap<String, ChannelStats>, module: &str) -> Result<Vec<f32>> {
+    let s = stats
+        .get(module)
+        .with_context(|| format!("{module}: no input statistics"))?;
+    Ok(s.sum_sq.iter().map(|v| v.sqrt() as f32).collect())
+}
+
+/// OWL's dense pass: every block's outlier ratio from Wanda's scores of its
+/// target weights together, each block fed by the unpruned block before it.
+/// Keyed by layer; blocks without targets are left out.
+fn owl_ratios(
+    model: &Model,
+    seqs: &[Vec<u32>],
+    targets: &dyn Fn(Part) -> Vec<String>,
+    m: f64,
+    ctx: &Context,
+) -> Result<BTreeMap<usize, f64>> {
+    let family = model.meta.family.as_ref().context("checked: a family")?;
+    let mut opts = SweepOptions::new(StatsOptions {
+        gram_for: vec![],
+        gram_step: 1,
+    });
+    opts.propagate = false;
+    let bar = ctx.progress.bar(
+        edgec_calibration::sweep_units(family, seqs),
+        "owl",
+        Unit::Tokens,
+    );
+    let mut ratios = BTreeMap::new();
+    let mut on_layer = |part: Part,
+                        stats: BTreeMap<String, ChannelStats>|
+     -> std::result::Result<Replacements, edgec_calibration::CallbackError> {
+        let Part::Layer(i) = part else {
+            return Ok(Replacements::new());
+        };
+        let names = targets(part);
+        if names.is_empty() {
+            return Ok(Replacements::new());
+        }
+        let mut scores = Vec::with_capacity(names.len());
+        for name in &names {
+            let (w, _) = weight(model, name)?;
+            let norms = input_norms(&stats, name.trim_end_matches(".weight"))?;
+            scores.push(prune::wanda_scores(&w, &norms));
+        }
+        ratios.insert(i, prune::outlier_ratio(&scores, m));
+        Ok(Replacements::new())
+    };
+    sweep_linear_inputs(model, seqs, &opts, &mut on_layer, &|done| {
+        bar.set_position(done)
+    })
+    .map_err(|e| anyhow::anyhow!("{}: OWL's outlier statistics: {e}", ctx.input.display()))?;
+    bar.finish();
+    Ok(ratios)
+}
+
 /// A weight's values as `[rows, cols]` f32 and its row length.
 fn weight(model: &Model, name: &str) -> Result<(Vec<f32>, usize)> {
     let t = model
@@ -130,7 +250,7 @@ fn weight(model: &Model, name: &str) -> Result<(Vec<f32>, usize)> {
 
 impl Pass for Prune {
     fn needs(&self) -> Needs {
-        let data = self.method != PruneMethod::Magnitude;
+        let data = self.uses_data();
         Needs {
             data: if data {
                 DataNeed::Required
@@ -164,6 +284,7 @@ impl Pass for Prune {
         }
         let sparsity = self.sparsity()?;
         self.ignored()?;
+        self.owl(sparsity)?;
         if self.scope == Scope::Global {
             if self.method != PruneMethod::Magnitude {
                 return Err(usage("scope = \"global\" is for method = \"magnitude\""));
@@ -191,6 +312,11 @@ impl Pass for Prune {
                     "data: method = \"{}\" scores weights by their inputs: give calibration text",
                     crate::names::name_of(&self.method)
                 )))
+            }
+            (None, PruneMethod::Magnitude) if self.owl.is_some() => {
+                return Err(usage(
+                    "data: owl counts outlier activations: give calibration text",
+                ))
             }
             (None, PruneMethod::Magnitude) => {}
         }
@@ -227,23 +353,63 @@ impl Pass for Prune {
                     .map_err(|e| usage(format!("pattern: {name}: {e}")))?;
             }
         }
+        let owl = self.owl(sparsity)?;
+        let seqs = if self.uses_data() {
+            let spec = ctx.data_set(self.data.as_deref().context("checked: data")?)?;
+            Some(calib::sequences(
+                model,
+                &spec.path,
+                spec.samples.unwrap_or(128),
+                spec.len.unwrap_or(512),
+            )?)
+        } else {
+            None
+        };
+        // OWL: a dense pass for the outlier ratios, then each block's sparsity
+        let start = std::time::Instant::now();
+        let owl_layers: Option<BTreeMap<usize, (f64, f64)>> = match (owl, sparsity) {
+            (Some(o), Sparsity::Fraction(target)) => {
+                let seqs = seqs.as_deref().context("checked: data")?;
+                let ratios = owl_ratios(model, seqs, &targets, o.m, ctx)?;
+                let d: Vec<f64> = ratios.values().copied().collect();
+                let s = prune::owl_sparsities(&d, target, o.lambda);
+                Some(
+                    ratios
+                        .into_iter()
+                        .zip(s)
+                        .map(|((l, d), s)| (l, (d, s)))
+                        .collect(),
+                )
+            }
+            _ => None,
+        };
+        let seconds_owl = owl_layers.as_ref().map(|_| start.elapsed().as_secs_f64());
+        let sparsity_of = |part: Part| match (&owl_layers, part) {
+            (Some(layers), Part::Layer(i)) => layers
+                .get(&i)
+                .map_or(sparsity, |&(_, s)| Sparsity::Fraction(s)),
+            _ => sparsity,
+        };
         let mut pruned: HashMap<String, Vec<f32>> = HashMap::new();
         let mut seconds_sweep = None;
         match self.method {
             PruneMethod::Magnitude => {
-                let names: Vec<String> = layers.iter().flat_map(|p| targets(*p)).collect();
+                let names: Vec<(Part, String)> = layers
+                    .iter()
+                    .flat_map(|p| targets(*p).into_iter().map(|n| (*p, n)))
+                    .collect();
                 // global: one threshold over every target weight
                 let mut global = match (self.scope, sparsity) {
                     (Scope::Global, Sparsity::Fraction(f)) => {
                         let total: usize = names
                             .iter()
-                            .filter_map(|n| model.tensor(n))
+                            .filter_map(|(_, n)| model.tensor(n))
                             .map(|t| t.numel())
                             .sum();
                         let k = (f * total as f64).round() as usize;
                         let mut failed = None;
                         let found = prune::global_threshold(k, |visit| {
-                            for n in &names {
+                            for (_, n) in &names {
                                 match weight(model, n) {
                                     Ok((w, _)) => visit(&w),
                                     Err(e) => failed = Some(e),
@@ -258,13 +424,15 @@ impl Pass for Prune {
                     _ => None,
                 };
                 let bar = ctx.progress.bar(names.len() as u64, "prune", Unit::Items);
-                for name in names {
+                for (part, name) in names {
                     let (mut w, cols) = weight(model, &name)?;
                     let mask = match &mut global {
                         Some((threshold, ties)) => prune::mask_below(&w, *threshold, ties),
-                        None => {
-                            prune::mask_per_tensor(&prune::magnitude_scores(&w), cols, sparsity)
-                        }
+                        None => prune::mask_per_tensor(
+                            &prune::magnitude_scores(&w),
+                            cols,
+                            sparsity_of(part),
+                        ),
                     };
                     prune::apply_mask(&mut w, &mask);
                     pruned.insert(name, w);
@@ -274,13 +442,7 @@ impl Pass for Prune {
             }
             PruneMethod::Wanda | PruneMethod::Sparsegpt => {
                 let start = std::time::Instant::now();
-                let spec = ctx.data_set(self.data.as_deref().context("checked: data")?)?;
-                let seqs = calib::sequences(
-                    model,
-                    &spec.path,
-                    spec.samples.unwrap_or(128),
-                    spec.len.unwrap_or(512),
-                )?;
+                let seqs = seqs.as_deref().context("checked: data")?;
                 let gram_for = if self.method == PruneMethod::Sparsegpt {
                     layers
                         .iter()
@@ -297,7 +459,7 @@ impl Pass for Prune {
                 });
                 opts.propagate = true;
                 let bar = ctx.progress.bar(
-                    edgec_calibration::sweep_units(&family, &seqs),
+                    edgec_calibration::sweep_units(&family, seqs),
                     "prune",
                     Unit::Tokens,
                 );
@@ -313,6 +475,7 @@ impl Pass for Prune {
                     if names.is_empty() {
                         return Ok(out);
                     }
+                    let sparsity = sparsity_of(part);
                     let groups = if method == PruneMethod::Sparsegpt {
                         calib::by_gram_input(model, &stats, &names)
                     } else {
@@ -336,12 +499,8 @@ impl Pass for Prune {
                                     return Err(format!("{name}: no input Gram matrix").into());
                                 }
                                 None => {
-                                    let module = name.trim_end_matches(".weight");
-                                    let s = stats.get(module).with_context(|| {
-                                        format!("{module}: no input statistics")
-                                    })?;
-                                    let norms: Vec<f32> =
-                                        s.sum_sq.iter().map(|v| v.sqrt() as f32).collect();
+                                    let norms =
+                                        input_norms(&stats, name.trim_end_matches(".weight"))?;
                                     let mask = prune::mask_per_row(
                                         &prune::wanda_scores(&w, &norms),
                                         cols,
@@ -356,7 +515,7 @@ impl Pass for Prune {
                     }
                     Ok(out)
                 };
-                let report = sweep_linear_inputs(model, &seqs, &opts, &mut on_layer, &|done| {
+                let report = sweep_linear_inputs(model, seqs, &opts, &mut on_layer, &|done| {
                     bar.set_position(done)
                 })
                 .map_err(|e| anyhow::anyhow!("{}: pruning: {e}", ctx.input.display()))?;
@@ -383,6 +542,9 @@ impl Pass for Prune {
         calib::replace_tensors(&mut state.model, pruned)?;
         let how = match (self.sparsity, &self.pattern) {
             (_, Some(p)) => p.clone(),
+            (Some(f), None) if owl.is_some() => {
+                format!("{:.0}% mean of the blocks, OWL", f * 100.0)
+            }
             (Some(f), None) => format!("{:.0}%", f * 100.0),
             _ => unreachable!("checked"),
         };
@@ -394,9 +556,36 @@ impl Pass for Prune {
         if let Some((s, tokens)) = seconds_sweep {
             line.push_str(&format!("; calibrated on {tokens} tokens in {s:.2}s"));
         }
+        let mut lines = vec![line];
+        let mut summary = serde_json::json!({ "sparsity": tensors });
+        if let (Some(o), Some(layers)) = (owl, &owl_layers) {
+            let list: Vec<String> = layers
+                .iter()
+                .map(|(l, (_, s))| format!("{l}: {:.1}%", 100.0 * s))
+                .collect();
+            lines.push(format!(
+                "OWL (M {}, lambda {}; outlier statistics in {:.2}s): block sparsity {}",
+                o.m,
+                o.lambda,
+                seconds_owl.unwrap_or(0.0),
+                list.join(", ")
+            ));
+            summary["owl"] = serde_json::json!({
+                "m": o.m,
+                "lambda": o.lambda,
+                "layers": layers
+                    .iter()
+                    .map(|(l, (d, s))| serde_json::json!({
+                        "layer": l,
+                        "outlier_ratio": d,
+                        "sparsity": s,
+                    }))
+                    .collect::<Vec<_>>(),
+            });
+        }
         Ok(Outcome {
-            lines: vec![line],
-            summary: serde_json::json!({ "sparsity": tensors }),
+            lines,
+            summary,
             ..Default::default()
         })
     }

@@ -277,6 +277,11 @@ pub fn check(p: &Prune, view: &ModelView, ctx: &CheckContext) -> Option<Result<(
 
 fn check_graph(p: &Prune, view: &ModelView, ctx: &CheckContext) -> Result<()> {
     let sparsity = sparsity_of(p)?;
+    if p.owl.is_some() {
+        return Err(usage(
+            "owl: per-block sparsity is for llama and bert blocks; graph models take one sparsity",
+        ));
+    }
     if p.scope == Scope::Global {
         if p.method != PruneMethod::Magnitude {
             return Err(usage("scope = \"global\" is for method = \"magnitude\""));
