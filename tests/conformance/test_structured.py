@@ -4,16 +4,18 @@ layers, uniform (written as llama.cpp's `llama`) and non-uniform (written as
 every file, and its logits equal edgec's runtime's on the same file (KLD of
 edgec's distributions from llama.cpp's below 1e-4, top token agreeing on 99%
 of positions). A non-uniform FFN written as a DeciLM HF folder reads back
-into the same model.
+into the same model, and the non-uniform model lowered to ONNX runs in
+onnxruntime with edgec's logits.
 """
 
 import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from conftest import CACHE, FETCH_HINT, llama_tool, need, run
+from conftest import CACHE, FETCH_HINT, edgec_run, llama_tool, need, ort_run, run
 
 SMOL_DIR = CACHE / "models" / "smollm2-135m-f32"
 CALIB = "/usr/share/common-licenses/GPL-3"
@@ -96,3 +98,18 @@ def test_non_uniform_ffn_as_a_decilm_folder_reads_back(edgec_bin, llama_bin, roo
     base = root / "deci-hf.kld"
     r = json.loads(run([edgec_bin, "eval", folder, "--llama-logits", base, "--max-kld", "1e-4", "--json"]).stdout)
     assert r["passed"] and r["delta"]["top1_agreement"] >= 0.99
+
+
+def test_non_uniform_model_as_onnx_runs_in_onnxruntime(edgec_bin, root):
+    src = root / "pruned-nonuniform.gguf"
+    if not src.is_file():
+        run([edgec_bin, "prune", SMOL_DIR, src, "--ffn", "0.25", "--heads", "0.34", *CALIB_ARGS])
+    out = root / "pruned-nonuniform.onnx"
+    run([edgec_bin, "convert", src, out])
+    ids = np.random.default_rng(0).integers(0, 49152, (2, 24)).astype(np.int64)
+    ref = edgec_run(edgec_bin, src, {"input_ids": ids}, root)["logits"]
+    ours = ort_run(out, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
+    assert ours.shape == ref.shape == (2, 24, 49152)
+    err = np.abs(ours - ref).max() / np.abs(ref).max()
+    print(f"non-uniform ONNX vs edgec: max relative difference {err:.2e}")
+    assert err <= 1e-4
