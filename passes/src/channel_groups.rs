@@ -14,7 +14,7 @@
 //! grouped but not depthwise Conv, a weight shared by two nodes, a constant
 //! operand that is not a scalar or per-channel) is left whole.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use edgec_core::graph::Op;
 use edgec_core::{DType, Model, Tensor};
@@ -322,14 +322,10 @@ pub fn find_groups(model: &Model) -> Vec<Group> {
         }
     }
     // the roots, in order of their first set
-    let mut roots: BTreeMap<usize, ()> = BTreeMap::new();
-    for i in 0..sets.parent.len() {
-        let r = sets.find(i);
-        roots.insert(r, ());
-    }
+    let roots: BTreeSet<usize> = (0..sets.parent.len()).map(|i| sets.find(i)).collect();
     let mut out = Vec::new();
-    for r in roots.keys() {
-        let mut g = std::mem::take(&mut sets.groups[*r]);
+    for r in roots {
+        let mut g = std::mem::take(&mut sets.groups[r]);
         if g.producers.is_empty() {
             continue;
         }
