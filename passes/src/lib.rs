@@ -3,6 +3,7 @@
 //! and error feedback while rounding (GPTQ).
 
 pub mod awq;
+pub mod channel_groups;
 pub mod ggml_quant;
 pub mod gptq;
 pub mod graph_quant;

@@ -95,6 +95,12 @@ pub const PASSES: &[PassInfo] = &[
         build: build::<passes::prune_structured::PruneStructured>,
     },
     PassInfo {
+        name: "prune.channels",
+        summary: "CNN graphs: fewer conv output channels, in dependency groups (depthwise convs, residual adds, BatchNorm and consumers follow), by a fraction of channels or of MACs",
+        path_keys: &[],
+        build: build::<passes::prune_channels::PruneChannels>,
+    },
+    PassInfo {
         name: "quantize.gguf",
         summary: "llama.cpp block types and k-quants under a preset, optionally calibrated (AWQ, importance, GPTQ); mixed precision under a size budget",
         path_keys: &["imatrix"],

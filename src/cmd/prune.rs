@@ -28,8 +28,8 @@ pub struct Args {
     #[arg(
         long,
         value_parser = named::<PruneMethod>,
-        required_unless_present_any = ["ffn", "heads", "layers"],
-        conflicts_with_all = ["ffn", "heads", "layers"]
+        required_unless_present_any = ["ffn", "heads", "layers", "channels", "macs"],
+        conflicts_with_all = ["ffn", "heads", "layers", "channels", "macs"]
     )]
     pub method: Option<PruneMethod>,
     /// Fraction of each linear weight to drop, between 0 and 1.
@@ -37,7 +37,7 @@ pub struct Args {
         long,
         value_name = "F",
         conflicts_with = "pattern",
-        required_unless_present_any = ["pattern", "ffn", "heads", "layers"]
+        required_unless_present_any = ["pattern", "ffn", "heads", "layers", "channels", "macs"]
     )]
     pub sparsity: Option<f64>,
     /// Structured: remove this fraction of the FFN neurons (the model
@@ -52,6 +52,15 @@ pub struct Args {
     /// input least on the --calib text.
     #[arg(long, value_name = "N", conflicts_with_all = ["sparsity", "pattern", "global", "ignore", "ops"])]
     pub layers: Option<usize>,
+    /// Graph models (CNNs): remove this fraction of the output channels of
+    /// every prunable channel group (convs, with their depthwise convs,
+    /// BatchNorms, residual adds and consumers), ranked by filter norms.
+    #[arg(long, value_name = "F", conflicts_with_all = ["sparsity", "pattern", "global", "ignore", "ops", "owl", "ffn", "heads", "layers", "macs", "calib"])]
+    pub channels: Option<f64>,
+    /// Graph models (CNNs): remove channels until this fraction of the
+    /// multiply-adds is gone (one fraction for every group, searched).
+    #[arg(long, value_name = "F", conflicts_with_all = ["sparsity", "pattern", "global", "ignore", "ops", "owl", "ffn", "heads", "layers", "calib"])]
+    pub macs: Option<f64>,
     /// Structured: the same widths in every layer (llama.cpp's `llama`,
     /// standard HF configs) instead of per-layer widths from a global
     /// ranking (llama.cpp's `deci`, DeciLM configs).
@@ -133,7 +142,12 @@ pub fn recipe(args: &Args) -> Recipe {
         }
     });
     let structured = args.ffn.is_some() || args.heads.is_some() || args.layers.is_some();
+    let channels = args.channels.is_some() || args.macs.is_some();
     let mut steps = vec![match structured {
+        _ if channels => step(
+            "prune.channels",
+            serde_json::json!({ "channels": args.channels, "macs": args.macs }),
+        ),
         true => step(
             "prune.structured",
             serde_json::json!({

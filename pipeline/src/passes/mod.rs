@@ -4,6 +4,7 @@
 pub mod cast;
 pub mod eval;
 pub mod prune;
+pub mod prune_channels;
 pub mod prune_graph;
 pub mod prune_structured;
 pub mod quantize_gguf;
