@@ -32,20 +32,13 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import bench_onnx as bo  # noqa: E402  (interleaved_latency, log_softmax, load_crops, session)
+from bench_prune_graph import effnet_path, interpreter, runner as tfl_runner  # noqa: E402
 
 CACHE = Path(os.environ.get("EDGEC_CACHE", Path.home() / ".cache" / "edgec"))
 
 
 def log(msg):
     print(f"[bench-prune-channels] {msg}", file=sys.stderr, flush=True)
-
-
-def effnet_path():
-    shared = os.environ.get("EDGEC_SHARED_MODELS")
-    for d in [shared, HERE.parent.parent / "shared" / "models"]:
-        if d and (Path(d) / "efficientnet_lite0.onnx").is_file():
-            return Path(d) / "efficientnet_lite0.onnx"
-    sys.exit("efficientnet_lite0.onnx not found: set EDGEC_SHARED_MODELS (scripts/setup-env.sh)")
 
 
 def edgec(cmd):
@@ -70,24 +63,6 @@ def macs_and_params(path):
             out = shapes[n.output[0]]
             total += int(np.prod(out)) // out[1] * w[n.input[1]].size
     return total, sum(v.size for v in w.values())
-
-
-def interpreter(path, threads):
-    from ai_edge_litert.interpreter import Interpreter
-    it = Interpreter(model_path=str(path), num_threads=threads)
-    it.allocate_tensors()
-    return it
-
-
-def tfl_runner(it, x):
-    (inp,), out = it.get_input_details(), it.get_output_details()[0]
-    fed = np.ascontiguousarray(x.transpose(1, 2, 0)[None])
-
-    def go():
-        it.set_tensor(inp["index"], fed)
-        it.invoke()
-        return it.get_tensor(out["index"])
-    return go
 
 
 def ort_runner(sess, x):

@@ -107,7 +107,7 @@ def runner(it, x):
     def go():
         it.set_tensor(inp["index"], fed)
         it.invoke()
-        it.get_tensor(out["index"])
+        return it.get_tensor(out["index"])
     return go
 
 

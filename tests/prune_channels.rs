@@ -14,36 +14,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor as CTensor};
 use common::*;
 use edgec_core::runtime::graph::GraphRuntime;
-use edgec_core::{DType, Dim, Graph, Model, Node, Op, Tensor, ValueInfo, Window};
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-}
-
-fn vi(name: &str, shape: &[usize]) -> ValueInfo {
-    ValueInfo {
-        name: name.into(),
-        dtype: DType::F32,
-        shape: shape.iter().map(|&d| Dim::Fixed(d)).collect(),
-    }
-}
-
-fn window(k: usize, pad: usize) -> Window {
-    Window {
-        kernel: vec![k, k],
-        strides: vec![1, 1],
-        pads: vec![pad; 4],
-        dilations: vec![1, 1],
-    }
-}
+use edgec_core::{Graph, Model, Node, Op, Tensor};
 
 /// Channels of both groups that are dead in `tiny_cnn(true)`.
 const DEAD: [usize; 8] = [0, 2, 3, 6, 9, 10, 13, 15];

@@ -17,38 +17,8 @@ use std::sync::{Arc, Mutex};
 use candle_core::{Device, Tensor as CTensor};
 use common::*;
 use edgec_core::runtime::graph::GraphRuntime;
-use edgec_core::{DType, Dim, Graph, Model, Node, Op, Tensor, ValueInfo, Window};
+use edgec_core::{DType, Graph, Model, Node, Op, Tensor};
 use edgec_formats::tflite::{self, model::BuiltinOperator};
-
-/// Deterministic values in (-1, 1), all distinct in magnitude in practice.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-}
-
-fn vi(name: &str, shape: &[usize]) -> ValueInfo {
-    ValueInfo {
-        name: name.into(),
-        dtype: DType::F32,
-        shape: shape.iter().map(|&d| Dim::Fixed(d)).collect(),
-    }
-}
-
-fn window(k: usize, pad: usize) -> Window {
-    Window {
-        kernel: vec![k, k],
-        strides: vec![1, 1],
-        pads: vec![pad; 4],
-        dilations: vec![1, 1],
-    }
-}
 
 /// The weights of the tiny CNN and what they are.
 const CONV3: &str = "conv3_w"; // [8, 8, 3, 3]

@@ -33,3 +33,35 @@ pub fn ok(args: &[&str]) -> Output {
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// Deterministic values in (-1, 1), all distinct in magnitude in practice.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+}
+
+/// An f32 graph value of a fixed shape.
+pub fn vi(name: &str, shape: &[usize]) -> edgec_core::ValueInfo {
+    edgec_core::ValueInfo {
+        name: name.into(),
+        dtype: edgec_core::DType::F32,
+        shape: shape.iter().map(|&d| edgec_core::Dim::Fixed(d)).collect(),
+    }
+}
+
+/// A square `k`×`k` window of stride 1 padded `pad` on every side.
+pub fn window(k: usize, pad: usize) -> edgec_core::Window {
+    edgec_core::Window {
+        kernel: vec![k, k],
+        strides: vec![1, 1],
+        pads: vec![pad; 4],
+        dilations: vec![1, 1],
+    }
+}

@@ -107,7 +107,7 @@ fn owl_lambda() -> f64 {
 }
 
 impl Prune {
-    fn sparsity(&self) -> Result<Sparsity> {
+    pub(super) fn sparsity(&self) -> Result<Sparsity> {
         let s = match (self.sparsity, &self.pattern) {
             (Some(f), None) => Sparsity::Fraction(f),
             (None, Some(p)) => {

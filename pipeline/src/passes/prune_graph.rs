@@ -276,7 +276,7 @@ pub fn check(p: &Prune, view: &ModelView, ctx: &CheckContext) -> Option<Result<(
 }
 
 fn check_graph(p: &Prune, view: &ModelView, ctx: &CheckContext) -> Result<()> {
-    let sparsity = sparsity_of(p)?;
+    let sparsity = p.sparsity()?;
     if p.owl.is_some() {
         return Err(usage(
             "owl: per-block sparsity is for llama and bert blocks; graph models take one sparsity",
@@ -314,23 +314,6 @@ fn check_graph(p: &Prune, view: &ModelView, ctx: &CheckContext) -> Result<()> {
         ctx.data_set(d)?;
     }
     Ok(())
-}
-
-fn sparsity_of(p: &Prune) -> Result<Sparsity> {
-    let s = match (p.sparsity, &p.pattern) {
-        (Some(f), None) => Sparsity::Fraction(f),
-        (None, Some(pat)) => {
-            return Sparsity::parse_pattern(pat).map_err(|e| usage(format!("pattern: {e}")))
-        }
-        (Some(_), Some(_)) => return Err(usage("sparsity, pattern: give one or the other")),
-        (None, None) => {
-            return Err(usage(
-                "sparsity: give a fraction (e.g. 0.5) or a pattern (e.g. \"2:4\")",
-            ))
-        }
-    };
-    s.check().map_err(|e| usage(format!("sparsity: {e}")))?;
-    Ok(s)
 }
 
 fn ignored(p: &Prune) -> Result<Vec<regex::Regex>> {
@@ -508,7 +491,7 @@ fn prune_by_data(
 
 /// `prune` on a graph model (magnitude, per weight or global).
 pub fn run(p: &Prune, state: &mut State, ctx: &Context) -> Result<Outcome> {
-    let sparsity = sparsity_of(p)?;
+    let sparsity = p.sparsity()?;
     let ops = ops_of(p);
     let ignore = ignored(p)?;
     let model = &state.model;
