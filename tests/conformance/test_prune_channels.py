@@ -13,71 +13,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import numpy_helper
 
-from conftest import edgec_run, litert_interp, ort_run, run
+from conftest import edgec_run, litert_interp, ort_run, rel_err, run, tiny_cnn
 
 REL = 1e-4
 
 
-def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
-    assert ours.shape == ref.shape, f"shape {ours.shape} != {ref.shape}"
-    return float(np.abs(ours.astype(np.float64) - ref).max() / max(np.abs(ref).max(), 1e-12))
-
-
 @pytest.fixture(scope="module")
 def cnn(tmp_path_factory) -> Path:
-    """x [1, 3, 32, 32] -> 3x3 s2 conv -> BN -> ReLU6 -> (1x1 expand -> ReLU6
-    -> depthwise 3x3 -> ReLU6 -> SE (pool, 1x1, ReLU, 1x1, sigmoid, Mul) ->
-    1x1 project) x2 with residual adds -> 1x1 head -> pool -> flatten -> Gemm."""
-    rng = np.random.default_rng(5)
-    inits = [numpy_helper.from_array(np.array(0, np.float32), "lo"),
-             numpy_helper.from_array(np.array(6, np.float32), "hi")]
-    nodes = []
-
-    def conv(x, name, cin, cout, k, s=1, group=1, act=True):
-        w = (rng.normal(size=(cout, cin // group, k, k)) * (1.5 / np.sqrt(cin // group * k * k))).astype(np.float32)
-        b = (rng.normal(size=cout) * 0.1).astype(np.float32)
-        inits.extend([numpy_helper.from_array(w, f"{name}_w"), numpy_helper.from_array(b, f"{name}_b")])
-        nodes.append(helper.make_node("Conv", [x, f"{name}_w", f"{name}_b"], [f"{name}_c" if act else name],
-                                      kernel_shape=[k, k], strides=[s, s], group=group, auto_pad="SAME_UPPER"))
-        if act:
-            nodes.append(helper.make_node("Clip", [f"{name}_c", "lo", "hi"], [name]))
-        return name
-
-    x = conv("input", "stem", 3, 32, 3, s=2, act=False)
-    c = 32
-    for p, v in (("scale", 1 + 0.2 * rng.normal(size=c)), ("bias", 0.1 * rng.normal(size=c)),
-                 ("mean", 0.1 * rng.normal(size=c)), ("var", 1 + 0.3 * rng.random(size=c))):
-        inits.append(numpy_helper.from_array(v.astype(np.float32), f"bn_{p}"))
-    nodes.append(helper.make_node("BatchNormalization", [x, "bn_scale", "bn_bias", "bn_mean", "bn_var"], ["bn"]))
-    nodes.append(helper.make_node("Clip", ["bn", "lo", "hi"], ["stem_r6"]))
-    x = conv("stem_r6", "b0_pw", 32, 16, 1, act=False)
-    for i in (1, 2):
-        e = conv(x, f"b{i}_expand", 16, 64, 1)
-        d = conv(e, f"b{i}_dw", 64, 64, 3, group=64)
-        nodes.append(helper.make_node("GlobalAveragePool", [d], [f"b{i}_se_gap"]))
-        r = conv(f"b{i}_se_gap", f"b{i}_se_r", 64, 16, 1, act=False)
-        nodes.append(helper.make_node("Relu", [r], [f"b{i}_se_relu"]))
-        g = conv(f"b{i}_se_relu", f"b{i}_se_e", 16, 64, 1, act=False)
-        nodes.append(helper.make_node("Sigmoid", [g], [f"b{i}_se_sig"]))
-        nodes.append(helper.make_node("Mul", [d, f"b{i}_se_sig"], [f"b{i}_se"]))
-        p = conv(f"b{i}_se", f"b{i}_project", 64, 16, 1, act=False)
-        nodes.append(helper.make_node("Add", [x, p], [f"b{i}_add"]))
-        x = f"b{i}_add"
-    x = conv(x, "head", 16, 96, 1)
-    nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"]))
-    nodes.append(helper.make_node("Flatten", ["gap"], ["flat"], axis=1))
-    inits.append(numpy_helper.from_array((rng.normal(size=(10, 96)) * 0.3).astype(np.float32), "fc_w"))
-    inits.append(numpy_helper.from_array(np.zeros(10, np.float32), "fc_b"))
-    nodes.append(helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], transB=1))
-    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 32])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-    onnx.checker.check_model(model, full_check=True)
-    path = tmp_path_factory.mktemp("cnn") / "cnn.onnx"
-    onnx.save(model, str(path))
-    return path
+    return tiny_cnn(tmp_path_factory.mktemp("cnn") / "cnn.onnx", seed=5, se_and_bn=True)
 
 
 def inputs(n: int, shape=(1, 3, 32, 32), seed: int = 0) -> list:
