@@ -449,20 +449,18 @@ fn f32_of(model: &Model, name: &str) -> Result<Vec<f32>> {
         .map_err(Into::into)
 }
 
-/// Layer `i`'s FFN neuron scores: measured contribution, or weight norms.
+/// Layer `i`'s FFN neuron scores: measured mean |activation|, or weight norms.
 fn ffn_scores(model: &Model, p: &LlamaParams, i: usize, m: Option<&Measured>) -> Result<Vec<f32>> {
-    let inter = p.intermediate_size;
+    if let Some(m) = m {
+        return Ok(m.ffn[i].clone());
+    }
     let [g, u, d] = ffn_names(i);
-    let down = f32_of(model, &d)?;
-    Ok(match m {
-        Some(m) => m.ffn[i].clone(),
-        None => structured::ffn_magnitude_importance(
-            &f32_of(model, &g)?,
-            &f32_of(model, &u)?,
-            &down,
-            inter,
-        ),
-    })
+    Ok(structured::ffn_magnitude_importance(
+        &f32_of(model, &g)?,
+        &f32_of(model, &u)?,
+        &f32_of(model, &d)?,
+        p.intermediate_size,
+    ))
 }
 
 /// Layer `i`'s query head scores: measured contribution of each head's
