@@ -218,21 +218,11 @@ pub fn fisher_information(
     seqs: &[Vec<u32>],
     progress: &dyn Progress,
 ) -> Result<HashMap<String, Vec<f32>>> {
-    use candle_core::{Device, Tensor, D};
     let (rt, vars) = edgec_core::runtime::Runtime::trainable(model)?;
     let bar = progress.bar(seqs.len() as u64, "fisher", Unit::Items);
     let mut acc: HashMap<String, Vec<f32>> = HashMap::new();
     for s in seqs.iter().filter(|s| s.len() >= 2) {
-        let n = s.len();
-        let ids = Tensor::from_vec(s.clone(), (1, n), &Device::Cpu)?;
-        let logits = rt.forward(&ids)?.squeeze(0)?.narrow(0, 0, n - 1)?;
-        let max = logits.max_keepdim(D::Minus1)?;
-        let shifted = logits.broadcast_sub(&max)?;
-        let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-        let logp = shifted.broadcast_sub(&lse)?;
-        let tgt = Tensor::from_vec(s[1..].to_vec(), (n - 1, 1), &Device::Cpu)?;
-        let loss = logp.gather(&tgt, 1)?.mean_all()?.neg()?;
-        let grads = loss.backward()?;
+        let grads = next_token_loss(&rt, s)?.backward()?;
         for (name, var) in &vars {
             if let Some(g) = grads.get(var.as_tensor()) {
                 let g: Vec<f32> = g.flatten_all()?.to_vec1()?;
@@ -252,6 +242,24 @@ pub fn fisher_information(
         v.iter_mut().for_each(|x| *x *= k);
     }
     Ok(acc)
+}
+
+/// The mean next-token cross-entropy of one sequence (at least 2 tokens)
+/// under a trainable runtime, ready for `backward`.
+pub fn next_token_loss(
+    rt: &edgec_core::runtime::Runtime,
+    seq: &[u32],
+) -> Result<candle_core::Tensor> {
+    use candle_core::{Device, Tensor, D};
+    let n = seq.len();
+    let ids = Tensor::from_vec(seq.to_vec(), (1, n), &Device::Cpu)?;
+    let logits = rt.forward(&ids)?.squeeze(0)?.narrow(0, 0, n - 1)?;
+    let max = logits.max_keepdim(D::Minus1)?;
+    let shifted = logits.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    let logp = shifted.broadcast_sub(&lse)?;
+    let tgt = Tensor::from_vec(seq[1..].to_vec(), (n - 1, 1), &Device::Cpu)?;
+    Ok(logp.gather(&tgt, 1)?.mean_all()?.neg()?)
 }
 
 /// Chooses every quantizable weight's type so that the file meets `target`

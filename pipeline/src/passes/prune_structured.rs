@@ -635,59 +635,47 @@ fn measure(model: &Model, ctx: &Context, data: &str, fisher: bool) -> Result<Mea
 /// of the next-token loss its removal costs, in the same units for every
 /// layer.
 fn neuron_fisher(model: &Model, seqs: &[Vec<u32>], ctx: &Context) -> Result<Vec<Vec<f32>>> {
-    use candle_core::{Device, Tensor as T, D};
     let Some(Family::Llama(p)) = &model.meta.family else {
         anyhow::bail!("not a llama model");
     };
     let (inter, hidden) = (p.intermediate_size, p.hidden_size);
     let (rt, vars) = edgec_core::runtime::Runtime::trainable(model)?;
-    let weights: Vec<[Vec<f32>; 3]> = (0..p.num_layers)
-        .map(|i| {
-            let [g, u, d] = ffn_names(i);
-            Ok([f32_of(model, &g)?, f32_of(model, &u)?, f32_of(model, &d)?])
-        })
-        .collect::<Result<_>>()?;
+    let var = |name: &str| {
+        vars.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
+            .with_context(|| format!("{name}: not trainable"))
+    };
     let mut acc = vec![vec![0f64; inter]; p.num_layers];
     let bar = ctx.progress.bar(seqs.len() as u64, "fisher", Unit::Items);
     for s in seqs.iter().filter(|s| s.len() >= 2) {
-        let n = s.len();
-        let ids = T::from_vec(s.clone(), (1, n), &Device::Cpu)?;
-        let logits = rt.forward(&ids)?.squeeze(0)?.narrow(0, 0, n - 1)?;
-        let max = logits.max_keepdim(D::Minus1)?;
-        let shifted = logits.broadcast_sub(&max)?;
-        let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-        let logp = shifted.broadcast_sub(&lse)?;
-        let tgt = T::from_vec(s[1..].to_vec(), (n - 1, 1), &Device::Cpu)?;
-        let loss = logp.gather(&tgt, 1)?.mean_all()?.neg()?;
-        let grads = loss.backward()?;
-        for (i, w) in weights.iter().enumerate() {
-            let names = ffn_names(i);
-            let mut g3: Vec<Vec<f32>> = Vec::with_capacity(3);
-            for name in &names {
-                let var = vars
-                    .iter()
-                    .find(|(n, _)| n == name)
-                    .map(|(_, v)| v)
-                    .with_context(|| format!("{name}: not trainable"))?;
-                let g = grads
-                    .get(var.as_tensor())
+        let grads = crate::mixed::next_token_loss(&rt, s)?.backward()?;
+        for (i, acc) in acc.iter_mut().enumerate() {
+            // one layer's weights and gradients at a time: [gate, up, down]
+            let mut w: Vec<Vec<f32>> = Vec::with_capacity(3);
+            let mut g: Vec<Vec<f32>> = Vec::with_capacity(3);
+            for name in ffn_names(i) {
+                let v = var(&name)?.as_tensor();
+                let grad = grads
+                    .get(v)
                     .with_context(|| format!("{name}: no gradient"))?;
-                g3.push(g.flatten_all()?.to_vec1()?);
+                w.push(v.flatten_all()?.to_vec1()?);
+                g.push(grad.flatten_all()?.to_vec1()?);
             }
-            for j in 0..inter {
+            let dot = |a: &[f32], b: &[f32]| -> f64 {
+                a.iter()
+                    .zip(b)
+                    .map(|(x, y)| (*x as f64) * (*y as f64))
+                    .sum()
+            };
+            for (j, acc) in acc.iter_mut().enumerate() {
                 let rows = j * hidden..(j + 1) * hidden;
-                let mut sum = 0f64;
-                for k in 0..2 {
-                    sum += g3[k][rows.clone()]
-                        .iter()
-                        .zip(&w[k][rows.clone()])
-                        .map(|(g, w)| (*g as f64) * (*w as f64))
-                        .sum::<f64>();
-                }
+                let mut sum = dot(&g[0][rows.clone()], &w[0][rows.clone()])
+                    + dot(&g[1][rows.clone()], &w[1][rows]);
                 sum += (0..hidden)
-                    .map(|r| (g3[2][r * inter + j] as f64) * (w[2][r * inter + j] as f64))
+                    .map(|r| (g[2][r * inter + j] as f64) * (w[2][r * inter + j] as f64))
                     .sum::<f64>();
-                acc[i][j] += sum * sum;
+                *acc += sum * sum;
             }
         }
         bar.inc(1);
