@@ -19,6 +19,7 @@ same parameter count. Run through scripts/bench-structured.sh.
 """
 
 import argparse
+import json
 import re
 import statistics
 import subprocess
@@ -69,7 +70,6 @@ def generation_tps(model, threads):
 
 
 def params_of(edgec, model):
-    import json
     info = json.loads(subprocess.run([str(edgec), "inspect", str(model), "--json"], capture_output=True, text=True,
                                      check=True).stdout)
     return info["total_params"], info["layers"]
